@@ -1,0 +1,43 @@
+"""Shared test fixtures: the real data in ../shared/data (developers, CI) and the bundled sample CT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_CT = REPO / "Resources" / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("RAYEMB_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real CTs and radiographs). Required in CI; skipped elsewhere if absent."""
+    d = shared_data_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("../shared/data is missing: CI must run with the shared real data beside the clone.")
+        pytest.skip("real data folder ../shared/data not found (set RAYEMB_SHARED_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def sample_ct_path() -> Path:
+    assert SAMPLE_CT.exists(), f"bundled sample CT missing: {SAMPLE_CT}"
+    return SAMPLE_CT
+
+
+@pytest.fixture(scope="session")
+def sample_ct(sample_ct_path):
+    from RayEmbRegistrationLib.volume import load_ct
+
+    return load_ct(sample_ct_path)
