@@ -1,0 +1,147 @@
+"""The camera model: projection algebra, detector geometry, C-arm angles, samplers, renderer conventions."""
+
+import numpy as np
+import pytest
+
+from RayEmbRegistrationLib.camera import (
+    MILD_SAMPLER,
+    RAYEMB_SAMPLER,
+    Camera,
+    GeometryError,
+    Intrinsics,
+    carm_camera_from_world,
+    from_diffdrr_pose,
+    invert_rigid,
+    rigid,
+    rotation_matrix,
+    to_diffdrr,
+    to_nanodrr,
+)
+
+RNG = np.random.default_rng(7)
+INTR = Intrinsics(1020.0, (0.8, 1.1), 96, 72, (41.3, 30.7))  # non-square pixels and detector, off-centre principal point
+
+
+def random_camera(rng=RNG, intr=INTR):
+    R = rotation_matrix(rng.normal(size=3))
+    return Camera(intr, rigid(R, rng.normal(0, 30, 3) + [0, 0, 700]))
+
+
+def test_intrinsic_matrix_follows_opencv():
+    K = INTR.K
+    assert K[0, 0] == pytest.approx(1020 / 0.8) and K[1, 1] == pytest.approx(1020 / 1.1)
+    assert K[0, 2] == 41.3 and K[1, 2] == 30.7
+    default = Intrinsics(1000, (1, 1), 100, 50)
+    assert default.principal_point_px == (49.5, 24.5)  # centre of a 100×50 grid with pixel centres at integers
+
+
+def test_projection_matches_P_and_source_is_camera_centre():
+    cam = random_camera()
+    X = RNG.normal(0, 50, (20, 3))
+    uvw = np.c_[X, np.ones(20)] @ cam.projection_matrix.T
+    np.testing.assert_allclose(cam.project(X), uvw[:, :2] / uvw[:, 2:], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(cam.to_camera(cam.source_ras[None]), 0, atol=1e-9)
+    np.testing.assert_allclose(invert_rigid(cam.camera_from_world) @ cam.camera_from_world, np.eye(4), atol=1e-12)
+
+
+def test_detector_corners_are_pixel_edges_at_sdd():
+    cam = random_camera()
+    corners = cam.detector_corners_ras
+    W, H = INTR.size
+    np.testing.assert_allclose(cam.project(corners), [[-0.5, -0.5], [W - 0.5, -0.5], [W - 0.5, H - 0.5], [-0.5, H - 0.5]], atol=1e-8)
+    np.testing.assert_allclose(cam.depth(corners), INTR.source_to_detector_mm, atol=1e-8)
+    # physical size of the detector
+    assert np.linalg.norm(corners[1] - corners[0]) == pytest.approx(W * 0.8)
+    assert np.linalg.norm(corners[3] - corners[0]) == pytest.approx(H * 1.1)
+    assert cam.frustum_vertices_ras.shape == (5, 3)
+
+
+def test_resized_detector_keeps_physical_rays():
+    cam = random_camera()
+    small = cam.resized(48, 36)
+    X = RNG.normal(0, 40, (10, 3))
+    uv_full, uv_small = cam.project(X), small.project(X)
+    np.testing.assert_allclose(INTR.scale_pixels(uv_full, small.intrinsics), uv_small, atol=1e-9)
+    np.testing.assert_allclose(small.detector_corners_ras, cam.detector_corners_ras, atol=1e-9)
+
+
+def test_points_behind_source_are_nan():
+    cam = random_camera()
+    behind = cam.source_ras - 100 * cam.principal_axis_ras
+    assert np.isnan(cam.project(behind[None])).all()
+
+
+@pytest.mark.parametrize(
+    "primary, secondary, axis",
+    [(0, 0, [0, 1, 0]), (90, 0, [-1, 0, 0]), (-90, 0, [1, 0, 0]), (0, 90, [0, 0, 1]), (0, -90, [0, 0, -1])],
+)
+def test_carm_angles_follow_dicom(primary, secondary, axis):
+    """At 0/0 the beam runs posterior→anterior; LAO brings the detector to the patient's left, cranial to the head."""
+    iso = np.array([10.0, -20.0, 30.0])
+    cam = Camera(INTR, carm_camera_from_world(primary, secondary, 600, iso))
+    np.testing.assert_allclose(cam.principal_axis_ras, axis, atol=1e-12)
+    np.testing.assert_allclose(cam.project(iso[None])[0], INTR.principal_point_px, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(cam.source_ras - iso), 600, atol=1e-9)
+
+
+def test_carm_reference_image_orientation():
+    """At 0/0: rows run head → feet, columns toward the patient's right (the image as the detector sees it)."""
+    cam = Camera(INTR, carm_camera_from_world(0, 0, 600))
+    p = cam.project(np.array([[0, 0, 0], [0, 0, 10], [10, 0, 0]], dtype=float))
+    assert p[1, 1] < p[0, 1]  # superior point is higher in the image (smaller row)
+    assert p[2, 0] > p[0, 0]  # patient's right → larger column
+
+
+def test_renderer_conventions_round_trip():
+    cam = random_camera()
+    T = cam.camera_from_world
+    np.testing.assert_allclose(from_diffdrr_pose(to_diffdrr(T)), T, atol=1e-12)
+    k_inv, sdd, rt_inv = to_nanodrr(INTR, T)
+    np.testing.assert_allclose(rt_inv, cam.world_from_camera, atol=1e-12)
+    # nanodrr puts pixel centres at +0.5: its K maps the ray of OpenCV pixel (u, v) to (u + 0.5, v + 0.5)
+    ray = np.linalg.inv(INTR.K) @ [10.0, 20.0, 1.0]
+    np.testing.assert_allclose(np.linalg.inv(k_inv) @ ray, [10.5, 20.5, 1.0], atol=1e-9)
+
+
+def test_diffdrr_detector_frame_is_opencv_rotated_about_z():
+    T = to_diffdrr(np.eye(4))
+    np.testing.assert_allclose(T[:3, :3], np.diag([-1, -1, 1]))
+    assert np.linalg.det(T[:3, :3]) == pytest.approx(1.0)  # a rotation, never a mirror
+
+
+def test_samplers_are_deterministic_and_match_their_distribution():
+    iso = np.array([0.0, 100.0, 200.0])
+    a = RAYEMB_SAMPLER.sample(4, iso, rng=3)
+    np.testing.assert_array_equal(a, RAYEMB_SAMPLER.sample(4, iso, rng=3))
+    poses = RAYEMB_SAMPLER.sample(4000, iso, rng=1)
+    iso_cam = poses[:, :3, :3] @ iso + poses[:, :3, 3]
+    # isocentre depth = SDD − N(250, 90) (clipped), lateral offsets N(10, 70) and N(5, 50)
+    assert np.median(1020 - iso_cam[:, 2]) == pytest.approx(250, abs=10)
+    assert np.mean(iso_cam[:, 0]) == pytest.approx(10, abs=5) and np.std(iso_cam[:, 0]) == pytest.approx(70, rel=0.08)
+    assert np.mean(iso_cam[:, 1]) == pytest.approx(5, abs=4) and np.std(iso_cam[:, 1]) == pytest.approx(50, rel=0.08)
+    for T in poses[:5]:
+        Camera(INTR, T)  # rigid
+    mild = MILD_SAMPLER.sample(200, iso, rng=0)
+    ref = carm_camera_from_world(0, 0, 1020 - 350, iso)
+    ang = np.degrees(np.arccos(np.clip(np.einsum("nij,ij->n", mild[:, :3, :3], ref[:3, :3]) / 2 - 0.5, -1, 1)))
+    assert np.median(ang) < 10
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"pixel_spacing_mm": [0.2, 0.2]}, "source_to_detector_mm"),
+        ({"source_to_detector_mm": 1000}, "pixel_spacing_mm"),
+        ({"source_to_detector_mm": -5, "pixel_spacing_mm": [0.2, 0.2]}, "source_to_detector_mm"),
+        ({"source_to_detector_mm": 1000, "pixel_spacing_mm": [0.2, float("nan")]}, "pixel_spacing_mm[1]"),
+        ({"source_to_detector_mm": 1000, "pixel_spacing_mm": [0.2, 0.2], "width": 10}, "width"),
+    ],
+)
+def test_bad_geometry_names_the_field(bad, field):
+    with pytest.raises(GeometryError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        Intrinsics.from_dict(bad, width=64, height=64)
+
+
+def test_camera_rejects_non_rigid():
+    with pytest.raises(GeometryError, match="rigid"):
+        Camera(INTR, np.diag([1.0, 1.0, -1.0, 1.0]))
