@@ -1,0 +1,79 @@
+"""PnP (pose.py) on bone points of the real sample CT, projected with ``Camera.project`` at sampled C-arm poses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from RayEmbRegistrationLib.camera import RAYEMB_SAMPLER, Camera, Intrinsics, rotation_matrix
+from RayEmbRegistrationLib.pose import (
+    PoseError,
+    camera_from_world_from_rvec_tvec,
+    rotation_angle_rad,
+    rvec_tvec_from_camera_from_world,
+    solve_pnp,
+)
+
+
+@pytest.fixture(scope="module")
+def bone_points(sample_ct):
+    ijk = np.argwhere(sample_ct.hu >= 350)
+    rng = np.random.default_rng(1)
+    pick = ijk[rng.choice(len(ijk), 300, replace=False)]
+    return sample_ct.ijk_to_ras_points(pick)
+
+
+def _visible_pose(ct, intr, seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        T = RAYEMB_SAMPLER.sample(1, ct.center_ras, rng)[0]
+        uv = Camera(intr, T).project(ct.center_ras[None])[0]
+        if np.all(np.isfinite(uv)) and 0 <= uv[0] < intr.width and 0 <= uv[1] < intr.height:
+            return T
+
+
+def test_rvec_roundtrip():
+    T = np.eye(4)
+    T[:3, :3] = rotation_matrix(np.array([0.3, -0.2, 1.1]))
+    T[:3, 3] = [5.0, -7.0, 600.0]
+    rvec, tvec = rvec_tvec_from_camera_from_world(T)
+    np.testing.assert_allclose(camera_from_world_from_rvec_tvec(rvec, tvec), T, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pnp_exact_projections(sample_ct, bone_points, seed):
+    intr = Intrinsics.deepfluoro(1536)
+    T = _visible_pose(sample_ct, intr, seed)
+    uv = Camera(intr, T).project(bone_points)
+    res = solve_pnp(bone_points, uv, intr)
+    assert rotation_angle_rad(res.camera_from_world[:3, :3], T[:3, :3]) < 1e-6
+    assert np.linalg.norm(res.camera_from_world[:3, 3] - T[:3, 3]) < 1e-3
+    assert res.n_inliers == len(bone_points)
+    assert res.rmse_inliers_px < 1e-4
+
+
+def test_pnp_noise_and_30pct_outliers(sample_ct, bone_points):
+    intr = Intrinsics.deepfluoro(256)
+    T = _visible_pose(sample_ct, intr, 7)
+    rng = np.random.default_rng(3)
+    uv = Camera(intr, T).project(bone_points) + rng.normal(0, 0.5, (len(bone_points), 2))
+    out = rng.choice(len(bone_points), int(0.3 * len(bone_points)), replace=False)
+    uv[out] = rng.uniform(0, 256, (len(out), 2))  # gross outliers anywhere in the image
+    res = solve_pnp(bone_points, uv, intr, threshold_px=3.0)
+    inl = set(res.inliers.tolist())
+    assert len(inl & set(out.tolist())) <= 3  # outliers that happen to fall near the truth may be kept
+    assert len(inl) >= 0.65 * len(bone_points)
+    # Pose error in the units that matter: 3D error of the bone points in the camera frame.
+    Xt = Camera(intr, T).to_camera(bone_points)
+    Xe = Camera(intr, res.camera_from_world).to_camera(bone_points)
+    assert np.linalg.norm(Xt - Xe, axis=1).mean() < 5.0
+    assert rotation_angle_rad(res.camera_from_world[:3, :3], T[:3, :3]) < np.deg2rad(1.0)
+
+
+def test_pnp_too_few_correspondences(sample_ct, bone_points):
+    intr = Intrinsics.deepfluoro(256)
+    T = _visible_pose(sample_ct, intr, 0)
+    uv = Camera(intr, T).project(bone_points[:8])
+    uv[3:] = np.nan  # only 3 usable
+    with pytest.raises(PoseError, match="at least 6"):
+        solve_pnp(bone_points[:8], uv, intr)
