@@ -1,0 +1,336 @@
+"""Intensity-based pose refinement: maximise the similarity between the X-ray and DRRs of the CT.
+
+Owns: the image similarity (multiscale normalised cross-correlation: global NCC + NCC over local patches, as
+in DiffPose / RayEmb), the pose parameterisation used for optimisation, and the coarse-to-fine Adam loop.
+
+Pose parameterisation: ``camera_from_world = D(p) · T0`` with ``p = (ρ, v)`` ∈ R⁶, both in mm. ``D`` rotates
+the camera frame by ``exp([ρ / r]×)`` about the CT centre ``c`` (expressed in T0's camera frame) and then
+translates by ``v`` (camera axes: +u, +v, depth). ``r`` is the radius of the CT's bone (or of the whole CT):
+a step of 1 in ρ moves points at that radius by ≈ 1 mm, so one learning rate fits rotation and translation.
+
+Guarantee: the returned pose is never worse than the start by the similarity this module reports (measured
+at the finest level): the start pose is one of the candidates of the final choice.
+
+Shapes: X-ray pixels (H, W) float32 line integrals (bone bright); poses (4, 4) float64 NumPy (RAS mm →
+OpenCV camera); DRRs (H', W') at the level's grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .camera import Intrinsics
+from .render import DRRRenderer
+from .volume import CTVolume
+
+__all__ = [
+    "Cancelled",
+    "RefineResult",
+    "RefineOptions",
+    "ncc",
+    "local_ncc",
+    "multiscale_ncc",
+    "pose_perturbation",
+    "perturbation_numpy",
+    "downsample_image",
+    "level_intrinsics",
+    "Refiner",
+    "refine",
+]
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """The user cancelled (``cancel()`` returned True)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Similarity
+# ------------------------------------------------------------------------------------------------------------
+
+
+def ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Normalised cross-correlation of images ``(B, H, W)`` (or ``(H, W)``) → ``(B,)`` in [-1, 1]."""
+    a = a.reshape(a.shape[0] if a.ndim == 3 else 1, -1)
+    b = b.reshape(b.shape[0] if b.ndim == 3 else 1, -1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def local_ncc(a: torch.Tensor, b: torch.Tensor, patch: int, eps: float = 1e-6) -> torch.Tensor:
+    """Mean NCC over non-overlapping ``patch × patch`` tiles of ``(B, H, W)`` images → ``(B,)``.
+
+    Flat tiles (no structure in either image) count as 0 correlation and are averaged in.
+    """
+    if a.ndim == 2:
+        a, b = a[None], b[None]
+    B, H, W = a.shape
+    p = int(patch)
+    h, w = (H // p) * p, (W // p) * p
+    oy, ox = (H - h) // 2, (W - w) // 2
+    a = a[:, oy : oy + h, ox : ox + w].reshape(B, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(B, -1, p * p)
+    b = b[:, oy : oy + h, ox : ox + w].reshape(B, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(B, -1, p * p)
+    a = a - a.mean(2, keepdim=True)
+    b = b - b.mean(2, keepdim=True)
+    num = (a * b).sum(2)
+    den = a.norm(dim=2) * b.norm(dim=2)
+    return (num / (den + eps)).mean(1)
+
+
+def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, patch: int | None = None, weights: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
+    """DiffPose's "multiscale NCC": ``w0 · NCC(a, b) + w1 · mean local NCC`` over ``patch``-pixel tiles.
+
+    ``patch`` defaults to ≈ W/10 (13 px at 128², as DiffPose uses), at least 5.
+    """
+    if patch is None:
+        patch = max(5, int(round(a.shape[-1] / 10)))
+    return weights[0] * ncc(a, b) + weights[1] * local_ncc(a, b, patch)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pose parameterisation
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _skew(w: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros((), dtype=w.dtype, device=w.device)
+    return torch.stack(
+        [torch.stack([z, -w[2], w[1]]), torch.stack([w[2], z, -w[0]]), torch.stack([-w[1], w[0], z])]
+    )
+
+
+def pose_perturbation(p: torch.Tensor, centre_cam: torch.Tensor, radius_mm: float) -> torch.Tensor:
+    """``D(p)`` (4, 4) torch for ``p = (ρ (3), v (3))`` mm: rotate by ``exp([ρ/r]×)`` about ``centre_cam``, then
+    translate by ``v`` (camera frame). Differentiable; ``D(0) = I``."""
+    R = torch.linalg.matrix_exp(_skew(p[:3] / radius_mm))
+    t = centre_cam - R @ centre_cam + p[3:]
+    top = torch.cat([R, t[:, None]], dim=1)
+    bottom = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=p.dtype, device=p.device)
+    return torch.cat([top, bottom], dim=0)
+
+
+def perturbation_numpy(p: Sequence[float], camera_from_world: np.ndarray, centre_ras, radius_mm: float) -> np.ndarray:
+    """NumPy helper: ``D(p) · camera_from_world`` with the rotation centre given in RAS."""
+    T0 = np.asarray(camera_from_world, dtype=np.float64)
+    c = T0[:3, :3] @ np.asarray(centre_ras, dtype=np.float64) + T0[:3, 3]
+    D = pose_perturbation(torch.as_tensor(np.asarray(p, dtype=np.float64)), torch.as_tensor(c), float(radius_mm))
+    return D.numpy() @ T0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Images and grids
+# ------------------------------------------------------------------------------------------------------------
+
+
+def level_intrinsics(intrinsics: Intrinsics, size: int) -> Intrinsics:
+    """The detector on a grid whose longer side has ``size`` pixels (aspect ratio kept)."""
+    W, H = intrinsics.size
+    if W >= H:
+        w, h = size, max(2, int(round(size * H / W)))
+    else:
+        w, h = max(2, int(round(size * W / H))), size
+    return intrinsics.resized(w, h)
+
+
+def downsample_image(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average (H, W) → (height, width) float32 (anti-aliased; same detector, pixel edges kept)."""
+    import cv2
+
+    img = np.asarray(pixels, dtype=np.float32)
+    if img.shape == (height, width):
+        return img.copy()
+    interp = cv2.INTER_AREA if width <= img.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(img, (int(width), int(height)), interpolation=interp)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Refinement
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RefineOptions:
+    """Settings of ``refine``.
+
+    Attributes:
+        levels: grid sizes (longer side, px) of the coarse-to-fine pyramid, coarse first.
+        iterations: Adam iterations per level (one number for all levels, or one per level).
+        lr_mm: initial learning rate per level (mm of translation / of arc at the bone radius); cosine decay
+            to 10 % within each level.
+        voxel_mm: the CT is resampled to this voxel size for rendering (None: as loaded).
+        samples_per_voxel: ray samples per voxel along the longest CT axis.
+        patch_fraction: local-NCC tile size as a fraction of the level's width.
+        bone_multiplier: bone attenuation multiplier of the DRRs (X-rays show bone more than a physical DRR).
+        backend: DRR backend (``"nanodrr"``, ``"diffdrr"``).
+    """
+
+    levels: tuple[int, ...] = (64, 128)
+    iterations: int | tuple[int, ...] = (50, 20)
+    lr_mm: tuple[float, ...] = (3.0, 1.0)
+    voxel_mm: float | None = 3.0
+    samples_per_voxel: float = 1.0
+    patch_fraction: float = 0.1
+    bone_multiplier: float = 2.5
+    backend: str = "nanodrr"
+
+    def per_level(self, value, n: int) -> list:
+        if isinstance(value, (int, float)):
+            return [value] * n
+        value = list(value)
+        if len(value) < n:
+            value += [value[-1]] * (n - len(value))
+        return value[:n]
+
+
+@dataclass
+class RefineResult:
+    """Result of ``refine``.
+
+    Attributes:
+        camera_from_world: (4, 4) the best pose found (may be the start pose itself).
+        similarity_before / similarity_after: multiscale NCC of the start / returned pose at the finest level.
+        improved: whether the returned pose differs from the start.
+        history: per level, the similarity at each iteration.
+        params: (6,) the final ``p = (ρ, v)`` in mm relative to the start.
+        seconds: wall time.
+    """
+
+    camera_from_world: np.ndarray
+    similarity_before: float
+    similarity_after: float
+    improved: bool
+    history: list[list[float]] = field(default_factory=list, repr=False)
+    params: np.ndarray = field(default_factory=lambda: np.zeros(6), repr=False)
+    seconds: float = 0.0
+
+
+class Refiner:
+    """Refines poses of X-rays against one CT (keeps the resampled CT and the renderer between calls).
+
+    Args:
+        ct: the CT.
+        options: ``RefineOptions``.
+        device: torch device.
+        centre_ras: rotation centre (3,) RAS; default: centroid of the bone voxels (HU ≥ 350), else CT centre.
+        radius_mm: see the module docstring; default: RMS distance of bone voxels from the centre.
+    """
+
+    def __init__(self, ct: CTVolume, options: RefineOptions | None = None, device: str | torch.device = "cpu",
+                 centre_ras=None, radius_mm: float | None = None) -> None:
+        self.options = options or RefineOptions()
+        self.device = torch.device(device)
+        o = self.options
+        ct_r = ct
+        if o.voxel_mm is not None and float(np.min(ct.spacing)) < 0.8 * o.voxel_mm:
+            ct_r = ct.resampled(o.voxel_mm)
+        self.ct = ct_r
+        mask = ct_r.hu >= 350.0
+        if centre_ras is None or radius_mm is None:
+            pts = ct_r.ijk_to_ras_points(np.argwhere(mask)) if mask.any() else ct_r.corners_ras
+            c = pts.mean(0) if centre_ras is None else np.asarray(centre_ras, dtype=np.float64)
+            r = float(np.sqrt(((pts - c) ** 2).sum(1).mean())) if radius_mm is None else float(radius_mm)
+        else:
+            c, r = np.asarray(centre_ras, dtype=np.float64), float(radius_mm)
+        self.centre_ras = c
+        self.radius_mm = max(r, 10.0)
+        self.n_samples = max(32, int(o.samples_per_voxel * max(ct_r.shape)))
+        self._renderer: DRRRenderer | None = None
+
+    def _render(self, intrinsics: Intrinsics) -> DRRRenderer:
+        if self._renderer is None:
+            self._renderer = DRRRenderer(self.ct, intrinsics, backend=self.options.backend,
+                                         bone_multiplier=self.options.bone_multiplier, n_samples=self.n_samples,
+                                         device=self.device)
+        elif self._renderer.intrinsics != intrinsics:
+            self._renderer.set_intrinsics(intrinsics)
+        return self._renderer
+
+    @torch.no_grad()
+    def similarity(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, poses, size: int | None = None) -> np.ndarray:
+        """Multiscale NCC of the X-ray with DRRs at ``poses`` (B, 4, 4) on the grid of side ``size``
+        (default: the finest level) → (B,)."""
+        size = size or self.options.levels[-1]
+        intr = level_intrinsics(intrinsics, size)
+        target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
+        poses = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+        drr = self._render(intr)(torch.as_tensor(poses, dtype=torch.float32, device=self.device))
+        patch = max(5, int(round(self.options.patch_fraction * intr.width)))
+        return multiscale_ncc(drr, target.expand_as(drr), patch).double().cpu().numpy()
+
+    @torch.no_grad()
+    def drr(self, intrinsics: Intrinsics, camera_from_world, size: int | None = None) -> np.ndarray:
+        """DRR (h, w) float32 at one pose on the grid of side ``size`` (default: finest level)."""
+        intr = level_intrinsics(intrinsics, size or self.options.levels[-1])
+        return self._render(intr).render_numpy(np.asarray(camera_from_world, dtype=np.float64))
+
+    def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RefineResult:
+        """Refine ``camera_from_world`` (4, 4) for the X-ray ``xray_pixels`` (H, W) of detector ``intrinsics``."""
+        t0 = time.perf_counter()
+        o = self.options
+        T0 = np.asarray(camera_from_world, dtype=np.float64)
+        levels = list(o.levels)
+        iters = [int(i) for i in o.per_level(o.iterations, len(levels))]
+        lrs = [float(x) for x in o.per_level(o.lr_mm, len(levels))]
+        total = max(1, sum(iters))
+        done = 0
+        T0_t = torch.as_tensor(T0, dtype=torch.float64, device=self.device)
+        c_cam = T0_t[:3, :3] @ torch.as_tensor(self.centre_ras, dtype=torch.float64, device=self.device) + T0_t[:3, 3]
+        p = torch.zeros(6, dtype=torch.float64, device=self.device, requires_grad=True)
+        candidates: list[np.ndarray] = [np.zeros(6)]
+        history: list[list[float]] = []
+        for level, (size, n_it, lr) in enumerate(zip(levels, iters, lrs)):
+            intr = level_intrinsics(intrinsics, size)
+            target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
+            renderer = self._render(intr)
+            patch = max(5, int(round(o.patch_fraction * intr.width)))
+            opt = torch.optim.Adam([p], lr=lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_it), eta_min=0.1 * lr)
+            best_sim, best_p = -math.inf, p.detach().cpu().numpy().copy()
+            hist: list[float] = []
+            for it in range(n_it):
+                if cancel is not None and cancel():
+                    raise Cancelled("refinement cancelled")
+                opt.zero_grad()
+                T = pose_perturbation(p, c_cam, self.radius_mm) @ T0_t
+                drr = renderer(T[None].to(torch.float32))
+                sim = multiscale_ncc(drr, target[None], patch)[0]
+                s = float(sim.detach())
+                hist.append(s)
+                if s > best_sim:
+                    best_sim, best_p = s, p.detach().cpu().numpy().copy()
+                (-sim).backward()
+                if not torch.isfinite(p.grad).all():
+                    break
+                opt.step()
+                sched.step()
+                done += 1
+                if progress is not None:
+                    progress(done / total, f"refine {intr.width}x{intr.height}: similarity {best_sim:.4f}")
+            history.append(hist)
+            candidates.append(best_p)
+            with torch.no_grad():
+                p.copy_(torch.as_tensor(best_p, dtype=torch.float64))
+        # Final choice at the finest level, the start included: never worse than the start.
+        poses = [perturbation_numpy(c, T0, self.centre_ras, self.radius_mm) if np.any(c) else T0 for c in candidates]
+        sims = self.similarity(xray_pixels, intrinsics, np.stack(poses), levels[-1])
+        k = int(np.argmax(sims))
+        return RefineResult(poses[k], float(sims[0]), float(sims[k]), k != 0, history, candidates[k],
+                            time.perf_counter() - t0)
+
+
+def refine(ct: CTVolume, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
+           options: RefineOptions | None = None, device: str | torch.device = "cpu",
+           progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RefineResult:
+    """One-shot ``Refiner(ct, options, device).refine(...)``."""
+    return Refiner(ct, options, device).refine(xray_pixels, intrinsics, camera_from_world, progress, cancel)
