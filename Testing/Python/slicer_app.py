@@ -112,6 +112,10 @@ class SlicerApp:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def fresh(self) -> "SlicerApp":
+        """Another application context with an empty scene (use as ``with app.fresh() as other:``)."""
+        return SlicerApp()
+
     def nodes(self, class_name: str = "vtkMRMLNode") -> list:
         """All nodes of a class (including subclasses) in scene order."""
         col = self.scene.GetNodesByClass(class_name)
