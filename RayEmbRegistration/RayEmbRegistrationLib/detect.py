@@ -1,0 +1,260 @@
+"""Point subspaces, subspace scores, 2D detections and heatmaps (the RayEmb matching step).
+
+Owns: sampling embeddings at sub-pixel positions, the per-point subspace ``U`` (orthonormal basis of the span
+of the point's T template embeddings, rank ≤ T, from an SVD with rank handling), the score
+``s(e) = ‖Uᵀe‖ / ‖e‖`` (= cosine between ``e`` and its projection onto the subspace), the differentiable
+Gram form used in training, argmax + sub-pixel refinement, and ``LandmarkDetector`` (the inference API).
+
+Never forms per-pixel D×D projectors: everything goes through ``U`` (D × r) or ``E`` (D × T).
+
+Shapes: embedding maps (D, h, w) or (B, D, h, w); point embeddings ``E`` (N, D, T); query embeddings
+(P, D) = pixels; scores (N, P) or (N, h, w). Pixels (u, v) = (column, row), integers at pixel centres.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "sample_embeddings",
+    "subspace_basis",
+    "subspace_scores",
+    "gram_scores",
+    "refine_peak",
+    "score_maps_argmax",
+    "Detections",
+    "LandmarkDetector",
+    "DetectionCancelled",
+]
+
+
+class DetectionCancelled(RuntimeError):
+    """Raised when the ``cancel`` callback of ``LandmarkDetector.detect`` returns True."""
+
+
+def sample_embeddings(fmap: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinearly sample embedding maps at pixel positions.
+
+    Args:
+        fmap: (B, D, h, w) embedding maps.
+        uv: (B, N, 2) pixel coordinates (u = column, v = row; integers = pixel centres) in those maps.
+
+    Returns: ``(emb (B, N, D), inside (B, N) bool)``; points outside the image (or NaN) get zeros, inside False.
+    """
+    B, D, h, w = fmap.shape
+    uv = uv.to(fmap.dtype)
+    finite = torch.isfinite(uv).all(-1)
+    uv = torch.where(finite[..., None], uv, torch.full_like(uv, -10.0))
+    inside = finite & (uv[..., 0] >= -0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= h - 0.5)
+    grid = torch.stack([uv[..., 0] / (w - 1) * 2 - 1, uv[..., 1] / (h - 1) * 2 - 1], -1)  # align_corners=True
+    emb = F.grid_sample(fmap, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=True)
+    emb = emb[..., 0].transpose(1, 2)  # (B, N, D)
+    return emb * inside[..., None].to(emb.dtype), inside
+
+
+def subspace_basis(E: torch.Tensor, rel_tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis of span(E) per point, with rank handling.
+
+    Args:
+        E: (N, D, T) the T template embeddings of N points (columns may be zero: point not seen there).
+        rel_tol: singular values below ``rel_tol · σ_max`` (or all, if σ_max ≈ 0) count as zero.
+
+    Returns: ``(U (N, D, T), mask (N, T))``: ``U[..., j]`` is a basis vector where ``mask[:, j]`` is 1, else 0
+    (so ``U`` holds exactly rank(E) orthonormal columns; a point with E = 0 has an empty subspace, score 0).
+    """
+    Uf, S, _ = torch.linalg.svd(E, full_matrices=False)  # (N, D, k), (N, k); k = min(D, T)
+    smax = S[:, :1]
+    mask = (S > rel_tol * smax) & (smax > 1e-12)
+    return Uf * mask[:, None, :].to(Uf.dtype), mask
+
+
+def subspace_scores(U: torch.Tensor, e: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``s = ‖Uᵀe‖ / ‖e‖`` for every (point, pixel) pair.
+
+    Args:
+        U: (N, D, r) orthonormal (possibly zero-padded) bases from ``subspace_basis``.
+        e: (P, D) query embeddings.
+
+    Returns: (N, P) scores in [0, 1].
+    """
+    en = e / e.norm(dim=-1, keepdim=True).clamp_min(eps)
+    proj = torch.einsum("pd,ndr->npr", en, U)
+    return proj.norm(dim=-1)
+
+
+def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
+    """Differentiable training form of the same score through E (no SVD): ``s² = cᵀ (EᵀE + λI)⁻¹ c / ‖e‖²``
+    with ``c = Eᵀe`` and ``λ = ridge · tr(EᵀE)/T`` (equals ``subspace_scores`` as λ → 0 for full-rank E).
+
+    Args: E (N, D, T), e (P, D) or (N, P, D) (per-point query maps). Returns (N, P).
+    """
+    en = e / e.norm(dim=-1, keepdim=True).clamp_min(eps)
+    G = E.transpose(1, 2) @ E  # (N, T, T)
+    T = G.shape[-1]
+    lam = ridge * G.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(eps) / T
+    G = G + lam[:, None, None] * torch.eye(T, dtype=G.dtype, device=G.device)
+    L = torch.linalg.cholesky(G)
+    if en.ndim == 2:
+        c = torch.einsum("pd,ndt->ntp", en, E)  # (N, T, P)
+    else:
+        c = torch.einsum("npd,ndt->ntp", en, E)
+    y = torch.linalg.solve_triangular(L, c, upper=False)  # L y = c → ‖y‖² = cᵀ G⁻¹ c
+    return y.pow(2).sum(1).clamp(0.0, 1.0).add(1e-12).sqrt()
+
+
+def refine_peak(score: torch.Tensor, idx: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Sub-pixel peak by a separable quadratic fit in the 3×3 window around the argmax.
+
+    Args: score (N, h·w) maps, idx (N,) flat argmax, w, h. Returns (N, 2) float64 (u, v).
+    """
+    u = (idx % w).long()
+    v = (idx // w).long()
+    maps = score.view(-1, h, w)
+    n = torch.arange(len(idx), device=score.device)
+
+    def at(du, dv):
+        uu = (u + du).clamp(0, w - 1)
+        vv = (v + dv).clamp(0, h - 1)
+        return maps[n, vv, uu].double()
+
+    c = at(0, 0)
+    out = torch.stack([u.double(), v.double()], -1)
+    for axis, (a, b) in enumerate((((-1, 0), (1, 0)), ((0, -1), (0, 1)))):
+        lo, hi = at(*a), at(*b)
+        pos = u if axis == 0 else v
+        size = w if axis == 0 else h
+        denom = lo - 2 * c + hi
+        off = torch.where(denom < -1e-12, 0.5 * (lo - hi) / denom, torch.zeros_like(c)).clamp(-0.5, 0.5)
+        interior = (pos > 0) & (pos < size - 1)
+        out[:, axis] += torch.where(interior, off, torch.zeros_like(off))
+    return out
+
+
+def score_maps_argmax(score: torch.Tensor, w: int, h: int, tau: float, window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Refined peaks and confidences of score maps (N, h·w).
+
+    Confidence = probability mass of ``softmax(score / tau)`` within ``window`` pixels of the peak (in [0, 1]).
+    Returns ``(uv (N, 2) float64, confidence (N,) float64)``.
+    """
+    idx = score.argmax(-1)
+    uv = refine_peak(score, idx, w, h)
+    p = torch.softmax(score.float() / tau, dim=-1).view(-1, h, w)
+    u0, v0 = (idx % w).long(), (idx // w).long()
+    k = 2 * window + 1
+    pad = F.pad(p[:, None], (window, window, window, window))
+    # window sum around the peak: gather a k×k patch per map
+    rows = (v0[:, None] + torch.arange(k, device=p.device)[None])  # in padded coords
+    cols = (u0[:, None] + torch.arange(k, device=p.device)[None])
+    n = torch.arange(len(idx), device=p.device)
+    patch = pad[n[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
+    conf = patch.sum((-1, -2)).double()
+    return uv, conf
+
+
+@dataclass
+class Detections:
+    """2D detections of N 3D points in one X-ray.
+
+    Attributes:
+        uv: (N, 2) float64 pixels (u, v) in the X-ray's own full-resolution grid (OpenCV convention).
+        confidence: (N,) float64 in [0, 1] (softmax mass near the peak; 0 for points no template sees).
+        heatmaps: (N, h, w) float32 subspace scores at network size, or None.
+        uv_net: (N, 2) the same detections at network size (``image_size``²).
+        net_intrinsics: the X-ray's detector resampled to network size.
+        seconds: wall time of ``detect``.
+    """
+
+    uv: np.ndarray
+    confidence: np.ndarray
+    heatmaps: np.ndarray | None
+    uv_net: np.ndarray
+    net_intrinsics: object
+    seconds: float = 0.0
+
+
+class LandmarkDetector:
+    """Detects the 2D projections of 3D CT points in X-rays of that CT.
+
+    Args:
+        model: an ``EmbeddingNet`` (``load_model()``).
+        ct: the patient's ``CTVolume``.
+        device: torch device for the network and the scoring.
+        n_templates: number of template views (see ``templates.inference_template_angles``).
+        cache_dir: optional on-disk template cache (keyed by CT hash, model sha256 and template settings).
+        progress: optional ``callable(fraction, message)`` while building templates.
+    """
+
+    def __init__(self, model, ct, device: str | torch.device = "cpu", n_templates: int = 4, cache_dir=None,
+                 progress: Callable[[float, str], None] | None = None, chunk: int = 128) -> None:
+        from .templates import get_templates
+
+        self.model = model.to(device).eval()
+        self.ct = ct
+        self.device = torch.device(device)
+        self.chunk = int(chunk)
+        self.templates = get_templates(model, ct, n_templates=n_templates, device=device, cache_dir=cache_dir, progress=progress)
+
+    def point_bases(self, points_ras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3) RAS → (U (N, D, T), seen (N,) bool = visible in ≥ 1 template)."""
+        E = self.templates.point_embeddings(points_ras).to(self.device)  # (N, D, T)
+        U, mask = subspace_basis(E)
+        return U, mask.any(-1)
+
+    @torch.no_grad()
+    def detect(self, xray_pixels, intrinsics, points_ras, heatmaps: bool = False,
+               progress: Callable[[float, str], None] | None = None, cancel: Callable[[], bool] | None = None) -> Detections:
+        """Detect where ``points_ras`` project in the X-ray.
+
+        Args:
+            xray_pixels: (H, W) float line-integral image (bone bright), as ``xray`` delivers it.
+            intrinsics: the X-ray's ``Intrinsics`` (its full-resolution grid, W × H).
+            points_ras: (N, 3) RAS mm points of the CT.
+            heatmaps: also return the (N, h, w) score maps at network size.
+            progress: ``callable(fraction, message)``; cancel: ``callable() -> bool`` (raises ``DetectionCancelled``).
+        """
+        t0 = time.perf_counter()
+        img = np.asarray(xray_pixels) if not isinstance(xray_pixels, torch.Tensor) else xray_pixels
+        if img.ndim != 2:
+            raise ValueError(f"xray_pixels must be a 2D (H, W) image, got shape {tuple(img.shape)}")
+        H, W = img.shape
+        if (intrinsics.width, intrinsics.height) != (W, H):
+            raise ValueError(f"intrinsics describe a {intrinsics.width}×{intrinsics.height} image but xray_pixels is "
+                             f"{W}×{H}; pass the intrinsics of this image.")
+        pts = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+        S = self.model.config.image_size
+        net_K = intrinsics.resized(S, S)
+        if progress:
+            progress(0.0, "embedding X-ray")
+        emb = self.model.embed(img if isinstance(img, torch.Tensor) else img.astype(np.float32))[0]  # (D, S, S)
+        D = emb.shape[0]
+        e = emb.reshape(D, -1).T.contiguous()  # (P, D)
+        e = e / e.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        U, seen = self.point_bases(pts)
+        N = len(pts)
+        uv = np.zeros((N, 2))
+        conf = np.zeros(N)
+        maps = np.zeros((N, S, S), np.float32) if heatmaps else None
+        tau = self.model.config.tau
+        for start in range(0, N, self.chunk):
+            if cancel is not None and cancel():
+                raise DetectionCancelled("landmark detection cancelled")
+            sl = slice(start, min(N, start + self.chunk))
+            sc = torch.einsum("pd,ndr->npr", e, U[sl]).norm(dim=-1)  # (n, P)
+            p_uv, p_conf = score_maps_argmax(sc, S, S, tau)
+            uv[sl] = p_uv.cpu().numpy()
+            conf[sl] = p_conf.cpu().numpy()
+            if maps is not None:
+                maps[sl] = sc.view(-1, S, S).float().cpu().numpy()
+            if progress:
+                progress(sl.stop / max(N, 1), f"scored {sl.stop}/{N} points")
+        seen_np = seen.cpu().numpy()
+        conf[~seen_np] = 0.0
+        full_uv = net_K.scale_pixels(uv, intrinsics)
+        return Detections(full_uv, conf, maps, uv, net_K, time.perf_counter() - t0)

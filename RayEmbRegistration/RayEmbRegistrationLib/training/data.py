@@ -1,0 +1,104 @@
+"""Training batches from the shards written by ``generate`` (see its docstring for the layout).
+
+Owns: loading shards into memory and drawing (queries, templates, visible bone points) batches with a NumPy
+``Generator`` (deterministic given the generator's seed).
+
+Batch (dict of tensors / arrays): ``query`` (B, S, S) line integrals, ``templates`` (T, S, S) (shared by the B
+queries: same anatomy variant), ``uv_query`` (B, N, 2) and ``uv_templates`` (B, T, N, 2) pixels at size S
+(integers = pixel centres), ``valid`` (B, N) bool (padding is False).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ShardSet", "project_P", "INFERENCE_CORNERS"]
+
+INFERENCE_CORNERS = ((-20.0, -20.0), (-20.0, 20.0), (20.0, -20.0), (20.0, 20.0))
+
+
+def project_P(P: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Projection matrices (..., 3, 4) and points (N, 3) → pixels (..., N, 2) (NaN behind the source)."""
+    Xh = np.c_[X, np.ones(len(X))]
+    uvw = np.einsum("...ij,nj->...ni", P, Xh)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = uvw[..., :2] / uvw[..., 2:3]
+    uv[uvw[..., 2] <= 0] = np.nan
+    return uv
+
+
+class ShardSet:
+    """All shards of one or more ``generate`` output folders, in memory."""
+
+    def __init__(self, dirs, max_shards: int | None = None) -> None:
+        if isinstance(dirs, (str, Path)):
+            dirs = [dirs]
+        paths = sorted(p for d in dirs for p in Path(d).glob("shard_*.npz") if not p.name.endswith(".tmp.npz"))
+        if max_shards:
+            paths = paths[:max_shards]
+        if not paths:
+            raise ValueError(f"no training shards (shard_*.npz) in {list(map(str, dirs))}; run 'rayemb generate' first.")
+        self.dirs = [Path(d) for d in dirs]
+        self.max_shards = max_shards
+        self.paths: list[Path] = []
+        self.shards: list[dict] = []
+        self._load(paths)
+        self.size = self.shards[0]["queries"].shape[-1]
+
+    def _load(self, paths) -> None:
+        for p in paths:
+            z = np.load(p)
+            self.shards.append({k: z[k] for k in ("templates", "template_angles", "template_P", "queries", "query_P", "points")})
+            self.paths.append(p)
+
+    def refresh(self) -> int:
+        """Load shards that appeared since (a ``generate`` still running beside training); returns how many."""
+        if self.max_shards and len(self.paths) >= self.max_shards:
+            return 0
+        have = set(self.paths)
+        new = sorted(p for d in self.dirs for p in d.glob("shard_*.npz") if not p.name.endswith(".tmp.npz") and p not in have)
+        self._load(new)
+        return len(new)
+
+    def __len__(self) -> int:
+        return sum(len(s["queries"]) for s in self.shards)
+
+    @staticmethod
+    def _inside(uv: np.ndarray, S: int, margin: float = 1.0) -> np.ndarray:
+        return np.isfinite(uv).all(-1) & (uv >= margin).all(-1) & (uv <= S - 1 - margin).all(-1)
+
+    def template_indices(self, shard: int, angles) -> np.ndarray:
+        a = self.shards[shard]["template_angles"]
+        return np.array([int(np.argmin(np.abs(a - np.asarray(x)).sum(1))) for x in angles])
+
+    def batch(self, rng: np.random.Generator, n_queries: int = 4, n_templates: int = 4, n_points: int = 40,
+              shard: int | None = None, query_idx=None, template_idx=None) -> dict:
+        s_i = int(rng.integers(len(self.shards))) if shard is None else shard
+        s = self.shards[s_i]
+        S = self.size
+        q_idx = rng.choice(len(s["queries"]), n_queries, replace=False) if query_idx is None else np.asarray(query_idx)
+        t_idx = rng.choice(len(s["templates"]), n_templates, replace=False) if template_idx is None else np.asarray(template_idx)
+        X = s["points"].astype(np.float64)
+        uv_t_all = project_P(s["template_P"][t_idx], X)  # (T, M, 2)
+        seen_t = self._inside(uv_t_all, S).all(0)
+        B = len(q_idx)
+        uv_q = np.full((B, n_points, 2), np.nan)
+        uv_t = np.full((B, n_templates, n_points, 2), np.nan)
+        valid = np.zeros((B, n_points), bool)
+        for b, q in enumerate(q_idx):
+            uvq = project_P(s["query_P"][q], X)
+            ok = np.flatnonzero(seen_t & self._inside(uvq, S))
+            pick = rng.choice(ok, min(n_points, len(ok)), replace=False) if len(ok) else ok
+            k = len(pick)
+            uv_q[b, :k] = uvq[pick]
+            uv_t[b, :, :k] = uv_t_all[:, pick]
+            valid[b, :k] = True
+        return dict(
+            query=torch.from_numpy(s["queries"][q_idx].astype(np.float32)),
+            templates=torch.from_numpy(s["templates"][t_idx].astype(np.float32)),
+            uv_query=torch.from_numpy(uv_q), uv_templates=torch.from_numpy(uv_t), valid=torch.from_numpy(valid),
+            shard=s_i, query_idx=q_idx, template_idx=t_idx,
+        )

