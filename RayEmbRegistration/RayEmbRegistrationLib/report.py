@@ -1,0 +1,250 @@
+"""Registration outputs: ``registration.json``, ``overlay.png``, ``detections.json`` and the Slicer scene ``scene.mrb``.
+
+Owns: the JSON layout of a registration (cameras of every stage, landmarks, inliers, similarities, timings),
+the overlay picture (X-ray + DRR edges at the final pose + detected / reprojected landmarks, drawn with
+OpenCV), and writing a directory of outputs all-or-nothing: every file is first written under a temporary
+name in the output directory, and only when all of them succeeded are they renamed into place,
+``registration.json`` last. A failure leaves no partial ``registration.json``.
+
+Frames: cameras as ``camera.Camera.to_dict`` (world = CT RAS mm, OpenCV camera, pixels (u, v) = (column, row),
+integer at pixel centres).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .camera import Camera
+
+__all__ = ["ReportError", "registration_dict", "overlay_image", "write_registration", "write_json_atomic",
+           "save_scene", "CONVENTIONS"]
+
+CONVENTIONS = (
+    "world = the CT's RAS frame in mm (as Slicer shows it); camera = OpenCV pinhole (x along +u, y along +v, z from "
+    "the X-ray source toward the detector); pixels (u, v) = (column, row) of the X-ray as stored, integer at pixel "
+    "centres; intrinsics K = [[SDD/du, 0, cu], [0, SDD/dv, cv], [0, 0, 1]]; X_cam = camera_from_world · X_ras; "
+    "projection_matrix = K [R | t] maps homogeneous RAS to homogeneous pixels."
+)
+
+
+class ReportError(ValueError):
+    """Outputs could not be written (message names the file)."""
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: arrays → lists, NaN/inf → None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x
+
+
+def registration_dict(result, ct=None, xray=None, extra: dict | None = None) -> dict[str, Any]:
+    """The content of ``registration.json`` for a ``pipeline.RegistrationResult``."""
+    from . import __version__
+
+    final: Camera = result.final
+    cams = {"initial": result.initial, "refined": result.refined, "final": final}
+    d: dict[str, Any] = {
+        "format": "rayemb-registration/1",
+        "software_version": __version__,
+        "conventions": CONVENTIONS,
+        "final_stage": result.final_stage,
+        "initial_method": result.initial_method,
+        # The final pose at the top level (the contract of `rayemb register`).
+        "intrinsics": final.intrinsics.K,
+        "camera_from_world": final.camera_from_world,
+        "projection_matrix": final.projection_matrix,
+        "image_size": [final.intrinsics.width, final.intrinsics.height],
+        "geometry": final.intrinsics.to_dict(),
+        "stages": {k: (None if c is None else c.to_dict()) for k, c in cams.items()},
+        "n_correspondences": result.n_correspondences,
+        "inliers": result.inliers,
+        "pnp_rmse_px": result.pnp_rmse_px,
+        "similarity_before": result.similarity_before,
+        "similarity_after": result.similarity_after,
+        "similarity": "multiscale NCC (0.5 global + 0.5 local patches) on the refinement's finest grid",
+        "landmarks": [lm.to_dict() for lm in result.landmarks],
+        "n_fiducials": sum(1 for lm in result.landmarks if lm.kind == "fiducial"),
+        "n_bone_points": sum(1 for lm in result.landmarks if lm.kind == "bone"),
+        "timings_s": result.timings_s,
+        "warnings": list(result.warnings),
+    }
+    for k, c in cams.items():
+        d[k] = None if c is None else c.to_dict()
+    if result.options is not None:
+        d["options"] = result.options.to_dict()
+    if ct is not None:
+        d["ct"] = {"name": ct.name, "shape": list(ct.shape), "spacing_mm": ct.spacing, "ijk_to_ras": ct.ijk_to_ras}
+    if xray is not None:
+        d["xray"] = {"name": getattr(xray, "name", ""), "size": [xray.intrinsics.width, xray.intrinsics.height],
+                     "source": (getattr(xray, "metadata", {}) or {}).get("source")}
+    if extra:
+        d.update(extra)
+    return _clean(d)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img, dtype=np.float64)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    if hi <= lo:
+        hi = lo + 1.0
+    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+
+
+def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(), min_size: int = 512,
+                  title: str | None = None, max_bone: int = 200) -> np.ndarray:
+    """(h, w, 3) uint8 BGR picture: the X-ray (grey), DRR edges at the final pose (green), detected landmarks
+    (yellow circles: inliers filled), their reprojections at the final pose (magenta crosses), fiducial labels.
+
+    ``drr`` may be on a coarser grid of the same detector; it is resampled (pixel edges kept).
+    """
+    import cv2
+
+    H, W = xray_pixels.shape
+    s = max(1.0, min_size / max(H, W))
+    w, h = int(round(W * s)), int(round(H * s))
+    base = cv2.resize(_to_uint8(xray_pixels), (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
+    if drr is not None:
+        d = cv2.resize(_to_uint8(drr), (w, h), interpolation=cv2.INTER_LINEAR)
+        d = cv2.GaussianBlur(d, (0, 0), 2.0)
+        g = np.abs(cv2.Sobel(d, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(d, cv2.CV_32F, 0, 1))
+        lo, hi = np.percentile(g, [80, 92])
+        edges = cv2.Canny(d, float(lo), float(max(hi, lo + 1))) > 0
+        out[edges] = (0.4 * out[edges] + 0.6 * np.array([0, 255, 0])).astype(np.uint8)
+
+    def px(uv):
+        return (int(round((uv[0] + 0.5) * s - 0.5)), int(round((uv[1] + 0.5) * s - 0.5)))
+
+    n_bone = 0
+    for lm in landmarks:
+        det = np.asarray(lm.detected_px, dtype=float)
+        rep = np.asarray(lm.reprojected_px, dtype=float)
+        is_fid = getattr(lm, "kind", "fiducial") == "fiducial"
+        if not is_fid:
+            n_bone += 1
+            if n_bone > max_bone:
+                continue
+        r = 6 if is_fid else 3
+        if np.isfinite(det).all():
+            cv2.circle(out, px(det), r, (0, 230, 255), -1 if getattr(lm, "inlier", False) else 1, cv2.LINE_AA)
+        if np.isfinite(rep).all():
+            cv2.drawMarker(out, px(rep), (255, 60, 230), cv2.MARKER_CROSS, 2 * r + 2, 1, cv2.LINE_AA)
+            if is_fid:
+                cv2.putText(out, str(lm.label), (px(rep)[0] + 7, px(rep)[1] - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                            (255, 60, 230), 1, cv2.LINE_AA)
+    if title:
+        cv2.putText(out, title, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def write_json_atomic(data: dict, path: str | Path) -> Path:
+    """Write JSON to ``path`` via a temporary file in the same directory + ``os.replace`` (atomic)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _headless_scene():
+    """A real MRML scene able to write ``.mrb`` files, from ``mrml.py`` if it offers one, else from the
+    source checkout's ``Testing/Python/slicer_app.py`` (both wrap the slicer-core wheel). Returns
+    ``(scene, close)`` or raises ``ReportError``."""
+    from . import mrml
+
+    for name in ("headless_scene", "new_scene", "create_scene"):
+        fn = getattr(mrml, name, None)
+        if callable(fn):
+            s = fn()
+            scene = getattr(s, "scene", s)
+            return scene, getattr(s, "close", lambda: None)
+    import importlib.util
+
+    app_py = Path(__file__).resolve().parents[2] / "Testing" / "Python" / "slicer_app.py"
+    if not app_py.exists():
+        raise ReportError("no headless MRML scene factory is available (mrml.py has none and slicer_app.py is absent).")
+    spec = importlib.util.spec_from_file_location("_rayemb_slicer_app", app_py)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    app = mod.SlicerApp()
+    return app.scene, app.close
+
+
+def save_scene(path: str | Path, result, ct, xray, fiducials=None) -> Path:
+    """Write a Slicer scene bundle: CT, X-ray (on the final camera's detector plane), fiducials, camera transform,
+    frustum models per stage, DRR, detected/reprojected points and the landmark table (through ``mrml.py``)."""
+    from . import mrml
+
+    scene, close = _headless_scene()
+    try:
+        ct_node = mrml.ct_to_volume_node(scene, ct, ct.name or "CT")
+        xnode = mrml.xray_to_volume_node(scene, xray.pixels, xray.intrinsics, getattr(xray, "name", "X-ray") or "X-ray")
+        if fiducials is not None and len(fiducials):
+            mrml.fiducials_to_markups_node(scene, fiducials.labels, fiducials.ras, "Fiducials")
+        mrml.write_registration_outputs(scene, xnode, result)
+        mrml.show_in_slice_views(scene, background=ct_node)
+        mrml.save_scene_mrb(scene, str(path))
+    finally:
+        close()
+    return Path(path)
+
+
+def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, scene: bool = True,
+                       extra: dict | None = None) -> dict[str, Path]:
+    """Write ``registration.json``, ``overlay.png`` and (``scene=True``) ``scene.mrb`` into ``out_dir``.
+
+    All-or-nothing: files are written under temporary names and renamed into place only after all succeeded,
+    ``registration.json`` last. Returns ``{"registration", "overlay", "scene"}`` → paths.
+    """
+    import cv2
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
+    written: dict[str, Path] = {}
+    try:
+        title = f"final: {result.final_stage}; inliers {result.inliers}/{result.n_correspondences}"
+        if result.similarity_after is not None:
+            title += f"; NCC {result.similarity_before:.3f} -> {result.similarity_after:.3f}"
+        img = overlay_image(xray.pixels, result.drr, result.landmarks, title=title)
+        if not cv2.imwrite(str(tmp_dir / "overlay.png"), img):
+            raise ReportError(f"could not write {out / 'overlay.png'}")
+        written["overlay"] = out / "overlay.png"
+        if scene:
+            save_scene(tmp_dir / "scene.mrb", result, ct, xray, fiducials)
+            written["scene"] = out / "scene.mrb"
+        data = registration_dict(result, ct, xray, extra)
+        (tmp_dir / "registration.json").write_text(json.dumps(data, indent=2))
+        written["registration"] = out / "registration.json"
+        for key in ("overlay", "scene", "registration"):  # registration.json last
+            if key in written:
+                os.replace(tmp_dir / written[key].name, written[key])
+    finally:
+        for p in tmp_dir.glob("*"):
+            p.unlink(missing_ok=True)
+        tmp_dir.rmdir()
+    return written
