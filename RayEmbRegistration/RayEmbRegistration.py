@@ -218,6 +218,10 @@ class ProgressDialog:
         self.close()
 
 
+class FinetuneCancelled(Exception):
+    """Raised from the fine-tuning log callback when the user pressed Cancel."""
+
+
 def _isCancellation(exc: BaseException) -> bool:
     return "cancel" in type(exc).__name__.lower()
 
@@ -605,25 +609,23 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         return str(bundled[0]) if bundled else None
 
     def registrationOptions(self, p):
-        """GUI options → ``pipeline.RegistrationOptions`` (fields it does not have are logged, not passed)."""
-        import dataclasses
+        """GUI options → ``pipeline.RegistrationOptions``.
 
+        ``resolution`` is the finest refinement grid (the coarse level is half of it); ``iterations`` the Adam
+        iterations of the coarse level (the fine level gets 40 % of them, the pipeline's default ratio).
+        """
         from RayEmbRegistrationLib import pipeline
 
-        wanted = {
-            "model_path": self.modelPath(p),
-            "device": p.device,
-            "auto_bone_points": bool(p.autoBonePoints),
-            "refine": bool(p.refine),
-            "refine_iterations": int(p.iterations),
-            "resolution": int(p.resolution),
-        }
-        cls = pipeline.RegistrationOptions
-        names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(wanted)
-        unknown = sorted(k for k in wanted if k not in names)
-        if unknown:
-            logging.warning(f"RayEmbRegistration: pipeline.RegistrationOptions has no {unknown}; using its defaults.")
-        return cls(**{k: v for k, v in wanted.items() if k in names})
+        res = int(p.resolution)
+        its = int(p.iterations)
+        return pipeline.RegistrationOptions(
+            device=p.device,
+            model_path=self.modelPath(p),
+            auto_bone_points=bool(p.autoBonePoints),
+            refine=bool(p.refine),
+            refine_levels=(max(32, res // 2), res),
+            refine_iterations=(its, max(1, round(0.4 * its))),
+        )
 
     # --- the pipeline, one small function each --------------------------------------------------------------
     @staticmethod
@@ -636,13 +638,25 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     def _pipelineDetect(ct, xr, fids, options, progress=None, cancel=None):
         from RayEmbRegistrationLib import pipeline
 
-        return pipeline.detect(ct, xr, fids, options, progress=progress, cancel=cancel)
+        return pipeline.detect(ct, xr, fids, options, heatmaps=True, progress=progress, cancel=cancel)
 
     @staticmethod
-    def _pipelineFinetune(ct, options, outputPath, progress=None, cancel=None):
-        from RayEmbRegistrationLib import training
+    def _pipelineFinetune(ct, outDir, modelPath, device, seconds, progress=None, cancel=None):
+        """``training.finetune`` reports through ``log`` only: its messages drive the dialog (time-based
+        fraction) and Cancel raises ``FinetuneCancelled`` from inside the callback."""
+        import time
 
-        return training.finetune(ct, options=options, output=outputPath, progress=progress, cancel=cancel)
+        from RayEmbRegistrationLib.training.finetune import finetune
+
+        t0 = time.time()
+
+        def log(message):
+            if cancel is not None and cancel():
+                raise FinetuneCancelled("fine-tuning cancelled")
+            if progress is not None:
+                progress(min(0.99, (time.time() - t0) / (1.3 * seconds + 1.0)), str(message))
+
+        return finetune(ct, outDir, model_path=modelPath, seconds=seconds, device=device, progress=False, log=log)
 
     # --- actions (usable without the GUI) -------------------------------------------------------------------
     def _inputs(self, p):
@@ -655,6 +669,20 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         fids = self.fiducialsFromNode(p.fiducials)
         return ct, xr, fids, self.registrationOptions(p)
 
+    @staticmethod
+    def displayedResult(result, maxBonePoints: int = 40):
+        """The result with at most ``maxBonePoints`` automatic bone landmarks (PnP inliers first, then by
+        confidence) for the table and the slice views; every fiducial is kept."""
+        import copy
+
+        marks = list(getattr(result, "landmarks", []) or [])
+        fid = [m for m in marks if getattr(m, "kind", "fiducial") != "bone"]
+        bone = sorted((m for m in marks if getattr(m, "kind", "fiducial") == "bone"),
+                      key=lambda m: (not getattr(m, "inlier", False), -float(getattr(m, "confidence", 0.0))))
+        shown = copy.copy(result)
+        shown.landmarks = fid + bone[:maxBonePoints]
+        return shown
+
     def register(self, p, progress=None, cancel=None):
         """Register ``p.xrayVolume`` to ``p.ctVolume``; writes/updates the output nodes; returns the result."""
         import time
@@ -664,50 +692,55 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         t0 = time.time()
         ct, xr, fids, options = self._inputs(p)
         result = self._pipelineRegister(ct, xr, fids, options, progress, cancel)
-        self.outputs = mrml.write_registration_outputs(slicer.mrmlScene, p.xrayVolume, result)
+        self.outputs = mrml.write_registration_outputs(slicer.mrmlScene, p.xrayVolume, self.displayedResult(result))
         self.lastResult = result
-        logging.info(f"RayEmbRegistration: registration done in {time.time() - t0:.1f} s ({getattr(result, 'final_stage', '?')}).")
+        self.lastDetection = None
+        logging.info(f"RayEmbRegistration: registration done in {time.time() - t0:.1f} s ({result.final_stage}).")
         return result
 
     def detect(self, p, progress=None, cancel=None):
-        """Detect landmarks only: 2D points on the X-ray (+ heatmaps kept for display)."""
+        """Detect the fiducials in the X-ray: 2D points on the X-ray + a table; heatmaps kept for display."""
         from RayEmbRegistrationLib import mrml
 
         ct, xr, fids, options = self._inputs(p)
+        if fids is None:
+            raise ValueError("Detect landmarks needs 3D landmarks: select or place a point list in the CT.")
         det = self._pipelineDetect(ct, xr, fids, options, progress, cancel)
         labels = list(det.labels)
+        rows = [(l, r, u, None, c) for l, r, u, c in zip(labels, det.ras, det.uv, det.confidence)]
+        key = p.xrayVolume.GetID()
         with mrml.scene_transaction(slicer.mrmlScene):
             self.outputs = {
-                "points.detected": mrml.points_2d_to_markups_node(
-                    slicer.mrmlScene, det.detected_px, labels, p.xrayVolume, "detected", p.xrayVolume.GetID()
-                )
+                "points.detected": mrml.points_2d_to_markups_node(slicer.mrmlScene, det.uv, labels, p.xrayVolume, "detected", key),
+                "table": mrml.results_table_node(slicer.mrmlScene, rows, f"{p.xrayVolume.GetName()} landmarks", key),
             }
         self.lastDetection = det
         return det
 
-    def finetune(self, p, progress=None, cancel=None) -> str:
-        """Fine-tune the network on ``p.ctVolume``; selects the new weights ('fine-tuned')."""
-        from RayEmbRegistrationLib import mrml
+    def finetune(self, p, progress=None, cancel=None, seconds: float = 300.0) -> str:
+        """Fine-tune the network on ``p.ctVolume`` (``seconds`` of training); selects the new weights."""
+        from RayEmbRegistrationLib import mrml, pipeline
 
         if not p.ctVolume:
             raise ValueError("Select the CT volume to fine-tune on.")
         ct = mrml.volume_node_to_ct(p.ctVolume)
-        outDir = os.path.join(slicer.app.cachePath, "RayEmbRegistration", "finetuned")
+        safeName = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.ctVolume.GetName()) or "ct"
+        outDir = os.path.join(slicer.app.cachePath, "RayEmbRegistration", "finetuned", safeName)
         os.makedirs(outDir, exist_ok=True)
-        outPath = os.path.join(outDir, f"{slicer.app.toSafeFileName(p.ctVolume.GetName()) if hasattr(slicer.app, 'toSafeFileName') else 'ct'}.safetensors")
-        options = self.registrationOptions(p) if p.xrayVolume else None
-        path = self._pipelineFinetune(ct, options, outPath, progress, cancel)
-        p.finetunedModelFile = pathlib.Path(str(path or outPath))
+        base = self.modelPath(p) if p.modelSource != "fine-tuned" else None
+        report = self._pipelineFinetune(ct, outDir, base, pipeline.resolve_device(p.device), seconds, progress, cancel)
+        p.finetunedModelFile = pathlib.Path(report["finetuned_model"])
         p.modelSource = "fine-tuned"
         return str(p.finetunedModelFile)
 
     # --- display --------------------------------------------------------------------------------------------
     @staticmethod
     def summary(result) -> str:
-        stage = getattr(result, "final_stage", "?")
-        before, after = getattr(result, "similarity_before", float("nan")), getattr(result, "similarity_after", float("nan"))
-        inl = getattr(result, "inliers", "?")
-        return f"Final pose: {stage}; inliers {inl}; similarity {before:.3f} → {after:.3f}"
+        text = f"Final pose: {result.final_stage}; PnP inliers {result.inliers}/{result.n_correspondences}"
+        if result.similarity_after is not None:
+            text += f"; NCC {result.similarity_before:.3f} → {result.similarity_after:.3f}"
+        text += f"; {result.timings_s.get('total', float('nan')):.1f} s"
+        return "\n".join([text] + list(result.warnings or []))
 
     def showOutputs(self, p) -> None:
         """X-ray as background, DRR as foreground of the Red view, aligned to the X-ray plane; frusta in 3D."""
@@ -732,11 +765,11 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         mrml.show_in_slice_views(slicer.mrmlScene, opacity=value, layouts=["Red"])
 
     def showHeatmap(self, row: int, p) -> None:
-        """Show the heatmap of landmark ``row`` (from the last detection/registration) over the X-ray."""
+        """Show the heatmap of landmark ``row`` of the last detection over the X-ray (its network-size grid
+        covers the same detector, see mrml.overlay_to_volume_node)."""
         from RayEmbRegistrationLib import mrml
 
-        source = self.lastDetection if self.lastDetection is not None else self.lastResult
-        heatmaps = getattr(source, "heatmaps", None)
+        heatmaps = getattr(self.lastDetection, "heatmaps", None)
         if heatmaps is None or p is None or not p.xrayVolume or row < 0 or row >= len(heatmaps):
             return
         node = mrml.overlay_to_volume_node(

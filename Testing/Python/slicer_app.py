@@ -52,6 +52,7 @@ class SlicerApp:
         # The colour logic looks for colour files under the home directory; an empty one means "none extra".
         (self.temp_dir / "home").mkdir(exist_ok=True)
         self.app_logic.SetHomeDirectory(str(self.temp_dir / "home"))
+        self.app_logic.SetShareDirectory(str(self.temp_dir / "home"))
         self.app_logic.SetMRMLScene(self.scene)
 
         self.logics = {}

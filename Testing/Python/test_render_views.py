@@ -1,0 +1,243 @@
+"""Offscreen renders of what the module shows, from a REAL slicer-core scene (VTK EGL, no display needed):
+
+* a 3D view: the CT's bone surface (flying edges on the CT volume node's voxels, placed by its IJKToRAS) and the
+  initial/final frustum model nodes, drawn with their display nodes' colours; the frustum's pixels are checked
+  against the camera model (source, detector corners and edge points projected by the VTK camera must have the
+  frustum colour; pixels away from it must not);
+* a 2D slice view rendered by Slicer's own ``vtkMRMLSliceLogic``: the X-ray volume node as background, the DRR
+  overlay (green) as foreground, plus detected/reprojected landmarks; the slice image is checked against the
+  X-ray pixels (orientation: the image as stored).
+
+PNGs go to ``Testing/Artifacts/`` and are copied to ``docs/screenshots/`` for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+vtk = pytest.importorskip("vtk")
+
+import mrml_checks  # noqa: E402
+from drr_numpy import line_integral_drr  # noqa: E402
+from slicer_app import SlicerApp  # noqa: E402
+
+from RayEmbRegistrationLib import mrml  # noqa: E402
+from RayEmbRegistrationLib.camera import Camera  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "Testing" / "Artifacts"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+W3D, H3D = 640, 480
+
+
+def _save_png(rgb: np.ndarray, name: str) -> Path:
+    from PIL import Image
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    Image.fromarray(rgb).save(path)
+    shutil.copyfile(path, SCREENSHOTS / name)
+    return path
+
+
+def _grab(render_window) -> np.ndarray:
+    """(H, W, 3) uint8, row 0 at the top."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    w2i = vtk.vtkWindowToImageFilter()
+    w2i.SetInput(render_window)
+    w2i.ReadFrontBufferOff()
+    w2i.Update()
+    img = w2i.GetOutput()
+    w, h, _ = img.GetDimensions()
+    a = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[:, :, :3]
+    return np.ascontiguousarray(a[::-1])
+
+
+@pytest.fixture(scope="module")
+def scene_with_results(sample_ct):
+    """A scene as the module leaves it after a registration (outputs written by mrml.write_registration_outputs)."""
+    app = SlicerApp()
+    cameras = mrml_checks.make_cameras(sample_ct)
+    true, initial = cameras
+    drr = mrml_checks.make_drr(sample_ct, cameras)
+    ct_node = mrml.ct_to_volume_node(app.scene, sample_ct, "CT")
+    xr = mrml.xray_to_volume_node(app.scene, drr, true.intrinsics, "X-ray")
+    res = mrml_checks._result(sample_ct, cameras, line_integral_drr(sample_ct, true.resized(48, 40), n_samples=64))
+    res.refined = None
+    out = mrml.write_registration_outputs(app.scene, xr, res)
+    yield app, ct_node, xr, out, cameras, drr
+    app.close()
+
+
+def _bone_actor(ct_node, hu: float = 250.0):
+    fe = vtk.vtkFlyingEdges3D()
+    fe.SetInputData(ct_node.GetImageData())  # voxel (i, j, k) space, spacing 1, origin 0
+    fe.SetValue(0, hu)
+    m = vtk.vtkMatrix4x4()
+    ct_node.GetIJKToRASMatrix(m)
+    tf = vtk.vtkTransform()
+    tf.SetMatrix(m)
+    tpd = vtk.vtkTransformPolyDataFilter()
+    tpd.SetInputConnection(fe.GetOutputPort())
+    tpd.SetTransform(tf)
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputConnection(tpd.GetOutputPort())
+    mapper = vtk.vtkPolyDataMapper()
+    mapper.SetInputConnection(normals.GetOutputPort())
+    mapper.ScalarVisibilityOff()
+    actor = vtk.vtkActor()
+    actor.SetMapper(mapper)
+    actor.GetProperty().SetColor(0.93, 0.88, 0.78)
+    return actor
+
+
+def _model_actor(model_node):
+    """A model node drawn as Slicer would: its polydata, display colour, line width; lines unlit."""
+    disp = model_node.GetDisplayNode()
+    mapper = vtk.vtkPolyDataMapper()
+    mapper.SetInputData(model_node.GetPolyData())
+    mapper.ScalarVisibilityOff()
+    actor = vtk.vtkActor()
+    actor.SetMapper(mapper)
+    prop = actor.GetProperty()
+    prop.SetColor(*disp.GetColor())
+    prop.SetLineWidth(disp.GetLineWidth() + 1)
+    prop.SetLighting(False)
+    actor.SetVisibility(bool(disp.GetVisibility()))
+    return actor
+
+
+def _near_colour(img: np.ndarray, xy, rgb, radius: int = 2, tol: float = 40.0) -> bool:
+    x, y = int(round(xy[0])), int(round(xy[1]))
+    patch = img[max(0, y - radius): y + radius + 1, max(0, x - radius): x + radius + 1].astype(float)
+    return bool((np.linalg.norm(patch - np.asarray(rgb) * 255.0, axis=-1) < tol).any())
+
+
+def test_3d_view_ct_and_frusta(scene_with_results):
+    app, ct_node, xr, out, (true, initial), _ = scene_with_results
+    ren = vtk.vtkRenderer()
+    ren.SetBackground(0.08, 0.1, 0.16)
+    ren.AddActor(_bone_actor(ct_node))
+    frusta = {stage: out[f"frustum.{stage}"] for stage in ("initial", "final")}
+    for node in frusta.values():
+        ren.AddActor(_model_actor(node))
+    rw = vtk.vtkRenderWindow()
+    rw.SetOffScreenRendering(1)
+    rw.SetSize(W3D, H3D)
+    rw.AddRenderer(ren)
+    # look from the patient's left, anterior and above, at the middle of the final frustum
+    cam = ren.GetActiveCamera()
+    centre = true.frustum_vertices_ras.mean(axis=0)
+    cam.SetFocalPoint(*centre)
+    cam.SetPosition(*(centre + np.array([-1700.0, 1100.0, 1000.0])))
+    cam.SetViewUp(0.0, 0.0, 1.0)
+    cam.Zoom(1.5)
+    ren.ResetCameraClippingRange()
+    rw.Render()
+    img = _grab(rw)
+    path = _save_png(img, "view3d_ct_frustum.png")
+    assert path.stat().st_size > 5000
+
+    def to_px(p):
+        ren.SetWorldPoint(float(p[0]), float(p[1]), float(p[2]), 1.0)
+        ren.WorldToDisplay()
+        x, y, _ = ren.GetDisplayPoint()
+        return x, H3D - 1 - y  # display y is bottom-up
+
+    colour = frusta["final"].GetDisplayNode().GetColor()
+    V = true.frustum_vertices_ras
+    checks = [V[0], *V[1:]]  # source and the 4 detector corners
+    for a, b in ((1, 2), (2, 3), (3, 4), (4, 1)):
+        checks.append(0.5 * (V[a] + V[b]))  # detector edges
+    for c in range(1, 5):
+        checks.append(V[0] + 0.1 * (V[c] - V[0]))  # source-to-corner edges near the source
+    hits = [_near_colour(img, to_px(p), colour) for p in checks]
+    assert all(hits), f"frustum colour missing at checks {[i for i, h in enumerate(hits) if not h]}"
+    # the projected geometry spans the image sensibly (all check points inside the view)
+    pts = np.array([to_px(p) for p in checks])
+    assert (pts[:, 0] > 0).all() and (pts[:, 0] < W3D).all() and (pts[:, 1] > 0).all() and (pts[:, 1] < H3D).all()
+    # away from the frustum there is no frustum colour: a point 120 mm beyond the source, off-axis
+    off = V[0] - 120.0 * true.principal_axis_ras + 120.0 * true.R[0]
+    assert not _near_colour(img, to_px(off), colour, radius=1)
+    # the initial frustum is drawn too, in its own colour
+    c_init = frusta["initial"].GetDisplayNode().GetColor()
+    assert _near_colour(img, to_px(initial.source_ras), c_init, radius=3)
+    # the bone is visible (bone-coloured pixels near the CT centre)
+    cx, cy = to_px(ct_node and mrml.volume_node_to_ct(ct_node).center_ras)
+    patch = img[int(cy) - 40: int(cy) + 40, int(cx) - 40: int(cx) + 40].astype(float)
+    assert (np.linalg.norm(patch - [230, 220, 195], axis=-1) < 90).mean() > 0.05
+
+
+def test_slice_view_xray_with_overlay(scene_with_results):
+    from PIL import Image, ImageDraw
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    app, ct_node, xr, out, (true, initial), drr = scene_with_results
+    red = app.slice_logics.get("Red") or app.add_slice_view("Red")
+    ov = out["drr"]
+    ov.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGreen")
+    assert mrml.show_in_slice_views(app.scene, xr, ov, 0.4) == 1
+    sn = red.GetSliceNode()
+    W, H = 96 * 4, 80 * 4
+    sn.SetDimensions(W, H, 1)
+    sn.RotateToVolumePlane(xr)
+    red.FitSliceToAll()
+    producer = red.GetImageDataConnection().GetProducer()
+    producer.Update()
+    img = producer.GetOutputDataObject(0)
+    w, h, _ = img.GetDimensions()
+    rgba = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)
+    rgb = np.ascontiguousarray(rgba[::-1, :, :3]).astype(np.uint8)  # row 0 at the top
+
+    # slice pixel (x, y) (VTK, bottom-up) → RAS → X-ray IJK: sample the X-ray where the view shows it
+    xy_to_ras = np.array([[sn.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+    M, _, _ = mrml._xray_grid(xr)
+    ras_to_ijk = np.linalg.inv(M)
+    ys, xs = np.mgrid[0:h, 0:w]
+    xy = np.stack([xs.ravel(), (h - 1 - ys).ravel(), np.zeros(xs.size), np.ones(xs.size)], axis=1)
+    ijk = xy @ (ras_to_ijk @ xy_to_ras).T
+    u, v = np.rint(ijk[:, 0]).astype(int), np.rint(ijk[:, 1]).astype(int)
+    inside = (u >= 0) & (u < 96) & (v >= 0) & (v < 80)
+    assert inside.mean() > 0.8, "the X-ray should fill most of the fitted slice view"
+    shown = rgb.reshape(-1, 3)[inside].astype(float)
+    # the red channel carries only the X-ray (the overlay is green): it must follow the X-ray's pixels
+    corr = np.corrcoef(shown[:, 0], drr[v[inside], u[inside]])[0, 1]
+    assert corr > 0.9, f"slice view does not show the X-ray as stored (corr {corr:.2f})"
+    # the overlay adds green
+    assert shown[:, 1].mean() > shown[:, 0].mean() + 5
+    # image as stored: pixel (0, 0) is at the top-left of the view
+    top_left = np.argwhere(inside.reshape(h, w))[0]
+    assert top_left[0] < h // 4 and top_left[1] < w // 4
+
+    # landmarks (the markups of the module) drawn where the slice view puts them
+    canvas = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(canvas)
+    inv = np.linalg.inv(xy_to_ras)
+    for kind, colour in (("detected", (255, 230, 0)), ("reprojected", (255, 50, 200))):
+        _, ras = mrml.markups_node_to_fiducials(out[f"points.{kind}"])
+        for p in ras:
+            x, y = (inv @ np.r_[p, 1.0])[:2]
+            y = h - 1 - y
+            if kind == "detected":
+                draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=colour, width=2)
+            else:
+                draw.line([x - 5, y, x + 5, y], fill=colour, width=2)
+                draw.line([x, y - 5, x, y + 5], fill=colour, width=2)
+    # the detected points of the true camera land on the projected landmark pixels of the X-ray grid
+    _, uv = mrml.markups_node_to_points_2d(out["points.detected"], xr)
+    labels_ras = np.array([r[1] for r in mrml_checks._result(mrml.volume_node_to_ct(ct_node), (true, initial), drr).landmarks])
+    np.testing.assert_allclose(uv, true.project(labels_ras), atol=1e-6)
+    path = _save_png(np.asarray(canvas), "slice_xray_overlay.png")
+    assert path.stat().st_size > 5000
