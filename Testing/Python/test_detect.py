@@ -1,0 +1,119 @@
+"""Landmark detection: exact recovery where the answer is known, sub-pixel refinement, full-res mapping, cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from RayEmbRegistrationLib.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.detect import (
+    DetectionCancelled,
+    LandmarkDetector,
+    refine_peak,
+    sample_embeddings,
+    score_maps_argmax,
+)
+from RayEmbRegistrationLib.model import ModelConfig, build_model, save_model, load_model
+from RayEmbRegistrationLib.templates import clear_template_cache, ct_isocenter, get_templates
+
+torch.set_num_threads(1)
+
+S = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=16, widths=(8, 16, 16), image_size=S, voxel_mm=6.0)
+    return build_model(cfg).eval()
+
+
+def test_sample_embeddings_hits_pixel_centres_and_flags_outside():
+    f = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
+    uv = torch.tensor([[[0.0, 0.0], [4.0, 3.0], [2.0, 1.0], [2.5, 1.0], [5.2, 0.0], [np.nan, 1.0]]] * 2, dtype=torch.float64)
+    emb, inside = sample_embeddings(f, uv)
+    torch.testing.assert_close(emb[1, 0], f[1, :, 0, 0])
+    torch.testing.assert_close(emb[0, 1], f[0, :, 3, 4])
+    torch.testing.assert_close(emb[0, 2], f[0, :, 1, 2])
+    torch.testing.assert_close(emb[0, 3], 0.5 * (f[0, :, 1, 2] + f[0, :, 1, 3]))  # bilinear between centres
+    assert inside[0].tolist() == [True, True, True, True, False, False]
+    assert torch.all(emb[0, 4:] == 0)
+
+
+def test_quadratic_refinement_recovers_subpixel_peak():
+    h, w = 20, 30
+    true = np.array([[12.3, 7.8], [3.55, 15.1], [20.0, 10.0]])
+    vv, uu = np.mgrid[0:h, 0:w]
+    maps = np.stack([1.0 - 0.01 * ((uu - u) ** 2 + (vv - v) ** 2) for u, v in true])  # exact paraboloids
+    sc = torch.from_numpy(maps.reshape(3, -1))
+    uv = refine_peak(sc, sc.argmax(-1), w, h).numpy()
+    np.testing.assert_allclose(uv, true, atol=1e-9)
+    uv2, conf = score_maps_argmax(sc, w, h, tau=0.01)
+    np.testing.assert_allclose(uv2.numpy(), true, atol=1e-9)
+    assert ((conf > 0) & (conf <= 1 + 1e-9)).all()
+
+
+def _points_on_template_pixels(templates, ct, pixels):
+    """3D points inside the CT whose projection in template 0 is exactly the given integer pixels."""
+    cam = Camera(templates.intrinsics, templates.poses[0])
+    d = cam.ray_directions_ras(pixels)
+    iso = ct_isocenter(ct)
+    depth = (iso - cam.source_ras) @ cam.principal_axis_ras
+    t = depth / (d @ cam.principal_axis_ras)
+    return cam.source_ras + d * (t[:, None] + np.array([-20.0, 0.0, 15.0, 30.0, -5.0])[: len(d), None])
+
+
+def test_detector_is_exact_when_the_query_is_a_template_view(tiny_model, sample_ct):
+    """Query = template view 0 (real CT, real renderer): its embedding map equals template 0's, so a point whose
+    projection lies on a pixel centre has score exactly 1 there; the detection must land on that pixel, also
+    when the X-ray comes at twice the network resolution (full-res mapping via Intrinsics.scale_pixels)."""
+    clear_template_cache()
+    det = LandmarkDetector(tiny_model, sample_ct, n_templates=4)
+    tpl = det.templates
+    assert tpl.images.shape == (4, S, S) and tpl.embeddings.shape == (4, 16, S, S)
+    pixels = np.array([[20.0, 30.0], [33.0, 41.0], [45.0, 22.0], [28.0, 12.0], [40.0, 50.0]])
+    pts = _points_on_template_pixels(tpl, sample_ct, pixels)
+    np.testing.assert_allclose(Camera(tpl.intrinsics, tpl.poses[0]).project(pts), pixels, atol=1e-6)
+    # net-size query
+    d = det.detect(tpl.images[0], tpl.intrinsics, pts, heatmaps=True)
+    hm = d.heatmaps.reshape(len(pts), -1)
+    np.testing.assert_array_equal(np.stack([hm.argmax(1) % S, hm.argmax(1) // S], 1), pixels)
+    np.testing.assert_allclose(hm.max(1), 1.0, atol=1e-4)
+    assert np.abs(d.uv_net - pixels).max() <= 0.5
+    np.testing.assert_allclose(d.uv, d.uv_net)  # same grid
+    # full-res X-ray: 2× nearest-upsampled image of the same detector
+    big = np.kron(tpl.images[0], np.ones((2, 2), np.float32))
+    K_big = Intrinsics.deepfluoro(2 * S)
+    d2 = det.detect(big, K_big, pts)
+    np.testing.assert_allclose(d2.uv_net, d.uv_net, atol=1e-5)
+    np.testing.assert_allclose(d2.uv, (d.uv_net + 0.5) * 2 - 0.5, atol=1e-5)
+    assert d2.heatmaps is None and d2.confidence.shape == (len(pts),)
+
+
+def test_unseen_points_progress_cancel_and_errors(tiny_model, sample_ct):
+    det = LandmarkDetector(tiny_model, sample_ct, n_templates=4)
+    far = np.array([[5000.0, 5000.0, 5000.0], *ct_isocenter(sample_ct)[None]])
+    calls = []
+    d = det.detect(det.templates.images[1], det.templates.intrinsics, far, progress=lambda f, m: calls.append(f))
+    assert d.confidence[0] == 0.0 and calls and calls[-1] == 1.0
+    with pytest.raises(DetectionCancelled):
+        det.detect(det.templates.images[1], det.templates.intrinsics, far, cancel=lambda: True)
+    with pytest.raises(ValueError, match="intrinsics"):
+        det.detect(det.templates.images[1], Intrinsics.deepfluoro(2 * S), far)
+
+
+def test_template_cache_memory_and_disk(tiny_model, sample_ct, tmp_path):
+    clear_template_cache()
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model, path)
+    model = load_model(path)
+    t1 = get_templates(model, sample_ct, n_templates=1, cache_dir=tmp_path / "cache")
+    assert get_templates(model, sample_ct, n_templates=1, cache_dir=tmp_path / "cache") is t1  # memory
+    files = list((tmp_path / "cache").glob("templates_*.npz"))
+    assert len(files) == 1
+    clear_template_cache()
+    t2 = get_templates(model, sample_ct, n_templates=1, cache_dir=tmp_path / "cache")  # from disk
+    assert t2 is not t1
+    np.testing.assert_allclose(t2.images, t1.images)
+    torch.testing.assert_close(t2.embeddings, t1.embeddings, atol=2e-3, rtol=2e-3)  # stored as float16
