@@ -7,6 +7,7 @@ confirms, progress dialogs with Cancel, and the self-test. Everything computatio
 ``RayEmbRegistrationLib.mrml``. Nothing heavy (torch, OpenCV, ...) is imported when Slicer loads the module.
 """
 
+import importlib
 import logging
 import os
 import pathlib
@@ -518,12 +519,13 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _pipInstall(withDeps: list, noDeps: list) -> None:
-        pydeps = getattr(slicer, "pydeps", None)
-        if pydeps is None:
+        pydeps = None
+        for name in ("packaging", "pydeps"):  # slicer.packaging (Slicer >= 5.12; "pydeps" in 5.11 previews)
             try:
-                import slicer.pydeps as pydeps  # Slicer >= 5.11
+                pydeps = importlib.import_module(f"slicer.{name}")
+                break
             except ImportError:
-                pydeps = None
+                continue
         if pydeps is not None and hasattr(pydeps, "pip_ensure") and withDeps:
             from packaging.requirements import Requirement
 

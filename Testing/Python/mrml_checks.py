@@ -23,7 +23,13 @@ from RayEmbRegistrationLib import mrml
 from RayEmbRegistrationLib.camera import Camera, GeometryError, Intrinsics, carm_camera_from_world, rigid, rotation_matrix
 from RayEmbRegistrationLib.volume import CTVolume
 
-from drr_numpy import line_integral_drr
+
+
+def line_integral_drr(ct: CTVolume, camera: Camera, n_samples: int | None = None) -> np.ndarray:
+    """(H, W) DRR of ``ct`` seen by ``camera``, rendered by the project's own default renderer (nanodrr)."""
+    from RayEmbRegistrationLib.render import DRRRenderer
+
+    return DRRRenderer(ct, camera.intrinsics, n_samples=n_samples).render_numpy(camera.camera_from_world)
 
 
 def _approx(expected, rel=1e-6, abs=1e-9):

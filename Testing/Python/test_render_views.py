@@ -28,7 +28,7 @@ pytest.importorskip("slicer", reason="slicer-core wheel not installed")
 vtk = pytest.importorskip("vtk")
 
 import mrml_checks  # noqa: E402
-from drr_numpy import line_integral_drr  # noqa: E402
+from mrml_checks import line_integral_drr  # noqa: E402
 from slicer_app import SlicerApp  # noqa: E402
 
 from RayEmbRegistrationLib import mrml  # noqa: E402
