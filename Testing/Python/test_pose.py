@@ -7,6 +7,7 @@ import pytest
 
 from RayEmbRegistrationLib.camera import RAYEMB_SAMPLER, Camera, Intrinsics, rotation_matrix
 from RayEmbRegistrationLib.pose import (
+    HAS_MAGSAC,
     PoseError,
     camera_from_world_from_rvec_tvec,
     rotation_angle_rad,
@@ -50,6 +51,7 @@ def test_pnp_exact_projections(sample_ct, bone_points, seed):
     assert np.linalg.norm(res.camera_from_world[:3, 3] - T[:3, 3]) < 1e-3
     assert res.n_inliers == len(bone_points)
     assert res.rmse_inliers_px < 1e-4
+    assert res.method == ("MAGSAC+++LM" if HAS_MAGSAC else "RANSAC+LM")
 
 
 def test_pnp_noise_and_30pct_outliers(sample_ct, bone_points):
