@@ -106,11 +106,12 @@ def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: floa
     lam = ridge * G.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(eps) / T
     G = G + lam[:, None, None] * torch.eye(T, dtype=G.dtype, device=G.device)
     L = torch.linalg.cholesky(G)
+    # whitened basis Q = L⁻¹ Eᵀ (N, T, D): ‖Q e‖² = eᵀ E G⁻¹ Eᵀ e (the solve stays on the small side)
+    Q = torch.linalg.solve_triangular(L, E.transpose(1, 2), upper=False)
     if en.ndim == 2:
-        c = torch.einsum("pd,ndt->ntp", en, E)  # (N, T, P)
+        y = torch.einsum("pd,ntd->ntp", en, Q)  # (N, T, P)
     else:
-        c = torch.einsum("npd,ndt->ntp", en, E)
-    y = torch.linalg.solve_triangular(L, c, upper=False)  # L y = c → ‖y‖² = cᵀ G⁻¹ c
+        y = torch.einsum("npd,ntd->ntp", en, Q)
     return y.pow(2).sum(1).clamp(0.0, 1.0).add(1e-12).sqrt()
 
 

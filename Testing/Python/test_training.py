@@ -133,3 +133,20 @@ def test_ddp_two_cpu_ranks_keep_identical_weights(tiny_data, tmp_path):
         if w0[k].dtype.is_floating_point and not torch.equal(w0[k], init.state_dict()[k]):
             moved = True
     assert moved
+
+
+def test_finetune_reports_before_and_after_within_budget(lumbar, tmp_path):
+    from RayEmbRegistrationLib.model import load_model, save_model
+    from RayEmbRegistrationLib.training.finetune import finetune
+
+    torch.manual_seed(0)
+    base = tmp_path / "base.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=S, voxel_mm=5.0)), base)
+    rep = finetune(lumbar, tmp_path / "ft", model_path=base, seconds=3.0, n_train_queries=3, n_eval_queries=2,
+                   progress=False, log=lambda m: None)
+    assert rep["steps"] >= 1 and rep["seconds_train"] < 30
+    for k in ("before", "after"):
+        assert rep[k]["n"] > 0 and np.isfinite(rep[k]["median_px"]) and rep[k]["median_mm"] > 0
+    tuned = load_model(rep["finetuned_model"])  # sha256 manifest written with it
+    assert tuned.sha256 != load_model(base).sha256
+    assert (tmp_path / "ft" / "finetune_report.json").exists()

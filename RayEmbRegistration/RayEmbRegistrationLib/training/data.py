@@ -79,7 +79,7 @@ class ShardSet:
         s_i = int(rng.integers(len(self.shards))) if shard is None else shard
         s = self.shards[s_i]
         S = self.size
-        q_idx = rng.choice(len(s["queries"]), n_queries, replace=False) if query_idx is None else np.asarray(query_idx)
+        q_idx = rng.choice(len(s["queries"]), min(n_queries, len(s["queries"])), replace=False) if query_idx is None else np.asarray(query_idx)
         t_idx = rng.choice(len(s["templates"]), n_templates, replace=False) if template_idx is None else np.asarray(template_idx)
         X = s["points"].astype(np.float64)
         uv_t_all = project_P(s["template_P"][t_idx], X)  # (T, M, 2)
