@@ -102,10 +102,13 @@ def registration_dict(result, ct=None, xray=None, extra: dict | None = None) -> 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
     a = np.asarray(img, dtype=np.float64)
-    lo, hi = np.percentile(a, [0.5, 99.5])
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = np.percentile(a[finite], [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
-    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return (np.clip(np.nan_to_num((a - lo) / (hi - lo), nan=0.0), 0, 1) * 255).astype(np.uint8)
 
 
 def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(), min_size: int = 512,
@@ -170,36 +173,13 @@ def write_json_atomic(data: dict, path: str | Path) -> Path:
     return path
 
 
-def _headless_scene():
-    """A real MRML scene able to write ``.mrb`` files, from ``mrml.py`` if it offers one, else from the
-    source checkout's ``Testing/Python/slicer_app.py`` (both wrap the slicer-core wheel). Returns
-    ``(scene, close)`` or raises ``ReportError``."""
-    from . import mrml
-
-    for name in ("headless_scene", "new_scene", "create_scene"):
-        fn = getattr(mrml, name, None)
-        if callable(fn):
-            s = fn()
-            scene = getattr(s, "scene", s)
-            return scene, getattr(s, "close", lambda: None)
-    import importlib.util
-
-    app_py = Path(__file__).resolve().parents[2] / "Testing" / "Python" / "slicer_app.py"
-    if not app_py.exists():
-        raise ReportError("no headless MRML scene factory is available (mrml.py has none and slicer_app.py is absent).")
-    spec = importlib.util.spec_from_file_location("_rayemb_slicer_app", app_py)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    app = mod.SlicerApp()
-    return app.scene, app.close
-
-
 def save_scene(path: str | Path, result, ct, xray, fiducials=None) -> Path:
     """Write a Slicer scene bundle: CT, X-ray (on the final camera's detector plane), fiducials, camera transform,
     frustum models per stage, DRR, detected/reprojected points and the landmark table (through ``mrml.py``)."""
     from . import mrml
 
-    scene, close = _headless_scene()
+    app = mrml.headless_scene()
+    scene = app.scene
     try:
         ct_node = mrml.ct_to_volume_node(scene, ct, ct.name or "CT")
         xnode = mrml.xray_to_volume_node(scene, xray.pixels, xray.intrinsics, getattr(xray, "name", "X-ray") or "X-ray")
@@ -209,7 +189,7 @@ def save_scene(path: str | Path, result, ct, xray, fiducials=None) -> Path:
         mrml.show_in_slice_views(scene, background=ct_node)
         mrml.save_scene_mrb(scene, str(path))
     finally:
-        close()
+        app.close()
     return Path(path)
 
 
