@@ -44,7 +44,7 @@ def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
     pts = ct.sample_bone_points(n_points, rng=0)
     K = det.templates.intrinsics
     det.detect(images[0], K, pts)  # warm-up
-    times, t_embed = [], []
+    times, t_embed, fast = [], [], []
     for i in range(repeats):
         img = images[i % len(images)]
         t0 = time.perf_counter()
@@ -53,9 +53,37 @@ def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
         t0 = time.perf_counter()
         det.detect(img, K, pts)
         times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        det.detect(img, K, pts, fast=True)
+        fast.append(time.perf_counter() - t0)
     return {"templates_build_s": t_templates, "embed_s_median": float(np.median(t_embed)),
-            "detect_1000_points_s_median": float(np.median(times)), "threads": torch.get_num_threads(),
+            "detect_1000_points_s_median": float(np.median(times)),
+            "detect_1000_points_fast_s_median": float(np.median(fast)), "threads": torch.get_num_threads(),
             "image_size": model.config.image_size}
+
+
+def end_to_end(model, ct, ev: ShardSet, n_queries: int, n_points: int) -> dict:
+    """The inference API itself (LandmarkDetector.detect on the query image, its own templates), full vs fast."""
+    from RayEmbRegistrationLib.detect import LandmarkDetector
+    from RayEmbRegistrationLib.training.data import project_P
+    from RayEmbRegistrationLib.training.train import summarize
+
+    det = LandmarkDetector(model, ct, n_templates=4)
+    K = det.templates.intrinsics
+    sh = ev.shards[0]
+    rng = np.random.default_rng(0)
+    out = {}
+    for fast in (False, True):
+        errs, confs = [], []
+        for q in range(min(n_queries, len(sh["queries"]))):
+            X = sh["points"][rng.choice(len(sh["points"]), n_points, replace=False)].astype(np.float64)
+            uv = project_P(sh["query_P"][q], X)
+            ok = np.isfinite(uv).all(1) & (uv >= 1).all(1) & (uv <= K.width - 2).all(1)
+            d = det.detect(sh["queries"][q].astype(np.float32), K, X[ok], fast=fast)
+            errs.append(np.linalg.norm(d.uv - uv[ok], axis=1))
+            confs.append(d.confidence)
+        out["fast" if fast else "full"] = summarize(np.concatenate(errs), np.concatenate(confs), K.width)
+    return out
 
 
 def row(name, s):
@@ -87,6 +115,7 @@ def main(argv=None) -> int:
     for n in a.templates:
         res["spreads"][n] = evaluate(model, ev, cfg.tau, max_queries=a.queries, n_points=a.points,
                                      template_angles=inference_template_angles(n))
+    res["end_to_end"] = end_to_end(model, ct, ev, min(8, a.queries), a.points)
     res["timing"] = time_inference(model, ct, [ev.shards[0]["queries"][i].astype(np.float32) for i in range(3)])
     if a.finetune_seconds > 0:
         from RayEmbRegistrationLib.training.finetune import finetune
@@ -110,9 +139,12 @@ def main(argv=None) -> int:
         f = res["finetune"]
         print(row("4 templates, before fine-tuning", f["before"]))
         print(row(f"4 templates, after {f['seconds_train']:.0f} s fine-tuning ({f['steps']} steps)", f["after"]))
+    for k, s in res["end_to_end"].items():
+        print(row(f"LandmarkDetector.detect ({k} scoring), 4 templates", s))
     t = res["timing"]
     print(f"\nCPU ({t['threads']} threads): embed one {t['image_size']}² image {t['embed_s_median']:.3f} s; "
-          f"embed + score 1000 points {t['detect_1000_points_s_median']:.3f} s; templates (once per CT) "
+          f"embed + score 1000 points {t['detect_1000_points_s_median']:.3f} s (fast: "
+          f"{t['detect_1000_points_fast_s_median']:.3f} s); templates (once per CT) "
           f"{t['templates_build_s']:.1f} s")
     return 0
 
