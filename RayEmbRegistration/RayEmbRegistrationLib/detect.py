@@ -145,6 +145,28 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, tau: float, factor:
     return uv, conf
 
 
+def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
+    """Differentiable training form of the same score through E (no SVD): ``s² = cᵀ (EᵀE + λI)⁻¹ c / ‖e‖²``
+    with ``c = Eᵀe`` (unit columns of E) and ``λ = ridge · tr(EᵀE)/T`` (equals ``subspace_scores`` as λ → 0 for full-rank E).
+
+    Args: E (N, D, T), e (P, D) or (N, P, D) (per-point query maps). Returns (N, P).
+    """
+    en = e / e.norm(dim=-1, keepdim=True).clamp_min(eps)
+    E = E / E.norm(dim=1, keepdim=True).clamp_min(eps)  # unit columns (same span), as in subspace_basis
+    G = E.transpose(1, 2) @ E  # (N, T, T)
+    T = G.shape[-1]
+    lam = ridge * G.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(eps) / T
+    G = G + lam[:, None, None] * torch.eye(T, dtype=G.dtype, device=G.device)
+    L = torch.linalg.cholesky(G)
+    # whitened basis Q = L⁻¹ Eᵀ (N, T, D): ‖Q e‖² = eᵀ E G⁻¹ Eᵀ e (the solve stays on the small side)
+    Q = torch.linalg.solve_triangular(L, E.transpose(1, 2), upper=False)
+    if en.ndim == 2:
+        y = torch.einsum("pd,ntd->ntp", en, Q)  # (N, T, P)
+    else:
+        y = torch.einsum("npd,ntd->ntp", en, Q)
+    return y.pow(2).sum(1).clamp(0.0, 1.0).add(1e-12).sqrt()
+
+
 def refine_peak(score: torch.Tensor, idx: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """Sub-pixel peak by a separable quadratic fit in the 3×3 window around the argmax.
 
