@@ -250,6 +250,7 @@ def save_model(model: EmbeddingNet, path: str | Path, metadata: dict | None = No
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(sd, str(path), metadata={"backbone": model.config.backbone})
+    path.chmod(0o644)  # safetensors writes 0600; weights are meant to be shared
     cfg_path, sha_path = _sidecars(path)
     cfg_path.write_text(json.dumps({"config": model.config.to_dict(), "metadata": metadata or {}}, indent=2))
     digest = sha256_file(path)
