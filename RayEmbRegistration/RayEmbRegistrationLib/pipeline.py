@@ -212,26 +212,34 @@ def resolve_device(device: str) -> str:
     return d
 
 
-def check_overlap(ct: CTVolume, camera: Camera, what: str = "pose") -> None:
-    """Raise ``RegistrationError`` if the CT is not in the X-ray's field of view at ``camera``: the CT centre
-    must lie in front of the source and project inside the detector."""
+def overlap_problem(ct: CTVolume, camera: Camera, what: str = "pose") -> str | None:
+    """Why the CT is not in the X-ray's field of view at ``camera`` (``None`` if it is): the CT centre must lie
+    in front of the source, nearer than the detector, and project inside the detector."""
     c = ct.center_ras
     depth = camera.depth(c[None])[0]
     uv = camera.project(c[None])[0]
     W, H = camera.intrinsics.size
     inside = np.isfinite(uv).all() and -0.5 <= uv[0] <= W - 0.5 and -0.5 <= uv[1] <= H - 0.5
     if depth <= 0 or not inside:
-        raise RegistrationError(
+        return (
             f"the X-ray and the CT do not overlap at the {what}: the CT centre {np.round(c, 1).tolist()} RAS "
             f"{'is behind the X-ray source' if depth <= 0 else f'projects to pixel {np.round(uv, 1).tolist()}, outside the {W}×{H} image'}. "
             "Check that the X-ray shows the anatomy of this CT and that its geometry (source-to-detector distance, "
             "pixel spacing) is right."
         )
     if depth >= camera.intrinsics.source_to_detector_mm:
-        raise RegistrationError(
+        return (
             f"at the {what} the CT centre lies {depth:.0f} mm from the source, beyond the detector "
             f"({camera.intrinsics.source_to_detector_mm:.0f} mm): the pose is implausible."
         )
+    return None
+
+
+def check_overlap(ct: CTVolume, camera: Camera, what: str = "pose") -> None:
+    """Raise ``RegistrationError`` if the CT is not in the X-ray's field of view at ``camera`` (see ``overlap_problem``)."""
+    problem = overlap_problem(ct, camera, what)
+    if problem:
+        raise RegistrationError(problem)
 
 
 def _check_inputs(ct: CTVolume, xray) -> None:
@@ -419,7 +427,8 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
         try:
             pnp = solve_pnp(pts[use], uv[use], intr, threshold_px=options.ransac_threshold_px,
                             iterations=options.ransac_iterations, confidence=options.ransac_confidence,
-                            seed=options.seed)
+                            seed=options.seed,
+                            is_plausible=lambda T: overlap_problem(ct, Camera(intr, T)) is None)
         except PoseError as exc:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t

@@ -11,6 +11,7 @@ X-ray *as given* (full detector resolution); ``camera_from_world`` (4, 4) float6
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -57,6 +58,7 @@ class PnPResult:
     reprojection_errors_px: np.ndarray = field(repr=False)
     rmse_inliers_px: float
     method: str
+    attempts: int = 1
 
     @property
     def n_inliers(self) -> int:
@@ -99,6 +101,8 @@ def solve_pnp(
     method: str = "magsac",
     seed: int | None = 0,
     polish: bool = True,
+    is_plausible: Callable[[np.ndarray], bool] | None = None,
+    max_attempts: int = 3,
 ) -> PnPResult:
     """Robust pose of the camera from 3D points and their 2D detections.
 
@@ -108,6 +112,10 @@ def solve_pnp(
        ``confidence``.
     2. Polish: ``cv2.solvePnPRefineLM`` on the inliers (Levenberg–Marquardt on the reprojection error), then the
        inlier set is re-read at the polished pose (same threshold) and polished once more.
+    3. Plausibility (optional): if ``is_plausible(camera_from_world)`` is False, the consensus is a degenerate
+       one (typically many detections collapsed onto a few pixels, explained by pushing the CT far from the
+       source); its inliers are set aside and RANSAC runs again on the rest (sequential RANSAC), at most
+       ``max_attempts`` times.
 
     Points are centred on their mean before OpenCV sees them (better conditioning); the pose is returned in
     the world (RAS) frame.
@@ -116,11 +124,55 @@ def solve_pnp(
         points_ras: (N, 3) RAS mm.
         uv: (N, 2) pixels (u = column, v = row). Rows with NaN/inf in either array are ignored.
         intrinsics: the X-ray detector.
+        is_plausible: a predicate on a ``camera_from_world`` (4, 4), e.g. "the CT is in the field of view".
 
     Raises:
         PoseError: fewer than ``MIN_CORRESPONDENCES`` (6) usable correspondences or inliers, degenerate
-            configuration, or no pose found.
+            configuration, no pose found, or no plausible pose within ``max_attempts``.
     """
+    X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    if len(X) != len(x):
+        raise PoseError(f"points_ras has {len(X)} rows but uv has {len(x)}; give one 2D detection per 3D point.")
+    active = np.isfinite(X).all(1) & np.isfinite(x).all(1)
+    kwargs = dict(threshold_px=threshold_px, iterations=iterations, confidence=confidence, method=method,
+                  seed=seed, polish=polish)
+    rejected = []
+    for attempt in range(max(1, int(max_attempts))):
+        Xa = np.where(active[:, None], X, np.nan)
+        try:
+            res = _solve_pnp_once(Xa, x, intrinsics, **kwargs)
+        except PoseError:
+            if not rejected:
+                raise
+            break
+        res.attempts = attempt + 1
+        if is_plausible is None or is_plausible(res.camera_from_world):
+            if rejected:  # report the errors of every usable input, set-aside ones included
+                res.reprojection_errors_px = reprojection_errors(res.camera_from_world, intrinsics, X, x)
+                res.n_correspondences = int((np.isfinite(X).all(1) & np.isfinite(x).all(1)).sum())
+            return res
+        rejected.append(res.n_inliers)
+        active[res.inliers] = False
+    raise PoseError(
+        f"PnP found only implausible poses ({len(rejected)} consensus sets of {rejected} inliers put the CT outside "
+        "the X-ray's field of view); the detections do not agree on a camera pose."
+    )
+
+
+def _solve_pnp_once(
+    points_ras,
+    uv,
+    intrinsics: Intrinsics,
+    *,
+    threshold_px: float = 10.0,
+    iterations: int = 10_000,
+    confidence: float = 0.9999,
+    method: str = "magsac",
+    seed: int | None = 0,
+    polish: bool = True,
+) -> PnPResult:
+    """One MAGSAC/RANSAC + LM run of ``solve_pnp`` (see there); rows with NaN are unusable."""
     X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
     x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
     if len(X) != len(x):

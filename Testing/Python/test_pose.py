@@ -79,3 +79,32 @@ def test_pnp_too_few_correspondences(sample_ct, bone_points):
     uv[3:] = np.nan  # only 3 usable
     with pytest.raises(PoseError, match="at least 6"):
         solve_pnp(bone_points[:8], uv, intr)
+
+
+def test_implausible_consensus_is_set_aside(sample_ct):
+    """A larger consensus that is only explained by an implausible camera (the CT beyond the detector, as when
+    many detections collapse together) is set aside when a plausibility predicate is given; the true pose is
+    then found in the remaining correspondences."""
+    from RayEmbRegistrationLib.camera import carm_camera_from_world
+
+    intr = Intrinsics.deepfluoro(256)
+    cam = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))
+    decoy = Camera(intr, carm_camera_from_world(-20, 15, 1500, sample_ct.center_ras))  # CT centre 1500 mm > SDD
+    rng = np.random.default_rng(3)
+    good = sample_ct.sample_bone_points(60, rng=rng)
+    bad = sample_ct.sample_bone_points(140, rng=rng)
+    pts = np.vstack([bad, good])
+    uv = np.vstack([decoy.project(bad), cam.project(good)]) + rng.normal(0, 0.5, (200, 2))
+
+    def plausible(T_est):
+        d = Camera(intr, T_est).depth(sample_ct.center_ras[None])[0]
+        return 0 < d < intr.source_to_detector_mm
+
+    assert not plausible(solve_pnp(pts, uv, intr, threshold_px=3.0).camera_from_world)  # the decoy wins without the check
+    res = solve_pnp(pts, uv, intr, threshold_px=3.0, is_plausible=plausible)
+    assert res.attempts == 2 and plausible(res.camera_from_world)
+    assert np.linalg.norm(Camera(intr, res.camera_from_world).source_ras - cam.source_ras) < 5.0
+    assert np.isin(np.arange(140, 200), res.inliers).mean() > 0.9
+    assert len(res.reprojection_errors_px) == 200 and np.isfinite(res.reprojection_errors_px).all()
+    with pytest.raises(PoseError, match="implausible"):
+        solve_pnp(bad, uv[:140], intr, threshold_px=3.0, is_plausible=plausible)
