@@ -287,7 +287,7 @@ def cmd_render(args) -> int:
 
 def cmd_demo(args) -> int:
     from .camera import Camera, Intrinsics
-    from .pipeline import ModelUnavailable, RegistrationOptions, _get_refiner, register, simulate_xray
+    from .pipeline import ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, register, simulate_xray
     from .report import write_json_atomic, write_registration
     from .xray import XRayImage, save_xray
 
@@ -310,11 +310,16 @@ def cmd_demo(args) -> int:
     options = _options(args)
     bar = _Progress("demo", not args.quiet)
     missing = []
+    result = None
     try:
         result = register(ct, xray, None, options, progress=bar)
     except ModelUnavailable as exc:
-        bar.close()
         missing.append(f"RayEmb landmark detection + PnP initialisation: NOT YET AVAILABLE ({exc})")
+    except RegistrationError as exc:
+        missing.append(f"RayEmb landmark detection + PnP initialisation FAILED on this X-ray ({exc})")
+    finally:
+        bar.close()
+    if result is None:
         print("\n*** " + missing[0])
         print("*** Falling back to intensity-only registration from a perturbed start pose (true pose + rotations "
               f"N(0, {BASELINE_ROT_STD_RAD} rad), translations N(0, {BASELINE_TRANS_STD_MM} mm)); this is NOT a "
@@ -323,16 +328,17 @@ def cmd_demo(args) -> int:
         start = _perturbed_start(T_true, refiner, rng)
         opt2 = RegistrationOptions(**{**options.__dict__, "initial_camera_from_world": start})
         bar = _Progress("demo (intensity only)", not args.quiet)
-        result = register(ct, xray, None, opt2, progress=bar)
-    finally:
-        bar.close()
+        try:
+            result = register(ct, xray, None, opt2, progress=bar)
+        finally:
+            bar.close()
     extra = {"demo": {"true_camera_from_world": T_true.tolist(), "not_yet_available": missing}}
     errs = _print_summary(result, T_true, eval_pts)
     extra["demo"]["true_errors"] = errs
     paths = write_registration(out, result, ct, xray, None, scene=not args.no_scene, extra=extra)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if missing:
-        print("not yet available: " + "; ".join(missing))
+        print("not available in this run: " + "; ".join(missing))
     return 0
 
 

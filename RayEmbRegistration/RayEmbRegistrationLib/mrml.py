@@ -933,9 +933,10 @@ class HeadlessSlicerApp:
 
         self.app_logic = slicer.vtkSlicerApplicationLogic()
         # The colour logic looks for colour files under the home directory; an empty one means "none extra".
-        (self.temp_dir / "home").mkdir(exist_ok=True)
+        # Slicer looks for them in <home>/<share>/ColorFiles (share is relative to home).
+        (self.temp_dir / "home" / "share" / "ColorFiles").mkdir(parents=True, exist_ok=True)
         self.app_logic.SetHomeDirectory(str(self.temp_dir / "home"))
-        self.app_logic.SetShareDirectory(str(self.temp_dir / "home"))
+        self.app_logic.SetShareDirectory("share")
         self.app_logic.SetMRMLScene(self.scene)
 
         self.logics = {}
