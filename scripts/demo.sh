@@ -5,4 +5,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec rayemb demo "$@"
+exec rayemb demo --out out/demo "$@"   # a later --out in "$@" wins
