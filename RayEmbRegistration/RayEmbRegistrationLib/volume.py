@@ -207,7 +207,8 @@ def _strip_ext(name: str) -> str:
     return name
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """True for a DICOM file: a DICOM extension, or the 'DICM' magic after the 128-byte preamble."""
     if path.name.lower().endswith(_DICOM):
         return True
     try:
@@ -311,7 +312,7 @@ def load_ct(path: str | Path, name: str | None = None) -> CTVolume:
     if not path.exists():
         raise VolumeError(f"CT file not found: {path}. Give the path of a NIfTI, NRRD or DICOM series.")
     lower = path.name.lower()
-    if path.is_dir() or _is_dicom_file(path):
+    if path.is_dir() or is_dicom_file(path):
         img = _read_dicom_series(path)
         return _sitk_to_ct(img, name or (path.name if path.is_dir() else path.parent.name), path)
     if lower.endswith(_NIFTI):

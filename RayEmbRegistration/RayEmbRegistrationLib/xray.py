@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .camera import GeometryError, Intrinsics
+from .volume import is_dicom_file
 
 __all__ = [
     "XRayImage",
@@ -158,17 +159,6 @@ def sidecar_candidates(path: str | Path) -> list[Path]:
     then ``<stem>.json`` (``xray.json``). The first that exists wins; the other is ignored."""
     path = Path(path)
     return [path.with_name(path.name + ".json"), path.with_name(_stem(path) + ".json")]
-
-
-def _is_dicom(path: Path) -> bool:
-    if path.name.lower().endswith(_DICOM_EXT):
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _to_gray(arr: np.ndarray, path: Path, notes: list[str], channel_axis_last: bool = True) -> np.ndarray:
@@ -509,7 +499,7 @@ def load_xray(
         log_transform = bool(user_dict["log_transform"])
     carm = CarmAngles.from_dict(user_dict["carm"]) if user_dict.get("carm") else None
     meta: dict[str, Any] = {"source": str(path)}
-    if _is_dicom(path):
+    if is_dicom_file(path):
         pixels, dcm_carm, dcm_geom, why, dmeta = _read_dicom(path, frame, log_transform, notes)
         meta.update(format="dicom", **dmeta)
         carm = carm or dcm_carm
