@@ -28,10 +28,8 @@ say torch. Batched functions accept a leading batch dimension ``(..., 4, 4)``.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,7 +41,6 @@ __all__ = [
     "rigid",
     "rotation_matrix",
     "carm_camera_from_world",
-    "camera_from_world_from_carm",
     "PoseSampler",
     "RAYEMB_SAMPLER",
     "MILD_SAMPLER",
@@ -413,9 +410,6 @@ def carm_camera_from_world(
     return rigid(R, t)
 
 
-camera_from_world_from_carm = carm_camera_from_world
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Pose sampling (training, evaluation, tests)
 # ------------------------------------------------------------------------------------------------------------
@@ -538,7 +532,3 @@ def from_diffdrr_pose(pose_matrix):
 
         flip = torch.as_tensor(flip, dtype=pose_matrix.dtype, device=pose_matrix.device)
     return invert_rigid(pose_matrix @ flip)
-
-
-def save_camera_json(camera: Camera, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(camera.to_dict(), indent=2))

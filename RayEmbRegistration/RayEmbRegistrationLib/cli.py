@@ -286,7 +286,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .camera import Camera, Intrinsics
+    from .camera import Intrinsics
     from .pipeline import ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, register, simulate_xray
     from .report import write_json_atomic, write_registration
     from .xray import XRayImage, save_xray

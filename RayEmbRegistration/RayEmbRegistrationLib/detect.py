@@ -13,7 +13,6 @@ Shapes: embedding maps (D, h, w) or (B, D, h, w); point embeddings ``E`` (N, D, 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable

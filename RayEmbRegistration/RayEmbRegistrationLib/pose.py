@@ -175,8 +175,6 @@ def _solve_pnp_once(
     """One MAGSAC/RANSAC + LM run of ``solve_pnp`` (see there); rows with NaN are unusable."""
     X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
     x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
-    if len(X) != len(x):
-        raise PoseError(f"points_ras has {len(X)} rows but uv has {len(x)}; give one 2D detection per 3D point.")
     usable = np.isfinite(X).all(1) & np.isfinite(x).all(1)
     idx = np.flatnonzero(usable)
     n = len(idx)

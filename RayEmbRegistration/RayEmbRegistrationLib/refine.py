@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .camera import Intrinsics
 from .render import DRRRenderer

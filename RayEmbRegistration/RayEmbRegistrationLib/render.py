@@ -11,7 +11,6 @@ Gradients flow to ``camera_from_world`` (and through it to any pose parameterisa
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 import numpy as np

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics, carm_camera_from_world
+from RayEmbRegistrationLib.camera import Intrinsics, carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
 from RayEmbRegistrationLib.pipeline import RegistrationOptions, register, simulate_xray
 from RayEmbRegistrationLib.render import DRRRenderer
 from RayEmbRegistrationLib.report import write_registration
-from RayEmbRegistrationLib.xray import XRayImage, load_xray, save_xray
+from RayEmbRegistrationLib.xray import XRayImage, load_xray
 
 SUBCOMMANDS = ["register", "detect", "render", "demo", "evaluate", "generate", "train", "finetune"]
 

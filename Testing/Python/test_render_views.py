@@ -32,7 +32,6 @@ from mrml_checks import line_integral_drr  # noqa: E402
 from slicer_app import SlicerApp  # noqa: E402
 
 from RayEmbRegistrationLib import mrml  # noqa: E402
-from RayEmbRegistrationLib.camera import Camera  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "Testing" / "Artifacts"

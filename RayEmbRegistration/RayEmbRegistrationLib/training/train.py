@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..camera import DEEPFLUORO_PIXEL_MM, DEEPFLUORO_SIZE_PX
 from ..detect import gram_scores, sample_embeddings, score_maps_argmax, subspace_basis, subspace_scores
-from ..model import EmbeddingNet, ModelConfig, build_model, normalize_image, save_model
+from ..model import ModelConfig, build_model, normalize_image, save_model
 from .augment import augment_images
 from .data import INFERENCE_CORNERS, ShardSet
 
