@@ -162,12 +162,12 @@ def _read_geometry(path: str | None, size: Sequence[int] | None):
 def _sample_visible_pose(ct, intr, rng, sampler=None, tries: int = 1000) -> np.ndarray:
     """A RAYEMB_SAMPLER pose at which the CT centre projects inside the image (the pipeline's own overlap rule)."""
     from .camera import RAYEMB_SAMPLER, Camera
+    from .pipeline import overlap_problem
 
     sampler = sampler or RAYEMB_SAMPLER
     for _ in range(tries):
         T = sampler.sample(1, ct.center_ras, rng)[0]
-        uv = Camera(intr, T).project(ct.center_ras[None])[0]
-        if np.isfinite(uv).all() and 0 <= uv[0] <= intr.width - 1 and 0 <= uv[1] <= intr.height - 1:
+        if overlap_problem(ct, Camera(intr, T)) is None:
             return T
     raise CLIError("could not sample a pose that sees the CT")
 
@@ -382,7 +382,7 @@ def cmd_evaluate(args) -> int:
     import csv
 
     from .camera import Camera, Intrinsics
-    from .pipeline import (ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, check_overlap,
+    from .pipeline import (ModelUnavailable, RegistrationError, RegistrationOptions, _get_refiner, overlap_problem,
                            pose_errors, register, simulate_xray)
     from .render import DRRRenderer
     from .xray import XRayImage
@@ -407,11 +407,9 @@ def cmd_evaluate(args) -> int:
             xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim_r), intr, f"case{case}")
             start = _perturbed_start(T, refiner, rng)
             for _ in range(50):  # the baseline's start must itself pass the pipeline's overlap check
-                try:
-                    check_overlap(ct, Camera(intr, start), "start")
+                if overlap_problem(ct, Camera(intr, start)) is None:
                     break
-                except RegistrationError:
-                    start = _perturbed_start(T, refiner, rng)
+                start = _perturbed_start(T, refiner, rng)
             jobs = [("intensity-only baseline", RegistrationOptions(**{**base_opt.__dict__, "initial_camera_from_world": start, "refine": True}))]
             if rayemb_missing is None:
                 jobs.insert(0, ("rayemb", base_opt))
