@@ -121,14 +121,20 @@ def _print_summary(result, truth=None, points=None) -> dict:
     return errs
 
 
-def _read_pose(path: str) -> np.ndarray:
+def _read_json_option(option: str, path: str):
+    """The JSON content of the file given to ``option``; ``CLIError`` naming the option if missing or invalid."""
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"--pose file not found: {p}")
+        raise CLIError(f"{option} file not found: {p}")
     try:
-        d = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
-        raise CLIError(f"--pose {p} is not valid JSON: {exc}") from None
+        raise CLIError(f"{option} {p} is not valid JSON: {exc}") from None
+
+
+def _read_pose(path: str) -> np.ndarray:
+    p = Path(path)
+    d = _read_json_option("--pose", path)
     if isinstance(d, dict):
         d = d.get("camera_from_world", d.get("final", {}).get("camera_from_world") if isinstance(d.get("final"), dict) else None)
     T = np.asarray(d, dtype=np.float64) if d is not None else np.zeros(0)
@@ -144,13 +150,7 @@ def _read_geometry(path: str | None, size: Sequence[int] | None):
     if path is None:
         raise CLIError("--geometry JSON is required: {\"source_to_detector_mm\": 1020, \"pixel_spacing_mm\": [du, dv], "
                        "\"width\": W, \"height\": H}.")
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"--geometry file not found: {p}")
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"--geometry {p} is not valid JSON: {exc}") from None
+    d = _read_json_option("--geometry", path)
     if isinstance(d, dict) and isinstance(d.get("geometry"), dict):
         d = d["geometry"]
     w = h = None
