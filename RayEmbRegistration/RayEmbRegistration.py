@@ -383,34 +383,37 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return self.logic.installDependencies(askConfirmation=True)
         return True
 
+    def _runWithProgress(self, title: str, logicCall):
+        """Run ``logicCall(parameterNode, progress, cancel)`` under a progress dialog with Cancel.
+
+        Returns ``(True, value)``, or ``(False, None)`` if the user cancelled (status label says so); other
+        errors propagate to the caller's ``tryWithErrorDisplay``.
+        """
+        with ProgressDialog(title) as dlg:
+            try:
+                return True, logicCall(self._parameterNode, dlg.progress, dlg.cancel)
+            except Exception as exc:
+                if _isCancellation(exc):
+                    self.ui.statusLabel.text = _("Cancelled.")
+                    return False, None
+                raise
+
     def onDetectButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to detect landmarks."), waitCursor=True):
             if not self._ensureDependencies():
                 return
-            with ProgressDialog(_("Detecting landmarks")) as dlg:
-                try:
-                    self.logic.detect(self._parameterNode, dlg.progress, dlg.cancel)
-                except Exception as exc:
-                    if _isCancellation(exc):
-                        self.ui.statusLabel.text = _("Cancelled.")
-                        return
-                    raise
-            self._showResults()
+            done, _result = self._runWithProgress(_("Detecting landmarks"), self.logic.detect)
+            if done:
+                self._showResults()
 
     def onRegisterButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
             if not self._ensureDependencies():
                 return
-            with ProgressDialog(_("Registering X-ray to CT")) as dlg:
-                try:
-                    result = self.logic.register(self._parameterNode, dlg.progress, dlg.cancel)
-                except Exception as exc:
-                    if _isCancellation(exc):
-                        self.ui.statusLabel.text = _("Cancelled.")
-                        return
-                    raise
-            self.ui.statusLabel.text = self.logic.summary(result)
-            self._showResults()
+            done, result = self._runWithProgress(_("Registering X-ray to CT"), self.logic.register)
+            if done:
+                self.ui.statusLabel.text = self.logic.summary(result)
+                self._showResults()
 
     def onFinetuneButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Fine-tuning failed."), waitCursor=True):
@@ -421,15 +424,9 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 return
             if not self._ensureDependencies():
                 return
-            with ProgressDialog(_("Fine-tuning on this CT")) as dlg:
-                try:
-                    path = self.logic.finetune(self._parameterNode, dlg.progress, dlg.cancel)
-                except Exception as exc:
-                    if _isCancellation(exc):
-                        self.ui.statusLabel.text = _("Cancelled.")
-                        return
-                    raise
-            self.ui.statusLabel.text = _("Fine-tuned model saved: {path}").format(path=path)
+            done, path = self._runWithProgress(_("Fine-tuning on this CT"), self.logic.finetune)
+            if done:
+                self.ui.statusLabel.text = _("Fine-tuned model saved: {path}").format(path=path)
 
     def _showResults(self) -> None:
         outputs = self.logic.outputs
