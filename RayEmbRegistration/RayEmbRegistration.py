@@ -173,8 +173,8 @@ class RayEmbRegistrationParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     autoBonePoints: bool = True
     refine: bool = True
-    iterations: Annotated[int, WithinRange(1, 5000)] = 150
-    resolution: Annotated[int, WithinRange(32, 1024)] = 256
+    iterations: Annotated[int, WithinRange(1, 5000)] = 60
+    resolution: Annotated[int, WithinRange(32, 1024)] = 96
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 
@@ -610,8 +610,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     def registrationOptions(self, p):
         """GUI options → ``pipeline.RegistrationOptions``.
 
-        ``resolution`` is the finest refinement grid (the coarse level is half of it); ``iterations`` the Adam
-        iterations of the coarse level (the fine level gets 40 % of them, the pipeline's default ratio).
+        ``resolution`` is the finest refinement grid and ``iterations`` the Adam iterations of the coarsest level
+        (``pipeline.refinement_schedule``: 32 px, 64 px, finest; the same schedule as the CLI).
         """
         from RayEmbRegistrationLib import pipeline
 
@@ -622,8 +622,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             model_path=self.modelPath(p),
             auto_bone_points=bool(p.autoBonePoints),
             refine=bool(p.refine),
-            refine_levels=(max(32, res // 2), res),
-            refine_iterations=(its, max(1, round(0.4 * its))),
+            **pipeline.refinement_schedule(res, its),
         )
 
     # --- the pipeline, one small function each --------------------------------------------------------------

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     ev = ShardSet(out / "eval")
     res = {"model": str(model.path), "sha256": model.sha256, "ct": ct.name, "queries": a.queries, "spreads": {}}
     for n in a.templates:
-        res["spreads"][n] = evaluate(model, ev, cfg.tau, max_queries=a.queries, n_points=a.points,
+        res["spreads"][n] = evaluate(model, ev, max_queries=a.queries, n_points=a.points,
                                      template_angles=inference_template_angles(n))
     res["end_to_end"] = end_to_end(model, ct, ev, min(8, a.queries), a.points)
     res["timing"] = time_inference(model, ct, [ev.shards[0]["queries"][i].astype(np.float32) for i in range(3)])
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
         tuned = load_model(rep["finetuned_model"])
         res["finetune"] = {
             "seconds_train": rep["seconds_train"], "seconds_render": rep["seconds_render"], "steps": rep["steps"],
-            "before": evaluate(model, ev, cfg.tau, max_queries=a.queries, n_points=a.points),
-            "after": evaluate(tuned, ev, cfg.tau, max_queries=a.queries, n_points=a.points),
+            "before": evaluate(model, ev, max_queries=a.queries, n_points=a.points),
+            "after": evaluate(tuned, ev, max_queries=a.queries, n_points=a.points),
             "report_before": rep["before"], "report_after": rep["after"],
         }
     (out / "bench_network.json").write_text(json.dumps(res, indent=2))

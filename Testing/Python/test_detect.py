@@ -50,7 +50,7 @@ def test_quadratic_refinement_recovers_subpixel_peak():
     sc = torch.from_numpy(maps.reshape(3, -1))
     uv = refine_peak(sc, sc.argmax(-1), w, h).numpy()
     np.testing.assert_allclose(uv, true, atol=1e-9)
-    uv2, conf = score_maps_argmax(sc, w, h, tau=0.01)
+    uv2, conf = score_maps_argmax(sc, w, h)
     np.testing.assert_allclose(uv2.numpy(), true, atol=1e-9)
     assert ((conf > 0) & (conf <= 1 + 1e-9)).all()
 
@@ -68,8 +68,8 @@ def test_coarse_to_fine_matches_full_scoring_on_a_smooth_field():
     E, _ = sample_embeddings(emb[None], targets[None])  # the field's value at the targets
     U, _ = subspace_basis(E[0][:, :, None])  # rank-1 subspaces
     sc = subspace_scores(U, emb.reshape(D, -1).T)
-    full, _ = score_maps_argmax(sc, w, h, tau=0.05)
-    fast, conf = coarse_to_fine_peaks(emb, U, tau=0.05)
+    full, _ = score_maps_argmax(sc, w, h)
+    fast, conf = coarse_to_fine_peaks(emb, U)
     np.testing.assert_allclose(fast.numpy(), full.numpy(), atol=1e-9)
     assert (np.abs(full.numpy() - targets.numpy()) < 0.6).all()
     assert ((conf > 0) & (conf <= 1 + 1e-9)).all()

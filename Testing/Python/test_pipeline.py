@@ -97,3 +97,15 @@ def test_simulated_xray_is_noisy_line_integral(sample_ct, case):
     assert a.shape == (128, 128) and a.dtype == np.float32 and np.isfinite(a).all()
     assert not np.allclose(a, b)  # different noise / contrast draws
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8  # same anatomy
+
+
+def test_refinement_schedule_is_the_default_and_scales():
+    from RayEmbRegistrationLib.pipeline import RegistrationOptions, refinement_schedule
+
+    o = RegistrationOptions()
+    assert refinement_schedule() == dict(refine_levels=o.refine_levels, refine_iterations=o.refine_iterations,
+                                         refine_lr_mm=o.refine_lr_mm)
+    s = refinement_schedule(256, 150)
+    assert s["refine_levels"] == (32, 64, 256) and s["refine_iterations"] == (150, 100, 50)
+    s = refinement_schedule(48, 30)  # small grids: no duplicate levels, one learning rate per level
+    assert s["refine_levels"] == (32, 48) and len(s["refine_iterations"]) == len(s["refine_lr_mm"]) == 2

@@ -51,7 +51,7 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
              progress=progress)
     t_render = time.time() - t0
     ev = ShardSet(out / "data_eval")
-    before = evaluate(base, ev, cfg.tau, device, max_queries=n_eval_queries)
+    before = evaluate(base, ev, device, max_queries=n_eval_queries)
     log(f"before: median {before['median_px']:.2f}px ({before['median_mm']:.2f} mm), p90 {before['p90_px']:.1f}px")
     t1 = time.time()
     train(out / "data_train", out / "run", steps=100000, lr=lr, seed=seed, device=device, resume=False,
@@ -59,7 +59,7 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
           progress=progress, log=log)
     t_train = time.time() - t1
     tuned = load_model(out / "run" / "model.safetensors", device=device)
-    after = evaluate(tuned, ev, cfg.tau, device, max_queries=n_eval_queries)
+    after = evaluate(tuned, ev, device, max_queries=n_eval_queries)
     log(f"after:  median {after['median_px']:.2f}px ({after['median_mm']:.2f} mm), p90 {after['p90_px']:.1f}px")
     steps = json.loads((out / "run" / "model.json").read_text())["metadata"].get("step")
     report = {

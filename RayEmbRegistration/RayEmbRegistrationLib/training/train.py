@@ -66,7 +66,7 @@ def infonce_loss(f_query: torch.Tensor, f_templates: torch.Tensor, uv_query, uv_
 
 
 @torch.no_grad()
-def localisation_errors(model, query_imgs, template_imgs, uv_query, uv_templates, valid, tau, device="cpu"):
+def localisation_errors(model, query_imgs, template_imgs, uv_query, uv_templates, valid, device="cpu"):
     """Detect points with the inference path (SVD basis, argmax + refinement); returns (errors_px, conf) arrays."""
     x = normalize_image(torch.cat([query_imgs, template_imgs]), size=None).to(device)
     f = model(x)
@@ -81,7 +81,7 @@ def localisation_errors(model, query_imgs, template_imgs, uv_query, uv_templates
         E, _ = sample_embeddings(ft, uv_templates[b][:, m].to(device))
         U, _ = subspace_basis(E.permute(1, 2, 0))
         sc = subspace_scores(U, fq[b].reshape(D, -1).T)
-        uv, conf = score_maps_argmax(sc, S, S, tau)
+        uv, conf = score_maps_argmax(sc, S, S)
         errs.append(np.linalg.norm(uv.cpu().numpy() - uv_query[b][m].numpy(), axis=1))
         confs.append(conf.cpu().numpy())
     return (np.concatenate(errs) if errs else np.zeros(0)), (np.concatenate(confs) if confs else np.zeros(0))
@@ -101,7 +101,7 @@ def summarize(errs: np.ndarray, conf: np.ndarray, size: int) -> dict:
     }
 
 
-def evaluate(model, shards: ShardSet, tau: float, device="cpu", max_queries: int = 16, n_points: int = 40,
+def evaluate(model, shards: ShardSet, device="cpu", max_queries: int = 16, n_points: int = 40,
              seed: int = 12345, template_angles=INFERENCE_CORNERS) -> dict:
     """Localisation error on ``shards`` with the fixed inference templates (deterministic subset of queries)."""
     was_training = model.training
@@ -114,7 +114,7 @@ def evaluate(model, shards: ShardSet, tau: float, device="cpu", max_queries: int
         for q in rng.choice(nq, min(per_shard, nq), replace=False):
             t_idx = shards.template_indices(si, template_angles)
             b = shards.batch(rng, n_templates=len(t_idx), n_points=n_points, shard=si, query_idx=[q], template_idx=t_idx)
-            e, c = localisation_errors(model, b["query"], b["templates"], b["uv_query"], b["uv_templates"], b["valid"], tau, device)
+            e, c = localisation_errors(model, b["query"], b["templates"], b["uv_query"], b["uv_templates"], b["valid"], device)
             errs.append(e)
             confs.append(c)
     model.train(was_training)
@@ -260,7 +260,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             dist.all_reduce(flag)
             out_of_time = bool(flag.item() > 0)
         if rank == 0 and (step % val_every == 0 or step == steps or out_of_time) and get_val() is not None:
-            summary = {"step": step, **evaluate(model, val, tau, dev)}
+            summary = {"step": step, **evaluate(model, val, dev)}
             with open(metrics, "a") as fh:
                 fh.write(json.dumps({"val": summary, "elapsed_s": time.time() - t_start}) + "\n")
             log(f"step {step} val: median {summary.get('median_px', float('nan')):.2f}px "
