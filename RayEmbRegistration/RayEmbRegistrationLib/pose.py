@@ -24,6 +24,7 @@ __all__ = [
     "camera_from_world_from_rvec_tvec",
     "rvec_tvec_from_camera_from_world",
     "solve_pnp",
+    "solve_pnp_hypotheses",
     "reprojection_errors",
     "rotation_angle_rad",
     "MIN_CORRESPONDENCES",
@@ -130,34 +131,72 @@ def solve_pnp(
         PoseError: fewer than ``MIN_CORRESPONDENCES`` (6) usable correspondences or inliers, degenerate
             configuration, no pose found, or no plausible pose within ``max_attempts``.
     """
+    return solve_pnp_hypotheses(points_ras, uv, intrinsics, threshold_px=threshold_px, iterations=iterations,
+                                confidence=confidence, method=method, seed=seed, polish=polish,
+                                is_plausible=is_plausible, max_attempts=max_attempts, max_hypotheses=1)[0]
+
+
+def solve_pnp_hypotheses(
+    points_ras,
+    uv,
+    intrinsics: Intrinsics,
+    *,
+    max_hypotheses: int = 3,
+    max_attempts: int = 5,
+    threshold_px: float = 10.0,
+    iterations: int = 10_000,
+    confidence: float = 0.9999,
+    method: str = "magsac",
+    seed: int | None = 0,
+    polish: bool = True,
+    is_plausible: Callable[[np.ndarray], bool] | None = None,
+) -> list[PnPResult]:
+    """Sequential RANSAC: up to ``max_hypotheses`` plausible poses supported by disjoint consensus sets.
+
+    Each round runs ``solve_pnp``'s RANSAC + LM on the correspondences not yet explained, then sets the
+    consensus aside (plausible or not) — at most ``max_attempts`` rounds. With noisy detections the largest
+    consensus is not always the right pose; the caller picks among the hypotheses (``pipeline.register``
+    compares them by image similarity after a coarse refinement). Arguments as ``solve_pnp``.
+
+    Returns: the plausible ``PnPResult``s in the order found (the first has the largest consensus).
+    Raises:
+        PoseError: as ``solve_pnp`` when no plausible pose is found.
+    """
     X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
     x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
     if len(X) != len(x):
         raise PoseError(f"points_ras has {len(X)} rows but uv has {len(x)}; give one 2D detection per 3D point.")
     active = np.isfinite(X).all(1) & np.isfinite(x).all(1)
+    n_usable = int(active.sum())
     kwargs = dict(threshold_px=threshold_px, iterations=iterations, confidence=confidence, method=method,
                   seed=seed, polish=polish)
-    rejected = []
+    rejected: list[int] = []
+    found: list[PnPResult] = []
     for attempt in range(max(1, int(max_attempts))):
         Xa = np.where(active[:, None], X, np.nan)
         try:
             res = _solve_pnp_once(Xa, x, intrinsics, **kwargs)
         except PoseError:
-            if not rejected:
+            if not rejected and not found:
                 raise
             break
         res.attempts = attempt + 1
-        if is_plausible is None or is_plausible(res.camera_from_world):
-            if rejected:  # report the errors of every usable input, set-aside ones included
-                res.reprojection_errors_px = reprojection_errors(res.camera_from_world, intrinsics, X, x)
-                res.n_correspondences = int((np.isfinite(X).all(1) & np.isfinite(x).all(1)).sum())
-            return res
-        rejected.append(res.n_inliers)
         active[res.inliers] = False
-    raise PoseError(
-        f"PnP found only implausible poses ({len(rejected)} consensus sets of {rejected} inliers put the CT outside "
-        "the X-ray's field of view); the detections do not agree on a camera pose."
-    )
+        if is_plausible is None or is_plausible(res.camera_from_world):
+            if attempt > 0:  # report the errors of every usable input, set-aside ones included
+                res.reprojection_errors_px = reprojection_errors(res.camera_from_world, intrinsics, X, x)
+                res.n_correspondences = n_usable
+            found.append(res)
+            if len(found) >= max_hypotheses:
+                break
+        else:
+            rejected.append(res.n_inliers)
+    if not found:
+        raise PoseError(
+            f"PnP found only implausible poses ({len(rejected)} consensus sets of {rejected} inliers put the CT outside "
+            "the X-ray's field of view); the detections do not agree on a camera pose."
+        )
+    return found
 
 
 def _solve_pnp_once(

@@ -273,14 +273,21 @@ class Refiner:
         return self._render(intr).render_numpy(np.asarray(camera_from_world, dtype=np.float64))
 
     def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
-               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RefineResult:
-        """Refine ``camera_from_world`` (4, 4) for the X-ray ``xray_pixels`` (H, W) of detector ``intrinsics``."""
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+               max_levels: int | None = None) -> RefineResult:
+        """Refine ``camera_from_world`` (4, 4) for the X-ray ``xray_pixels`` (H, W) of detector ``intrinsics``.
+
+        ``max_levels``: run only the first (coarsest) levels of the schedule; the similarities and the final
+        choice are then at the last level run (used to compare several start poses cheaply).
+        """
         t0 = time.perf_counter()
         o = self.options
         T0 = np.asarray(camera_from_world, dtype=np.float64)
         levels = list(o.levels)
         iters = [int(i) for i in o.per_level(o.iterations, len(levels))]
         lrs = [float(x) for x in o.per_level(o.lr_mm, len(levels))]
+        if max_levels is not None:
+            levels, iters, lrs = levels[: max(1, max_levels)], iters[: max(1, max_levels)], lrs[: max(1, max_levels)]
         total = max(1, sum(iters))
         done = 0
         T0_t = torch.as_tensor(T0, dtype=torch.float64, device=self.device)

@@ -13,6 +13,7 @@ from RayEmbRegistrationLib.pose import (
     rotation_angle_rad,
     rvec_tvec_from_camera_from_world,
     solve_pnp,
+    solve_pnp_hypotheses,
 )
 
 
@@ -108,3 +109,26 @@ def test_implausible_consensus_is_set_aside(sample_ct):
     assert len(res.reprojection_errors_px) == 200 and np.isfinite(res.reprojection_errors_px).all()
     with pytest.raises(PoseError, match="implausible"):
         solve_pnp(bad, uv[:140], intr, threshold_px=3.0, is_plausible=plausible)
+
+
+def test_sequential_ransac_returns_disjoint_hypotheses(sample_ct):
+    """Two groups of detections consistent with two different cameras (plus outliers): the hypotheses come
+    largest consensus first, with disjoint inlier sets, each near its own camera."""
+    from RayEmbRegistrationLib.camera import carm_camera_from_world
+
+    intr = Intrinsics.deepfluoro(256)
+    cam_a = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))
+    cam_b = Camera(intr, carm_camera_from_world(-25, 10, 650, sample_ct.center_ras))
+    rng = np.random.default_rng(5)
+    a, b, c = (sample_ct.sample_bone_points(n, rng=rng) for n in (90, 50, 30))
+    pts = np.vstack([a, b, c])
+    uv = np.vstack([cam_a.project(a), cam_b.project(b), rng.uniform(0, 256, (30, 2))]) + rng.normal(0, 0.3, (170, 2))
+    hyps = solve_pnp_hypotheses(pts, uv, intr, threshold_px=2.0, max_hypotheses=2)
+    assert len(hyps) == 2
+    assert not set(hyps[0].inliers) & set(hyps[1].inliers)
+    for h, cam, group in ((hyps[0], cam_a, np.arange(90)), (hyps[1], cam_b, np.arange(90, 140))):
+        assert np.linalg.norm(Camera(intr, h.camera_from_world).source_ras - cam.source_ras) < 5.0
+        assert np.isin(group, h.inliers).mean() > 0.9
+    # solve_pnp is the first hypothesis
+    one = solve_pnp(pts, uv, intr, threshold_px=2.0)
+    np.testing.assert_allclose(one.camera_from_world, hyps[0].camera_from_world, atol=1e-9)

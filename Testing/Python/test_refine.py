@@ -81,3 +81,24 @@ def test_refine_cancel_and_progress(setup):
     with pytest.raises(Cancelled):
         refiner.refine(img, intr, T, progress=lambda f, m: seen.append(f), cancel=lambda: len(seen) >= 3)
     assert len(seen) == 3 and 0 < seen[0] < seen[-1] < 1
+
+
+def test_default_schedule_captures_a_large_error(setup):
+    """The default coarse-to-fine schedule (32 px, 8 mm steps first) recovers a start ~15° and ~90 mm off —
+    the size of PnP errors from noisy detections — where a (64, 128) schedule alone does not need to."""
+    intr, T, img, refiner, pts = setup
+    wide = Refiner(refiner.ct, RefineOptions(bone_multiplier=2.5))
+    T0 = perturbation_numpy([0.15 * wide.radius_mm, -0.12 * wide.radius_mm, 0.1 * wide.radius_mm, 15.0, -20.0, 80.0],
+                            T, wide.centre_ras, wide.radius_mm)
+    before = _mtre(intr, T0, T, pts)
+    res = wide.refine(img, intr, T0)
+    assert before > 50.0
+    assert _mtre(intr, res.camera_from_world, T, pts) < 5.0, before
+    assert len(res.history) == 3
+
+
+def test_refine_max_levels_runs_the_coarse_levels_only(setup):
+    intr, T, img, refiner, _ = setup
+    res = refiner.refine(img, intr, T, max_levels=1)
+    assert len(res.history) == 1 and len(res.history[0]) == 40
+    assert res.similarity_after >= res.similarity_before
