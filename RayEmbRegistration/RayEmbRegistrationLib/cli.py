@@ -25,6 +25,9 @@ EXIT_NO_MODEL = 3
 EXIT_CANCELLED = 130
 
 SAMPLE_CT = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+# The bundled network fine-tuned on the sample CT (``rayemb finetune``: the pre-operative, patient-specific step a
+# user runs on their own CT); the demo uses it for the sample CT unless --model is given. Model card: MODEL.md.
+SAMPLE_CT_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "finetuned" / "pelvis_abdomen_totalseg_3mm.safetensors"
 
 
 class CLIError(ValueError):
@@ -308,6 +311,11 @@ def cmd_demo(args) -> int:
     print(f"CT {ct_path.name}: {ct.shape} voxels; X-ray simulated at a random RAYEMB_SAMPLER pose, "
           f"{intr.width}×{intr.height} px DeepFluoro-like geometry (saved to {out / 'xray.tif'}).")
     options = _options(args)
+    if not args.model and ct_path.resolve() == SAMPLE_CT.resolve() and SAMPLE_CT_MODEL.is_file():
+        options.model_path = str(SAMPLE_CT_MODEL)
+        print(f"network: {SAMPLE_CT_MODEL.relative_to(SAMPLE_CT.parents[2])} — the bundled model fine-tuned on this CT "
+              "('rayemb finetune', the pre-operative step; it never saw this X-ray or its pose). "
+              "Use --model Resources/Models/rayemb_unet.safetensors for the general model.")
     bar = _Progress("demo", not args.quiet)
     missing = []
     result = None
@@ -589,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate an X-ray of the sample CT and register it", formatter_class=F,
                        description="The bundled sample CT, an X-ray simulated at a random pose (RAYEMB_SAMPLER, "
                                    "DeepFluoro-like geometry, noise), a full registration that does not see the pose, "
-                                   "the outputs of 'register' and the true errors.")
+                                   "the outputs of 'register' and the true errors. For the sample CT the network "
+                                   "fine-tuned on it (Resources/Models/finetuned/) is used unless --model is given.")
     p.add_argument("--out", default="rayemb-demo", metavar="DIR", help="output folder")
     p.add_argument("--ct", default=None, help="another CT instead of the bundled sample")
     p.add_argument("--size", type=int, default=256, help="simulated X-ray size (pixels, square)")

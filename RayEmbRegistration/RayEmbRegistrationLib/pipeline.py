@@ -65,6 +65,7 @@ class RegistrationOptions:
         n_bone_candidates: how many bone points are detected (paper: 10 000); None → 10 000 on CUDA, 2 000 on CPU.
         n_bone_keep: how many of them, the most confident, go to PnP (paper: 600).
         min_confidence: detections below this confidence are not used for PnP.
+        fast_detection: ``LandmarkDetector.detect(fast=True)`` (coarse map, full resolution around 4 peaks).
         ransac_threshold_px: RANSAC inlier threshold in pixels of the X-ray as given (its full resolution).
         ransac_iterations, ransac_confidence: RANSAC settings (10 000, 0.9999).
         pnp_hypotheses: how many plausible PnP poses (sequential RANSAC, disjoint consensus sets) compete; with
@@ -88,6 +89,7 @@ class RegistrationOptions:
     n_bone_candidates: int | None = None
     n_bone_keep: int = 600
     min_confidence: float = 0.0
+    fast_detection: bool = False
     ransac_threshold_px: float = 10.0
     ransac_iterations: int = 10_000
     ransac_confidence: float = 0.9999
@@ -368,16 +370,17 @@ def detect(ct: CTVolume, xray, points, options: RegistrationOptions | None = Non
     t0 = time.perf_counter()
     det = _get_detector(ct, options, device, _sub_progress(progress, 0.0, 0.5))
     _check_cancel(cancel)
-    d = _run_detection(det, xray, ras, heatmaps, _sub_progress(progress, 0.5, 1.0), cancel)
+    d = _run_detection(det, xray, ras, heatmaps, _sub_progress(progress, 0.5, 1.0), cancel, options.fast_detection)
     return DetectionResult(labels, ras, d.uv, d.confidence, d.heatmaps, d.net_intrinsics if heatmaps else None,
                            time.perf_counter() - t0)
 
 
-def _run_detection(det, xray, ras, heatmaps, progress, cancel):
+def _run_detection(det, xray, ras, heatmaps, progress, cancel, fast: bool = False):
     from .detect import DetectionCancelled
 
     try:
-        return det.detect(xray.pixels, xray.intrinsics, ras, heatmaps=heatmaps, progress=progress, cancel=cancel)
+        return det.detect(xray.pixels, xray.intrinsics, ras, heatmaps=heatmaps, progress=progress, cancel=cancel,
+                          fast=fast and not heatmaps)
     except DetectionCancelled as exc:
         raise RegistrationCancelled(str(exc)) from exc
 
@@ -439,7 +442,7 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
         bone = _bone_candidates(ct, options, device) if options.auto_bone_points else np.zeros((0, 3))
         pts = np.vstack([fid_ras, bone])
         t = time.perf_counter()
-        d = _run_detection(det, xray, pts, False, _sub_progress(progress, 0.15, 0.4), cancel)
+        d = _run_detection(det, xray, pts, False, _sub_progress(progress, 0.15, 0.4), cancel, options.fast_detection)
         timings["detection"] = time.perf_counter() - t
         nf = len(fid_ras)
         conf = np.asarray(d.confidence, dtype=np.float64)

@@ -14,6 +14,7 @@ from RayEmbRegistrationLib.pipeline import (
     RegistrationOptions,
     check_overlap,
     pose_errors,
+    refinement_schedule,
     register,
     simulate_xray,
 )
@@ -21,7 +22,7 @@ from RayEmbRegistrationLib.refine import perturbation_numpy
 from RayEmbRegistrationLib.volume import CTVolume
 from RayEmbRegistrationLib.xray import XRayImage
 
-FAST = dict(refine_levels=(64, 128), refine_iterations=(40, 10), device="cpu")
+FAST = dict(**refinement_schedule(128, 40), device="cpu")
 
 
 @pytest.fixture(scope="module")
