@@ -96,7 +96,10 @@ def _options(args) -> "Any":
     if getattr(args, "refine_iterations", None):
         o.refine_iterations = tuple(args.refine_iterations)
     if getattr(args, "refine_levels", None):
+        from .pipeline import refinement_lrs
+
         o.refine_levels = tuple(args.refine_levels)
+        o.refine_lr_mm = refinement_lrs(len(o.refine_levels))
     return o
 
 
@@ -529,9 +532,9 @@ def _add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
         p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                        help="RANSAC inlier threshold in pixels of the X-ray as given (default 10)")
         p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
-                       help="coarse-to-fine DRR grid sizes, longer side in px (default 64 96)")
+                       help="coarse-to-fine DRR grid sizes, longer side in px (default 32 64 96; steps 8 → 1 mm)")
         p.add_argument("--refine-iterations", type=int, nargs="+", default=None, metavar="N",
-                       help="Adam iterations per refinement level (default 40 20)")
+                       help="Adam iterations per refinement level (default 60 40 20)")
         p.add_argument("--no-scene", action="store_true", help="do not write scene.mrb")
 
 

@@ -223,8 +223,16 @@ def refinement_schedule(finest_px: int = 96, coarse_iterations: int = 60) -> dic
         if s not in levels:
             levels.append(s)
     its = (n, max(1, round(2 * n / 3)), max(1, round(n / 3)))[: len(levels)]
-    lrs = (8.0, 3.0, 1.0)[: len(levels)] if len(levels) == 3 else (8.0, 1.0)[: len(levels)]
-    return dict(refine_levels=tuple(levels), refine_iterations=tuple(its), refine_lr_mm=tuple(lrs))
+    return dict(refine_levels=tuple(levels), refine_iterations=tuple(its), refine_lr_mm=refinement_lrs(len(levels)))
+
+
+def refinement_lrs(n_levels: int) -> tuple[float, ...]:
+    """Adam step sizes (mm) for ``n_levels`` coarse-to-fine levels: 8 mm at the coarsest, 1 mm at the finest,
+    3 mm in between (one level alone: 3 mm)."""
+    n = int(n_levels)
+    if n <= 1:
+        return (3.0,) * max(n, 0)
+    return (8.0,) + (3.0,) * (n - 2) + (1.0,)
 
 
 def resolve_device(device: str) -> str:

@@ -110,3 +110,4 @@ def test_refinement_schedule_is_the_default_and_scales():
     assert s["refine_levels"] == (32, 64, 256) and s["refine_iterations"] == (150, 100, 50)
     s = refinement_schedule(48, 30)  # small grids: no duplicate levels, one learning rate per level
     assert s["refine_levels"] == (32, 48) and len(s["refine_iterations"]) == len(s["refine_lr_mm"]) == 2
+    assert s["refine_lr_mm"] == (8.0, 1.0)
