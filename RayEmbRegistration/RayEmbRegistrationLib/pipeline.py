@@ -407,7 +407,8 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
     2. PnP: ``pose.solve_pnp`` (MAGSAC++ RANSAC + LM polish) on fiducials + kept bone points.
     3. Refinement (``options.refine``): ``refine.Refiner`` from the PnP pose; it never returns a pose worse
        by its similarity than its start.
-    4. Checks: the CT must lie in the X-ray's field of view at the final pose.
+    4. Checks: the CT must lie in the X-ray's field of view at the final pose; a refined pose that fails this
+       check is rejected (warning) and the start pose is kept.
 
     Args:
         ct: ``CTVolume``; xray: ``xray.XRayImage`` (pixels (H, W), intrinsics); fiducials: ``Fiducials`` or None.
@@ -521,9 +522,12 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
         timings["refine"] = time.perf_counter() - t
         refined = Camera(intr, rr.camera_from_world)
         sim_before, sim_after = rr.similarity_before, rr.similarity_after
-        if rr.improved:
+        problem = overlap_problem(ct, refined, "refined pose")
+        if rr.improved and problem is None:
             final, stage = refined, "refined"
-        check_overlap(ct, final, "refined pose")
+        elif rr.improved:
+            # The optimiser drifted to a pose that cannot have produced this X-ray: keep the (plausible) start.
+            warnings.append(f"the refinement was rejected ({problem}); the final pose is the {method} pose.")
     # Sanity check against DICOM C-arm angles, if the X-ray has them (a warning, not an error: the table
     # and the patient may not be aligned with the C-arm's axes).
     carm = getattr(xray, "carm", None)
