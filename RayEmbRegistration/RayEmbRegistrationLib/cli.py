@@ -24,10 +24,11 @@ EXIT_BAD_INPUT = 2
 EXIT_NO_MODEL = 3
 EXIT_CANCELLED = 130
 
-SAMPLE_CT = Path(__file__).resolve().parents[2] / "Resources" / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_CT = REPO_ROOT / "Resources" / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
 # The bundled network fine-tuned on the sample CT (``rayemb finetune``: the pre-operative, patient-specific step a
 # user runs on their own CT); the demo uses it for the sample CT unless --model is given. Model card: MODEL.md.
-SAMPLE_CT_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "finetuned" / "pelvis_abdomen_totalseg_3mm.safetensors"
+SAMPLE_CT_MODEL = REPO_ROOT / "Resources" / "Models" / "finetuned" / "pelvis_abdomen_totalseg_3mm.safetensors"
 
 
 class CLIError(ValueError):
@@ -316,7 +317,7 @@ def cmd_demo(args) -> int:
     options = _options(args)
     if not args.model and ct_path.resolve() == SAMPLE_CT.resolve() and SAMPLE_CT_MODEL.is_file():
         options.model_path = str(SAMPLE_CT_MODEL)
-        print(f"network: {SAMPLE_CT_MODEL.relative_to(SAMPLE_CT.parents[2])} — the bundled model fine-tuned on this CT "
+        print(f"network: {SAMPLE_CT_MODEL.relative_to(REPO_ROOT)} — the bundled model fine-tuned on this CT "
               "('rayemb finetune', the pre-operative step; it never saw this X-ray or its pose). "
               "Use --model Resources/Models/rayemb_unet.safetensors for the general model.")
     bar = _Progress("demo", not args.quiet)

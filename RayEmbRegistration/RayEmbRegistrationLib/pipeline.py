@@ -211,9 +211,9 @@ def refinement_schedule(finest_px: int = 96, coarse_iterations: int = 60) -> dic
     """The coarse-to-fine refinement schedule for a finest grid of ``finest_px`` (longer side).
 
     Levels 32 px, ``min(64, finest)`` px and ``finest`` px (duplicates dropped); Adam iterations
-    ``n, 2n/3, n/3`` and learning rates 8, 3, 1 mm. The 32-px level with a large step is what gives the
-    refinement its capture range (about 10–20° and 100 mm from a PnP pose: success on simulated pelvis X-rays
-    rose from 25 % to 75 % against a (64, 96) schedule in the design experiment, docs/pipeline.md).
+    ``n, 2n/3, n/3`` and learning rates ``refinement_lrs`` (8, 3, 1 mm). The 32-px level with a large step is
+    what gives the refinement its capture range (starts ~15° and ~90 mm off: 75 % success instead of 25 % for
+    the earlier (64, 96) schedule, ``benchmarks/bench_refine_capture.py``).
     Returns ``dict(refine_levels=…, refine_iterations=…, refine_lr_mm=…)`` for ``RegistrationOptions``.
     """
     finest = max(16, int(finest_px))
@@ -388,7 +388,7 @@ def _run_detection(det, xray, ras, heatmaps, progress, cancel, fast: bool = Fals
 
     try:
         return det.detect(xray.pixels, xray.intrinsics, ras, heatmaps=heatmaps, progress=progress, cancel=cancel,
-                          fast=fast and not heatmaps)
+                          fast=fast)
     except DetectionCancelled as exc:
         raise RegistrationCancelled(str(exc)) from exc
 

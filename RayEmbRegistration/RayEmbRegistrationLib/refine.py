@@ -287,7 +287,8 @@ class Refiner:
         iters = [int(i) for i in o.per_level(o.iterations, len(levels))]
         lrs = [float(x) for x in o.per_level(o.lr_mm, len(levels))]
         if max_levels is not None:
-            levels, iters, lrs = levels[: max(1, max_levels)], iters[: max(1, max_levels)], lrs[: max(1, max_levels)]
+            k = max(1, int(max_levels))
+            levels, iters, lrs = levels[:k], iters[:k], lrs[:k]
         total = max(1, sum(iters))
         done = 0
         T0_t = torch.as_tensor(T0, dtype=torch.float64, device=self.device)
