@@ -71,6 +71,30 @@ def test_generate_is_deterministic_and_resumable(lumbar, tiny_data, tmp_path):
         generate([lumbar], b_dir, seed=6, **TINY)
 
 
+def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, tiny_data, tmp_path):
+    from RayEmbRegistrationLib.volume import BONE_HU, load_ct
+
+    cen = _shard_arrays(tiny_data / "shard_00_000.npz")
+    np.testing.assert_allclose(cen["query_centers"], np.repeat(cen["isocenter"][None], 3, 0))
+    out = generate([lumbar], tmp_path / "any", seed=5, pose_center="anywhere", **{**TINY, "n_variants": 1,
+                                                                                  "n_queries": 6})
+    s = _shard_arrays(out[0])
+    c = s["query_centers"]
+    assert c.shape == (6, 3) and np.ptp(c, axis=0).max() > 10.0  # different centres
+    vol = load_ct(lumbar).resampled(5.0)
+    ijk = np.round(vol.ras_to_ijk_points(c)).astype(int)
+    ijk = np.clip(ijk, 0, np.array(vol.hu.shape) - 1)
+    # each centre lies in a bone voxel (jittered within it: allow the neighbourhood)
+    for i, j, k in ijk:
+        assert vol.hu[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2].max() >= BONE_HU
+    # and the query pose looks at it: most centres project inside the image
+    inside = [np.all((uv >= 0) & (uv <= S - 1)) for uv in
+              (project_P(P, c[q:q + 1])[0] for q, P in enumerate(s["query_P"]))]
+    assert sum(inside) >= 4
+    with pytest.raises(ValueError, match="pose_center"):
+        generate([lumbar], tmp_path / "bad", pose_center="nowhere", **TINY)
+
+
 def test_a_few_training_steps_reduce_the_loss(tiny_data):
     shards = ShardSet(tiny_data)
     batch = shards.batch(np.random.default_rng(0), n_queries=2, n_templates=4, n_points=20)

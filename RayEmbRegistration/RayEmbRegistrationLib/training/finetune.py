@@ -21,7 +21,7 @@ import torch
 from ..model import BUNDLED_MODEL, load_model
 from ..volume import CTVolume, load_ct
 from .data import ShardSet
-from .generate import generate
+from .generate import POSE_CENTERS, generate
 from .train import evaluate, train
 
 __all__ = ["finetune", "add_finetune_args", "finetune_main"]
@@ -29,9 +29,11 @@ __all__ = ["finetune", "add_finetune_args", "finetune_main"]
 
 def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queries: int = 48, n_variants: int = 1,
              n_eval_queries: int = 12, lr: float = 3e-4, seed: int = 0, device: str = "cpu", threads: int | None = None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, pose_center: str = "anywhere") -> dict:
     """Fine-tune ``model_path`` (None → bundled) on DRRs of ``ct`` (path or ``CTVolume``) for ``seconds``.
 
+    ``pose_center`` (``generate.POSE_CENTERS``): training and held-out poses are centred on random bone voxels
+    ("anywhere", default: the X-ray may show any part of the CT) or on the bone centroid ("centroid").
     Returns the report dict: localisation error on held-out poses before/after (``train.summarize`` fields),
     timings, and the path of the fine-tuned weights.
     """
@@ -45,10 +47,11 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     vol = ct if isinstance(ct, CTVolume) else load_ct(ct)
     # held-out poses (other seed, plain CT) and training poses of the same CT
     generate([vol], out / "data_eval", n_variants=1, n_queries=n_eval_queries, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
-             seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, progress=progress)
+             seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, progress=progress,
+             pose_center=pose_center)
     generate([vol], out / "data_train", n_variants=n_variants, n_queries=n_train_queries, size=cfg.image_size,
              voxel_mm=cfg.voxel_mm, seed=seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,
-             progress=progress)
+             progress=progress, pose_center=pose_center)
     t_render = time.time() - t0
     ev = ShardSet(out / "data_eval")
     before = evaluate(base, ev, device, max_queries=n_eval_queries)
@@ -65,7 +68,8 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     report = {
         "ct": vol.name, "base_model": str(model_path), "base_sha256": base.sha256,
         "finetuned_model": str(out / "run" / "model.safetensors"), "finetuned_sha256": tuned.sha256,
-        "seconds_budget": seconds, "seconds_render": t_render, "seconds_train": t_train, "steps": steps,
+        "pose_center": pose_center, "seconds_budget": seconds, "seconds_render": t_render, "seconds_train": t_train,
+        "steps": steps,
         "eval_queries": n_eval_queries, "before": before, "after": after,
     }
     (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
@@ -83,13 +87,15 @@ def add_finetune_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pose-center", choices=POSE_CENTERS, default="anywhere",
+                   help="centre training poses on random bone voxels (default) or on the bone centroid")
     return p
 
 
 def finetune_main(args: argparse.Namespace) -> int:
     r = finetune(args.ct, args.out, model_path=args.model, seconds=args.seconds, n_train_queries=args.queries,
                  n_eval_queries=args.eval_queries, lr=args.lr, seed=args.seed, device=args.device, threads=args.threads,
-                 log=lambda m: print(m, flush=True))
+                 pose_center=args.pose_center, log=lambda m: print(m, flush=True))
     print(json.dumps({k: r[k] for k in ("ct", "seconds_train", "steps")} | {
         "before_median_px": r["before"]["median_px"], "after_median_px": r["after"]["median_px"]}))
     return 0

@@ -9,6 +9,7 @@ Layout of ``out_dir``:
         template_angles (G, 2), template_poses (G, 4, 4), template_P (G, 3, 4)
         queries (Q, S, S) float16    line-integral DRRs at RAYEMB_SAMPLER poses, random bone multiplier 1–10
         query_poses (Q, 4, 4), query_P (Q, 3, 4), bone_multiplier (Q,)
+        query_centers (Q, 3)          RAS mm point each query pose is sampled around (``pose_center``)
         points (M, 3) float32         RAS mm bone points (HU ≥ 350) of this variant
         K (3, 3) network-size intrinsics (Intrinsics.deepfluoro(S)); isocenter (3,)
 Every shard's randomness is ``np.random.default_rng([seed, ct_index, variant])``: the same seed gives the
@@ -30,7 +31,12 @@ from ..templates import ct_isocenter, grid_angles, template_poses
 from ..volume import BONE_HU, CTVolume, load_ct
 from .augment import augment_volume
 
-__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG"]
+__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG", "POSE_CENTERS"]
+
+# Where the query poses are centred: "centroid" = the bone centroid (as the templates; the general training
+# data), "anywhere" = a random bone voxel per query, i.e. views over the whole extent of the CT's bone — what a
+# patient-specific model needs when the X-ray may show any part of the CT (rayemb finetune's default).
+POSE_CENTERS = ("centroid", "anywhere")
 
 TEMPLATE_GRID_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)
 DEFAULT_TRAIN_CTS = (
@@ -51,7 +57,8 @@ def resolve_ct_path(p: str) -> Path:
     return Path(p)
 
 
-def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment):
+def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment,
+                  pose_center="centroid"):
     from ..render import DRRRenderer
 
     coarse = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
@@ -62,7 +69,12 @@ def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_mu
     iso = ct_isocenter(vol)
     angles = np.array(grid_angles(TEMPLATE_GRID_DEG))
     tposes = template_poses(angles, iso)
-    qposes = RAYEMB_SAMPLER.sample(n_queries, iso, rng)
+    if pose_center == "anywhere":
+        centers = vol.sample_bone_points(n_queries, rng)
+        qposes = np.concatenate([RAYEMB_SAMPLER.sample(1, c, rng) for c in centers])
+    else:
+        centers = np.repeat(iso[None], n_queries, 0)
+        qposes = RAYEMB_SAMPLER.sample(n_queries, iso, rng)
     mults = rng.uniform(1.0, 10.0, n_queries)
     points = vol.sample_bone_points(n_points, rng).astype(np.float32)
     r = DRRRenderer(vol, K, bone_multiplier=template_bone_multiplier)
@@ -75,14 +87,14 @@ def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_mu
     P = lambda poses: np.stack([Camera(K, p).projection_matrix for p in poses])  # noqa: E731
     return dict(
         templates=templates.astype(np.float16), template_angles=angles, template_poses=tposes, template_P=P(tposes),
-        queries=queries.astype(np.float16), query_poses=qposes, query_P=P(qposes), bone_multiplier=mults,
+        queries=queries.astype(np.float16), query_poses=qposes, query_P=P(qposes), query_centers=centers, bone_multiplier=mults,
         points=points, K=K.K, isocenter=iso, ct_name=np.array(ct.name),
     )
 
 
 def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int = 224, voxel_mm: float = 2.5,
              n_points: int = 2048, seed: int = 0, template_bone_multiplier: float = 2.0, augment: bool = True,
-             progress: bool = True, threads: int | None = None) -> list[Path]:
+             progress: bool = True, threads: int | None = None, pose_center: str = "centroid") -> list[Path]:
     """Render ``n_variants`` shards per CT into ``out_dir`` (skips shards that exist). Returns the shard paths.
 
     Args:
@@ -90,7 +102,10 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
         n_variants: anatomy variants per CT (variant 0 un-augmented; the rest ``augment_volume``; ``augment=False``
             makes all variants the plain CT with different poses).
         n_queries: query DRRs per variant; size: network image size; voxel_mm: CT grid used for rendering.
+        pose_center: one of ``POSE_CENTERS`` (where query poses are centred).
     """
+    if pose_center not in POSE_CENTERS:
+        raise ValueError(f"pose_center must be one of {POSE_CENTERS}, not {pose_center!r}")
     from tqdm import tqdm
 
     if threads:
@@ -102,6 +117,8 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
     settings = dict(cts=names, n_variants=n_variants, n_queries=n_queries, size=size, voxel_mm=voxel_mm,
                     n_points=n_points, seed=seed, template_bone_multiplier=template_bone_multiplier, augment=augment,
                     template_grid_deg=list(TEMPLATE_GRID_DEG))
+    if pose_center != "centroid":  # older data folders (centroid only) keep their manifest
+        settings["pose_center"] = pose_center
     man = out / "manifest.json"
     if man.exists():
         old = json.loads(man.read_text())["settings"]
@@ -125,7 +142,8 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
         bar.set_postfix_str(f"{ct.name} v{v}")
         rng = np.random.default_rng([seed, i, v])
         t0 = time.perf_counter()
-        data = _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment and v > 0)
+        data = _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment and v > 0,
+                             pose_center)
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **data, seconds=np.array(time.perf_counter() - t0))
         tmp.replace(path)
@@ -145,13 +163,15 @@ def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="no volume augmentation")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--pose-center", choices=POSE_CENTERS, default="centroid",
+                   help="centre query poses on the bone centroid, or on a random bone voxel each ('anywhere')")
     return p
 
 
 def generate_main(args: argparse.Namespace) -> int:
     paths = generate(args.ct, args.out, n_variants=args.variants, n_queries=args.queries, size=args.size,
                      voxel_mm=args.voxel_mm, n_points=args.points, seed=args.seed, augment=not args.no_augment,
-                     threads=args.threads)
+                     threads=args.threads, pose_center=args.pose_center)
     print(f"{len(paths)} shards in {args.out}")
     return 0
 
