@@ -86,6 +86,8 @@ def _options(args) -> "Any":
     o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
     if getattr(args, "no_refine", False):
         o.refine = False
+    if getattr(args, "no_depth_search", False):
+        o.depth_search = False
     if getattr(args, "no_bone_points", False):
         o.auto_bone_points = False
     if getattr(args, "bone_candidates", None):
@@ -524,6 +526,9 @@ def _add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     if registration:
         p.add_argument("--no-refine", action="store_true",
                        help="skip the intensity refinement (final pose = PnP pose)")
+        p.add_argument("--no-depth-search", action="store_true",
+                       help="refine from the PnP pose as it is, without first searching its depth along the "
+                            "viewing ray by image similarity")
         p.add_argument("--no-bone-points", action="store_true",
                        help="use only the given fiducials, no automatically sampled bone points")
         p.add_argument("--bone-candidates", type=int, default=None, metavar="N",

@@ -41,6 +41,7 @@ __all__ = [
     "downsample_image",
     "level_intrinsics",
     "Refiner",
+    "DepthSearch",
     "refine",
 ]
 
@@ -213,6 +214,25 @@ class RefineResult:
     seconds: float = 0.0
 
 
+@dataclass
+class DepthSearch:
+    """Result of ``Refiner.search_depth``.
+
+    Attributes:
+        camera_from_world: (4, 4) the most similar candidate (the start itself if nothing beats it).
+        factor: its depth of the refinement centre divided by the start's (1.0 = the start).
+        similarity_start / similarity: multiscale NCC of the start / the chosen candidate at the search grid.
+        factors, similarities: (N,) every candidate tried, the start (factor 1) included.
+    """
+
+    camera_from_world: np.ndarray
+    factor: float
+    similarity_start: float
+    similarity: float
+    factors: np.ndarray = field(repr=False, default_factory=lambda: np.ones(1))
+    similarities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
+
+
 class Refiner:
     """Refines poses of X-rays against one CT (keeps the resampled CT and the renderer between calls).
 
@@ -271,6 +291,36 @@ class Refiner:
         """DRR (h, w) float32 at one pose on the grid of side ``size`` (default: finest level)."""
         intr = level_intrinsics(intrinsics, size or self.options.levels[-1])
         return self._render(intr).render_numpy(np.asarray(camera_from_world, dtype=np.float64))
+
+    @torch.no_grad()
+    def search_depth(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world, n: int = 16,
+                     range_fraction: tuple[float, float] = (0.3, 0.95), size: int = 64) -> DepthSearch:
+        """Slide the CT along the viewing ray of its centre and keep the most similar depth.
+
+        A pose from a few noisy 2D–3D correspondences is weakest in depth (magnification), and the gradient
+        refinement captures depth errors of only ~10 %. This tries the start and ``n`` rigid translations of it
+        along the ray from the source through the refinement centre ``c`` (so ``c`` keeps its pixel), with
+        the depth of ``c`` geometrically spaced over ``range_fraction`` × the source-to-detector distance,
+        and scores each by the multiscale NCC on the ``size`` grid (one batch of cheap coarse DRRs).
+
+        Args:
+            camera_from_world: (4, 4) the start pose (``c`` must be in front of the source).
+        Returns:
+            ``DepthSearch``; its pose is the start unless a candidate is more similar.
+        """
+        T0 = np.asarray(camera_from_world, dtype=np.float64)
+        c_cam = T0[:3, :3] @ self.centre_ras + T0[:3, 3]
+        z0 = float(c_cam[2])
+        if not z0 > 0:
+            raise ValueError(f"the refinement centre is behind the source at the start pose (depth {z0:.1f} mm)")
+        sdd = float(intrinsics.source_to_detector_mm)
+        depths = np.geomspace(range_fraction[0] * sdd, range_fraction[1] * sdd, int(n))
+        factors = np.concatenate([[1.0], depths / z0])
+        poses = np.repeat(T0[None], len(factors), 0)
+        poses[:, :3, 3] += (factors[:, None] - 1.0) * c_cam[None]
+        sims = self.similarity(xray_pixels, intrinsics, poses, size)
+        k = int(np.argmax(sims))
+        return DepthSearch(poses[k], float(factors[k]), float(sims[0]), float(sims[k]), factors, sims)
 
     def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,

@@ -78,6 +78,7 @@ def registration_dict(result, ct=None, xray=None, extra: dict | None = None) -> 
         "inliers": result.inliers,
         "pnp_rmse_px": result.pnp_rmse_px,
         "pnp_hypotheses": result.pnp_hypotheses,
+        "depth_search": result.depth_search,
         "similarity_before": result.similarity_before,
         "similarity_after": result.similarity_after,
         "similarity": "multiscale NCC (0.5 global + 0.5 local patches) on the refinement's finest grid",

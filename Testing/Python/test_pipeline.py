@@ -75,6 +75,9 @@ def test_register_with_the_sample_ct_finetuned_network(sample_ct, case):
     assert res.initial_method == "rayemb" and res.inliers >= 6
     assert res.final_stage == "refined" and res.similarity_after > res.similarity_before
     assert pose_errors(res.final.camera_from_world, T, pts, intr)["mtre_mm"] < 10.0
+    # the depth search ran from the PnP pose; similarity_before is the PnP pose's whatever depth was chosen
+    ds = res.depth_search
+    assert ds["candidates"] == 17 and ds["similarity"] >= ds["similarity_pnp"] and 0.2 < ds["factor"] < 3.0
 
 
 def test_refined_pose_outside_the_view_is_rejected(sample_ct, case, monkeypatch):

@@ -102,3 +102,32 @@ def test_refine_max_levels_runs_the_coarse_levels_only(setup):
     res = refiner.refine(img, intr, T, max_levels=1)
     assert len(res.history) == 1 and len(res.history[0]) == 40
     assert res.similarity_after >= res.similarity_before
+
+
+@pytest.mark.parametrize("true_over_start", [0.6, 1.25])
+def test_search_depth_recovers_a_wrong_magnification(setup, true_over_start):
+    """A start at the right viewing ray but a wrong depth (what PnP from noisy detections gets wrong most):
+    the depth search returns a pose at nearly the true depth, which the refinement then captures."""
+    intr, T, img, refiner, pts = setup
+    c_true = T[:3, :3] @ refiner.centre_ras + T[:3, 3]
+    T0 = T.copy()
+    T0[:3, 3] += (1.0 / true_over_start - 1.0) * c_true  # the centre keeps its pixel, its depth is off
+    ds = refiner.search_depth(img, intr, T0)
+    depth = lambda A: float((A[:3, :3] @ refiner.centre_ras + A[:3, 3])[2])  # noqa: E731
+    assert abs(depth(T0) - depth(T)) > 100.0
+    assert abs(ds.factor - true_over_start) < 0.08 * true_over_start  # within one grid step (8.6 %)
+    assert abs(depth(ds.camera_from_world) - depth(T)) < 0.08 * depth(T)
+    assert ds.similarity > ds.similarity_start and ds.similarities[0] == ds.similarity_start
+    assert ds.factors[0] == 1.0 and len(ds.factors) == 17
+    res = refiner.refine(img, intr, ds.camera_from_world)
+    assert _mtre(intr, res.camera_from_world, T, pts) < 3.0
+
+
+def test_search_depth_keeps_a_correct_start(setup):
+    intr, T, img, refiner, _ = setup
+    ds = refiner.search_depth(img, intr, T)
+    assert ds.factor == 1.0 and np.allclose(ds.camera_from_world, T)
+    behind = T.copy()
+    behind[:3, 3] -= [0.0, 0.0, 5000.0]
+    with pytest.raises(ValueError, match="behind the source"):
+        refiner.search_depth(img, intr, behind)
