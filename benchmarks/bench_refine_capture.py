@@ -8,7 +8,9 @@ refinement is compared. Schedules, side by side:
 
   * ``session-1``: 64² (40 it., 3 mm) → 96² (20 it., 1 mm) — the earlier default (baseline of the ratio);
   * ``default``: ``pipeline.refinement_schedule()`` = 32² (60 it., 8 mm) → 64² (40 it., 3 mm) → 96² (20 it., 1 mm);
-  * ``long``: 32² (80, 8 mm) → 64² (50, 3 mm) → 128² (25, 1 mm).
+  * ``long``: 32² (80, 8 mm) → 64² (50, 3 mm) → 128² (25, 1 mm);
+  * ``default+depth``: the default schedule through ``Refiner.refine_with_depth_search`` (what ``register`` does
+    with a PnP pose: a depth search along the viewing ray, then refinement from both starts).
 
 Usage:
     .venv/bin/python benchmarks/bench_refine_capture.py [--ct CT] [--n 12] [--rot-std 0.15] [--trans-std 20 20 100]
@@ -44,6 +46,8 @@ def schedules() -> dict[str, RefineOptions]:
         "session-1": RefineOptions(levels=(64, 96), iterations=(40, 20), lr_mm=(3.0, 1.0)),
         "default": RefineOptions(levels=d["refine_levels"], iterations=d["refine_iterations"], lr_mm=d["refine_lr_mm"]),
         "long": RefineOptions(levels=(32, 64, 128), iterations=(80, 50, 25), lr_mm=(8.0, 3.0, 1.0)),
+        "default+depth": RefineOptions(levels=d["refine_levels"], iterations=d["refine_iterations"],
+                                       lr_mm=d["refine_lr_mm"]),
     }
 
 
@@ -81,7 +85,10 @@ def main() -> int:
         line = f"case {case}: start mTRE {e0['mtre_mm']:.0f} mm, rotation {e0['rot_deg']:.1f}°"
         for k, r in refiners.items():
             t = time.perf_counter()
-            res = r.refine(x, intr, start)
+            if k == "default+depth":
+                res = r.refine_with_depth_search(x, intr, start)[0]
+            else:
+                res = r.refine(x, intr, start)
             secs[k].append(time.perf_counter() - t)
             mtre[k].append(pose_errors(res.camera_from_world, T, pts, intr)["mtre_mm"])
             line += f" | {k}: {mtre[k][-1]:.1f} mm ({secs[k][-1]:.1f} s)"

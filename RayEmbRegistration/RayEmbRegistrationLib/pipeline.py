@@ -523,44 +523,27 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
     if options.refine:
         t = time.perf_counter()
         refiner = _get_refiner(ct, options, device)
-        # Starts: the PnP pose, and (depth search) the PnP pose slid to the most similar depth along the
-        # viewing ray. Each is refined; the most similar result wins (the refinement picks the right basin
-        # more reliably than either the PnP depth or the coarse depth score alone).
-        starts = [initial.camera_from_world]
-        if options.depth_search and method == "rayemb":
-            if progress:
-                progress(1.0 - refine_share - 0.03, "refine: searching the depth along the viewing ray")
-            try:
-                ds = refiner.search_depth(xray.pixels, intr, initial.camera_from_world, size=64)
-            except ValueError as exc:  # the bone centre behind the source: nothing to slide along
-                warnings.append(f"depth search skipped: {exc}")
-            else:
-                depth_info = {"factor": ds.factor, "similarity_pnp": ds.similarity_start,
-                              "similarity": ds.similarity, "grid_px": 64, "candidates": len(ds.factors)}
-                if ds.factor != 1.0:
-                    starts.append(ds.camera_from_world)
-        results = []
-        lo, hi = 1.0 - refine_share - 0.03, 0.97
-        for k, start in enumerate(starts):
-            a = lo + (hi - lo) * k / len(starts)
-            try:
-                results.append(refiner.refine(xray.pixels, intr, start,
-                                              _sub_progress(progress, a, a + (hi - lo) / len(starts)), cancel))
-            except Cancelled as exc:
-                raise RegistrationCancelled(str(exc)) from exc
-        # the most similar refined pose that can have produced the X-ray (else the most similar: rejected below)
-        plausible = [overlap_problem(ct, Camera(intr, r.camera_from_world)) is None for r in results]
-        score = [r.similarity_after if ok or not any(plausible) else -np.inf for r, ok in zip(results, plausible)]
-        best = int(np.argmax(score))
-        rr = results[best]
-        if depth_info:
-            depth_info["refined_similarity"] = [float(r.similarity_after) for r in results]
-            depth_info["chosen"] = "depth-searched start" if best == 1 else "PnP start"
-        # similarity_before is the PnP pose's; the refined pose is kept only if it beats it.
-        sim_before, sim_after = results[0].similarity_before, rr.similarity_after
-        improved = sim_after > sim_before
-        if not improved:
-            sim_after = sim_before
+        sub = _sub_progress(progress, 1.0 - refine_share - 0.03, 0.97)
+        rr = None
+        try:
+            if options.depth_search and method == "rayemb":
+                # PnP is weakest in depth: also refine from the most similar depth along the viewing ray.
+                try:
+                    rr, ds, results, k = refiner.refine_with_depth_search(
+                        xray.pixels, intr, initial.camera_from_world, sub, cancel,
+                        is_plausible=lambda T: overlap_problem(ct, Camera(intr, T)) is None)
+                except ValueError as exc:  # the bone centre behind the source: nothing to slide along
+                    warnings.append(f"depth search skipped: {exc}")
+                else:
+                    depth_info = {"factor": ds.factor, "similarity_pnp": ds.similarity_start,
+                                  "similarity": ds.similarity, "grid_px": 64, "candidates": len(ds.factors),
+                                  "refined_similarity": [float(r.similarity_after) for r in results],
+                                  "chosen": ("PnP start", "depth-searched start")[k]}
+            if rr is None:
+                rr = refiner.refine(xray.pixels, intr, initial.camera_from_world, sub, cancel)
+        except Cancelled as exc:
+            raise RegistrationCancelled(str(exc)) from exc
+        sim_before, sim_after, improved = rr.similarity_before, rr.similarity_after, rr.improved
         timings["refine"] = time.perf_counter() - t
         refined = Camera(intr, rr.camera_from_world)
         problem = overlap_problem(ct, refined, "refined pose")

@@ -322,6 +322,44 @@ class Refiner:
         k = int(np.argmax(sims))
         return DepthSearch(poses[k], float(factors[k]), float(sims[0]), float(sims[k]), factors, sims)
 
+    def refine_with_depth_search(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
+                                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                                 is_plausible: Callable[[np.ndarray], bool] | None = None,
+                                 ) -> tuple[RefineResult, DepthSearch, list[RefineResult], int]:
+        """``search_depth``, then ``refine`` from the start and (if the search moved it) from the searched pose.
+
+        The coarse depth score alone sometimes prefers a wrong basin when the rotation is far off, and the start
+        alone cannot recover a wrong magnification: both are refined and the more similar result wins, among
+        those that pass ``is_plausible(camera_from_world)`` if any does.
+
+        Returns:
+            (the chosen result, the depth search, all results — index 0 from the start, 1 from the searched
+            pose —, the index of the chosen one). The chosen result's ``similarity_before`` is the *start's*
+            similarity and ``improved`` is relative to the start (not improved → the start pose is returned).
+        Raises:
+            ValueError: the refinement centre is behind the source at the start (see ``search_depth``).
+        """
+        ds = self.search_depth(xray_pixels, intrinsics, camera_from_world)
+        starts = [np.asarray(camera_from_world, dtype=np.float64)]
+        if ds.factor != 1.0:
+            starts.append(ds.camera_from_world)
+        results = []
+        for k, start in enumerate(starts):
+            sub = None
+            if progress is not None:
+                sub = lambda f, m, k=k: progress((k + f) / len(starts), m)  # noqa: E731
+            results.append(self.refine(xray_pixels, intrinsics, start, sub, cancel))
+        ok = [is_plausible is None or is_plausible(r.camera_from_world) for r in results]
+        score = [r.similarity_after if good or not any(ok) else -math.inf for r, good in zip(results, ok)]
+        k = int(np.argmax(score))
+        best = results[k]
+        before = results[0].similarity_before
+        chosen = RefineResult(best.camera_from_world, before, max(best.similarity_after, before),
+                              best.similarity_after > before, best.history, best.params, sum(r.seconds for r in results))
+        if not chosen.improved:
+            chosen.camera_from_world = starts[0]
+        return chosen, ds, results, k
+
     def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                max_levels: int | None = None) -> RefineResult:

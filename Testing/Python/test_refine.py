@@ -131,3 +131,19 @@ def test_search_depth_keeps_a_correct_start(setup):
     behind[:3, 3] -= [0.0, 0.0, 5000.0]
     with pytest.raises(ValueError, match="behind the source"):
         refiner.search_depth(img, intr, behind)
+
+
+def test_refine_with_depth_search_keeps_the_more_similar_plausible_result(setup):
+    intr, T, img, refiner, pts = setup
+    c_true = T[:3, :3] @ refiner.centre_ras + T[:3, 3]
+    T0 = T.copy()
+    T0[:3, 3] += (1.0 / 0.6 - 1.0) * c_true  # 67 % too deep: beyond the refinement's own capture range
+    res, ds, results, k = refiner.refine_with_depth_search(img, intr, T0)
+    assert ds.factor != 1.0 and len(results) == 2 and k == 1
+    assert _mtre(intr, res.camera_from_world, T, pts) < 3.0
+    assert res.similarity_before == results[0].similarity_before and res.improved
+    assert results[1].similarity_after > results[0].similarity_after
+    # a predicate that rejects the searched start's result leaves the start's (plausible) result
+    far = lambda A: abs(float((A[:3, :3] @ refiner.centre_ras + A[:3, 3])[2]) - c_true[2]) > 100.0  # noqa: E731
+    res2, _, results2, k2 = refiner.refine_with_depth_search(img, intr, T0, is_plausible=far)
+    assert k2 == 0 and np.allclose(res2.camera_from_world, results2[0].camera_from_world)
