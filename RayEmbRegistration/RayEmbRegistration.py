@@ -737,6 +737,9 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         text = f"Final pose: {result.final_stage}; PnP inliers {result.inliers}/{result.n_correspondences}"
         if result.similarity_after is not None:
             text += f"; NCC {result.similarity_before:.3f} → {result.similarity_after:.3f}"
+        ds = getattr(result, "depth_search", None) or {}
+        if ds.get("chosen") == "depth-searched start":
+            text += f"; depth corrected ×{ds['factor']:.2f}"
         text += f"; {result.timings_s.get('total', float('nan')):.1f} s"
         return "\n".join([text] + list(result.warnings or []))
 
