@@ -33,9 +33,9 @@ from .augment import augment_volume
 
 __all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG", "POSE_CENTERS"]
 
-# Where the query poses are centred: "centroid" = the bone centroid (as the templates; the general training
-# data), "anywhere" = a random bone voxel per query, i.e. views over the whole extent of the CT's bone — what a
-# patient-specific model needs when the X-ray may show any part of the CT (rayemb finetune's default).
+# Where the query poses are centred: "centroid" = the bone centroid (as the templates; the default), "anywhere" =
+# a random bone voxel per query, i.e. views over the whole extent of the CT's bone (an option of rayemb
+# finetune for X-rays that may show any part of the CT).
 POSE_CENTERS = ("centroid", "anywhere")
 
 TEMPLATE_GRID_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)
