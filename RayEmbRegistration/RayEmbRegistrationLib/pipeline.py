@@ -444,6 +444,10 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
     hyp_info: list[dict] = []
     depth_info: dict = {}
     given = options.initial_camera_from_world is not None
+
+    def in_view(T) -> bool:  # a pose at which the CT can have produced this X-ray (see overlap_problem)
+        return overlap_problem(ct, Camera(intr, T)) is None
+
     refine_share = 0.55 if options.refine else 0.0
     if given:
         initial = Camera(intr, np.asarray(options.initial_camera_from_world, dtype=np.float64))
@@ -477,7 +481,7 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
             hyps = solve_pnp_hypotheses(pts[use], uv[use], intr, threshold_px=options.ransac_threshold_px,
                                         iterations=options.ransac_iterations, confidence=options.ransac_confidence,
                                         seed=options.seed, max_hypotheses=max(1, options.pnp_hypotheses),
-                                        is_plausible=lambda T: overlap_problem(ct, Camera(intr, T)) is None)
+                                        is_plausible=in_view)
         except PoseError as exc:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t
@@ -487,17 +491,16 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
             # refinement level and keep the one whose DRR matches the X-ray best.
             t = time.perf_counter()
             refiner = _get_refiner(ct, options, device)
-            sims = []
-            for k, h in enumerate(hyps):
-                _check_cancel(cancel)
-                if progress:
-                    progress(0.4 + 0.05 * k / len(hyps), f"comparing PnP hypotheses ({k + 1}/{len(hyps)})")
-                try:
-                    sims.append(refiner.refine(xray.pixels, intr, h.camera_from_world, cancel=cancel,
-                                               max_levels=1).similarity_after)
-                except Cancelled as exc:
-                    raise RegistrationCancelled(str(exc)) from exc
-            best = int(np.argmax(sims))
+            _check_cancel(cancel)
+            hyp_progress = None
+            if progress:
+                hyp_progress = lambda f, m: progress(0.4 + 0.05 * f, f"comparing PnP hypotheses: {m}")  # noqa: E731
+            try:
+                coarse, best = refiner.refine_from_starts(xray.pixels, intr, [h.camera_from_world for h in hyps],
+                                                          hyp_progress, cancel, max_levels=1)
+            except Cancelled as exc:
+                raise RegistrationCancelled(str(exc)) from exc
+            sims = [r.similarity_after for r in coarse]
             pnp = hyps[best]
             hyp_info = [{"inliers": h.n_inliers, "coarse_similarity": float(s), "chosen": k == best}
                         for k, (h, s) in enumerate(zip(hyps, sims))]
@@ -530,13 +533,12 @@ def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | 
                 # PnP is weakest in depth: also refine from the most similar depth along the viewing ray.
                 try:
                     rr, ds, results, k = refiner.refine_with_depth_search(
-                        xray.pixels, intr, initial.camera_from_world, sub, cancel,
-                        is_plausible=lambda T: overlap_problem(ct, Camera(intr, T)) is None)
+                        xray.pixels, intr, initial.camera_from_world, sub, cancel, is_plausible=in_view)
                 except ValueError as exc:  # the bone centre behind the source: nothing to slide along
                     warnings.append(f"depth search skipped: {exc}")
                 else:
                     depth_info = {"factor": ds.factor, "similarity_pnp": ds.similarity_start,
-                                  "similarity": ds.similarity, "grid_px": 64, "candidates": len(ds.factors),
+                                  "similarity": ds.similarity, "grid_px": ds.size, "candidates": len(ds.factors),
                                   "refined_similarity": [float(r.similarity_after) for r in results],
                                   "chosen": ("PnP start", "depth-searched start")[k]}
             if rr is None:

@@ -223,12 +223,14 @@ class DepthSearch:
         factor: its depth of the refinement centre divided by the start's (1.0 = the start).
         similarity_start / similarity: multiscale NCC of the start / the chosen candidate at the search grid.
         factors, similarities: (N,) every candidate tried, the start (factor 1) included.
+        size: the grid (longer side, px) the candidates were scored on.
     """
 
     camera_from_world: np.ndarray
     factor: float
     similarity_start: float
     similarity: float
+    size: int = 64
     factors: np.ndarray = field(repr=False, default_factory=lambda: np.ones(1))
     similarities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
 
@@ -320,7 +322,26 @@ class Refiner:
         poses[:, :3, 3] += (factors[:, None] - 1.0) * c_cam[None]
         sims = self.similarity(xray_pixels, intrinsics, poses, size)
         k = int(np.argmax(sims))
-        return DepthSearch(poses[k], float(factors[k]), float(sims[0]), float(sims[k]), factors, sims)
+        return DepthSearch(poses[k], float(factors[k]), float(sims[0]), float(sims[k]), size, factors, sims)
+
+    def refine_from_starts(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, starts,
+                           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                           max_levels: int | None = None,
+                           is_plausible: Callable[[np.ndarray], bool] | None = None) -> tuple[list[RefineResult], int]:
+        """``refine`` from each of ``starts`` ((4, 4) poses) and pick the most similar result, among those that
+        pass ``is_plausible(camera_from_world)`` if any does (``max_levels`` as in ``refine``).
+
+        Returns ``(results in the order of starts, index of the chosen one)``; progress covers all starts.
+        """
+        results = []
+        for k, start in enumerate(starts):
+            sub = None
+            if progress is not None:
+                sub = lambda f, m, k=k: progress((k + f) / len(starts), m)  # noqa: E731
+            results.append(self.refine(xray_pixels, intrinsics, start, sub, cancel, max_levels=max_levels))
+        ok = [is_plausible is None or is_plausible(r.camera_from_world) for r in results]
+        score = [r.similarity_after if good or not any(ok) else -math.inf for r, good in zip(results, ok)]
+        return results, int(np.argmax(score))
 
     def refine_with_depth_search(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                                  progress: ProgressFn | None = None, cancel: CancelFn | None = None,
@@ -343,15 +364,8 @@ class Refiner:
         starts = [np.asarray(camera_from_world, dtype=np.float64)]
         if ds.factor != 1.0:
             starts.append(ds.camera_from_world)
-        results = []
-        for k, start in enumerate(starts):
-            sub = None
-            if progress is not None:
-                sub = lambda f, m, k=k: progress((k + f) / len(starts), m)  # noqa: E731
-            results.append(self.refine(xray_pixels, intrinsics, start, sub, cancel))
-        ok = [is_plausible is None or is_plausible(r.camera_from_world) for r in results]
-        score = [r.similarity_after if good or not any(ok) else -math.inf for r, good in zip(results, ok)]
-        k = int(np.argmax(score))
+        results, k = self.refine_from_starts(xray_pixels, intrinsics, starts, progress, cancel,
+                                             is_plausible=is_plausible)
         best = results[k]
         before = results[0].similarity_before
         chosen = RefineResult(best.camera_from_world, before, max(best.similarity_after, before),
