@@ -37,47 +37,18 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 # SimpleITK, slicer-core or opencv-python (the Qt one): Slicer ships its own VTK/SimpleITK/Qt.
 # ----------------------------------------------------------------------------------------------------------
 
-#: pip name → import name; installed with their own dependencies (minus SKIP_PACKAGES).
-PIP_REQUIREMENTS = {
-    "numpy": "numpy",
-    "scipy": "scipy",
-    "opencv-python-headless": "cv2",
-    "pydicom": "pydicom",
-    "nibabel": "nibabel",
-    "pynrrd": "nrrd",
-    "tifffile": "tifffile",
-    "pillow": "PIL",
-    "tqdm": "tqdm",
-    "safetensors": "safetensors",
-    "matplotlib": "matplotlib",
-    "einops": "einops",
-    "fastcore": "fastcore",
-    "jaxtyping": "jaxtyping",
-    "platformdirs": "platformdirs",
-    "roma": "roma",
-    "deprecated": "deprecated",
-    "humanize": "humanize",
-    "rich": "rich",
-    "typer": "typer",
-}
-#: installed with ``--no-deps`` (their declared dependencies would pull SimpleITK, pyvista, torchvision, ...;
-#: what they really need is in PIP_REQUIREMENTS).
-PIP_NO_DEPS = {"torchio": "torchio", "nanodrr": "nanodrr", "diffdrr": "diffdrr"}
-#: never installed into Slicer's Python by this module.
+#: never installed into Slicer's Python by this module (Slicer ships VTK, SimpleITK and Qt; torch comes through the
+#: PyTorch extension). What IS installed is the library's one dependency list, Resources/requirements.txt
+#: (``RayEmbRegistrationLib.resources.requirements()``).
 SKIP_PACKAGES = ["vtk", "SimpleITK", "slicer-core", "opencv-python", "opencv-contrib-python", "PyQt5", "PySide6", "torch"]
 
 
-def resourcesDir() -> str:
-    """The extension's ``Resources`` folder: ``<module dir>/Resources`` when installed (CMake copies the top-level
-    Resources there), ``<module dir>/../Resources`` in a source tree."""
-    for cand in (os.path.join(MODULE_DIR, "Resources"), os.path.join(os.path.dirname(MODULE_DIR), "Resources")):
-        if os.path.isfile(os.path.join(cand, "UI", "RayEmbRegistration.ui")):
-            return cand
-    return os.path.join(MODULE_DIR, "Resources")
-
-
 def resourcePath(relativePath: str) -> str:
-    return os.path.join(resourcesDir(), relativePath)
+    """A file of the extension's ``Resources`` folder (found by ``RayEmbRegistrationLib.resources``, which imports
+    nothing heavy)."""
+    from RayEmbRegistrationLib.resources import RESOURCES
+
+    return str(RESOURCES / relativePath)
 
 
 #
@@ -217,14 +188,6 @@ class ProgressDialog:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class FinetuneCancelled(Exception):
-    """Raised from the fine-tuning log callback when the user pressed Cancel."""
-
-
-def _isCancellation(exc: BaseException) -> bool:
-    return "cancel" in type(exc).__name__.lower()
 
 
 #
@@ -389,14 +352,14 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         Returns ``(True, value)``, or ``(False, None)`` if the user cancelled (status label says so); other
         errors propagate to the caller's ``tryWithErrorDisplay``.
         """
+        from RayEmbRegistrationLib.progress import Cancelled
+
         with ProgressDialog(title) as dlg:
             try:
                 return True, logicCall(self._parameterNode, dlg.progress, dlg.cancel)
-            except Exception as exc:
-                if _isCancellation(exc):
-                    self.ui.statusLabel.text = _("Cancelled.")
-                    return False, None
-                raise
+            except Cancelled:
+                self.ui.statusLabel.text = _("Cancelled.")
+                return False, None
 
     def onDetectButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to detect landmarks."), waitCursor=True):
@@ -441,11 +404,11 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter between the parameter node / scene and RayEmbRegistrationLib.
+    """Parameter node → plain values → library calls; the scene in and out through ``RayEmbRegistrationLib.mrml``.
 
     Can be used without the widget (``slicer.util.getModuleLogic("RayEmbRegistration")``); every long method
-    accepts the Lib's ``progress(fraction, message)`` and ``cancel() -> bool`` callbacks. The pipeline is reached
-    through one small method each: ``_pipelineRegister``, ``_pipelineDetect``, ``_pipelineFinetune``.
+    accepts the Lib's ``progress(fraction, message)`` and ``cancel() -> bool`` callbacks (``progress.py``). One
+    ``pipeline.Registrar`` is kept while the CT stays the same, so re-runs reuse its templates and renderer.
     """
 
     def __init__(self) -> None:
@@ -453,18 +416,36 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         self.lastResult = None
         self.lastDetection = None
         self.outputs: dict = {}
+        self._registrar = None
 
     def getParameterNode(self):
         return RayEmbRegistrationParameterNode(super().getParameterNode())
 
     # --- dependencies ---------------------------------------------------------------------------------------
     @staticmethod
-    def missingDependencies() -> list:
-        """pip names of the required packages that cannot be imported (torch is handled separately)."""
-        import importlib.util
+    def _requirements() -> list:
+        """``(requirement, no_deps)`` of the library's one list, minus what this module never installs."""
+        from packaging.requirements import Requirement
 
-        wanted = {**PIP_REQUIREMENTS, **PIP_NO_DEPS}
-        return [pipName for pipName, importName in wanted.items() if importlib.util.find_spec(importName) is None]
+        from RayEmbRegistrationLib.resources import requirements
+
+        skip = {s.lower() for s in SKIP_PACKAGES}
+        return [(r, nd) for r, nd in requirements() if Requirement(r).name.lower() not in skip]
+
+    @classmethod
+    def missingDependencies(cls) -> list:
+        """The requirements (pip syntax) that are not installed (torch is handled separately)."""
+        import importlib.metadata
+
+        from packaging.requirements import Requirement
+
+        missing = []
+        for req, _ in cls._requirements():
+            try:
+                importlib.metadata.version(Requirement(req).name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(req)
+        return missing
 
     @staticmethod
     def torchAvailable() -> bool:
@@ -490,7 +471,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         if needTorch:
             self._installTorch()
         if missing:
-            self._pipInstall([m for m in missing if m in PIP_REQUIREMENTS], [m for m in missing if m in PIP_NO_DEPS])
+            noDeps = {r for r, nd in self._requirements() if nd}
+            self._pipInstall([m for m in missing if m not in noDeps], [m for m in missing if m in noDeps])
         still = self.missingDependencies()
         if still or not self.torchAvailable():
             raise RuntimeError(
@@ -532,10 +514,10 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         for pkg in noDeps:
             slicer.util.pip_install(["--no-deps", pkg])
 
-    # --- inputs ---------------------------------------------------------------------------------------------
+    # --- parameter node → plain values ----------------------------------------------------------------------
     @staticmethod
     def geometryOverrides(p) -> dict:
-        """Geometry fields of the GUI (0 / "at centre" = not given)."""
+        """Geometry fields of the GUI in the sidecar format (0 / "at centre" = not given)."""
         d = {}
         if p.sourceToDetectorMM > 0:
             d["source_to_detector_mm"] = float(p.sourceToDetectorMM)
@@ -549,51 +531,52 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         """Names of the geometry fields that are neither in the GUI nor on the X-ray node."""
         from RayEmbRegistrationLib import mrml
 
-        try:
-            geo = mrml.read_xray_geometry(p.xrayVolume)
-        except ValueError:
-            geo = {"source_to_detector_mm": None}
-        geo.update(self.geometryOverrides(p))
-        missing = []
-        if not geo.get("source_to_detector_mm"):
-            missing.append(_("SDD"))
-        ps = geo.get("pixel_spacing_mm")
-        if not ps or min(ps) <= 0:
-            missing.append(_("pixel spacing"))
-        return missing
+        names = {"source_to_detector_mm": _("SDD"), "pixel_spacing_mm": _("pixel spacing")}
+        return [names[k] for k in mrml.missing_geometry(p.xrayVolume, self.geometryOverrides(p))]
 
     def xrayFromNode(self, node, p):
-        """X-ray volume node + GUI geometry → ``xray.XRayImage`` (line-integral pixels)."""
-        import numpy as np
-        from RayEmbRegistrationLib import mrml, xray
+        """X-ray volume node + GUI geometry → ``xray.XRayImage`` (line-integral pixels), with the C-arm angles of
+        its DICOM file when Slicer's DICOM module loaded it."""
+        import dataclasses
 
-        pixels, intrinsics = mrml.volume_node_to_xray(node, **self.geometryOverrides(p))
-        notes = []
-        if p.logTransform:
-            I = pixels.astype(np.float64)
-            positive = I[I > 0]
-            if positive.size == 0:
-                raise ValueError(f"X-ray '{node.GetName()}': no positive pixel, cannot log-transform; untick 'raw intensity'.")
-            pixels = (np.log(I.max()) - np.log(np.maximum(I, positive.min()))).astype(np.float32)
-            notes.append("log transform log(I0) - log(I) applied in Slicer")
-        return xray.XRayImage(
-            pixels,
-            intrinsics,
-            name=node.GetName(),
-            metadata={"source": f"slicer:{node.GetID()}", "format": "mrml", "notes": notes},
-        )
+        from RayEmbRegistrationLib import mrml
+
+        xr = mrml.volume_node_to_xray(node, self.geometryOverrides(p), raw_intensity=bool(p.logTransform))
+        if xr.carm is None:
+            carm = self._dicomCarmAngles(node)
+            if carm is not None:
+                xr = dataclasses.replace(xr, carm=carm)
+        return xr
+
+    @staticmethod
+    def _dicomCarmAngles(node):
+        """C-arm angles from the DICOM file behind ``node`` (Slicer's DICOM database), or None."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        db = getattr(slicer, "dicomDatabase", None)
+        if not uids or db is None:
+            return None
+        path = db.fileForInstance(uids[0])
+        if not path:
+            return None
+        from RayEmbRegistrationLib.xray_dicom import read_carm_angles
+
+        try:
+            return read_carm_angles(path)
+        except ValueError as exc:
+            logging.warning(f"RayEmbRegistration: no C-arm angles from {path}: {exc}")
+            return None
 
     @staticmethod
     def fiducialsFromNode(node):
         if node is None:
             return None
-        from RayEmbRegistrationLib import fiducials, mrml
+        from RayEmbRegistrationLib import mrml
 
-        labels, ras = mrml.markups_node_to_fiducials(node)
-        return fiducials.Fiducials(labels, ras) if len(labels) else None
+        fids = mrml.markups_node_to_fiducials(node)
+        return fids if len(fids) else None
 
     def modelPath(self, p) -> Optional[str]:
-        """The network weights chosen in the GUI (None = the pipeline's default, i.e. the bundled model)."""
+        """The network weights chosen in the GUI (None = the library's default, the bundled general network)."""
         if p.modelSource == "file":
             path = str(p.modelFile)
             if not path or path == "." or not os.path.isfile(path):
@@ -604,120 +587,65 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             if not path or path == "." or not os.path.isfile(path):
                 raise ValueError("No fine-tuned model for this scene yet: press 'Fine-tune on this CT' first.")
             return path
-        bundled = sorted(pathlib.Path(resourcePath("Models")).glob("*.safetensors"))
-        return str(bundled[0]) if bundled else None
+        return None
 
     def registrationOptions(self, p):
-        """GUI options → ``pipeline.RegistrationOptions``.
+        """GUI options → ``options.RegistrationOptions``. ``resolution`` is the finest refinement grid and
+        ``iterations`` the Adam iterations of the coarsest level (``RefineOptions.schedule``, as the CLI's)."""
+        from RayEmbRegistrationLib.options import DetectionOptions, RefineOptions, RegistrationOptions
 
-        ``resolution`` is the finest refinement grid and ``iterations`` the Adam iterations of the coarsest level
-        (``pipeline.refinement_schedule``: 32 px, 64 px, finest; the same schedule as the CLI).
-        """
-        from RayEmbRegistrationLib import pipeline
-
-        res = int(p.resolution)
-        its = int(p.iterations)
-        return pipeline.RegistrationOptions(
+        return RegistrationOptions(
             device=p.device,
             model_path=self.modelPath(p),
-            auto_bone_points=bool(p.autoBonePoints),
-            refine=bool(p.refine),
-            **pipeline.refinement_schedule(res, its),
+            detection=DetectionOptions(auto_bone_points=bool(p.autoBonePoints)),
+            refine=RefineOptions.schedule(int(p.resolution), int(p.iterations), enabled=bool(p.refine)),
         )
 
-    # --- the pipeline, one small function each --------------------------------------------------------------
-    @staticmethod
-    def _pipelineRegister(ct, xr, fids, options, progress=None, cancel=None):
-        from RayEmbRegistrationLib import pipeline
-
-        return pipeline.register(ct, xr, fids, options, progress=progress, cancel=cancel)
-
-    @staticmethod
-    def _pipelineDetect(ct, xr, fids, options, progress=None, cancel=None):
-        from RayEmbRegistrationLib import pipeline
-
-        return pipeline.detect(ct, xr, fids, options, heatmaps=True, progress=progress, cancel=cancel)
-
-    @staticmethod
-    def _pipelineFinetune(ct, outDir, modelPath, device, seconds, progress=None, cancel=None):
-        """``training.finetune`` reports through ``log`` only: its messages drive the dialog (time-based
-        fraction) and Cancel raises ``FinetuneCancelled`` from inside the callback."""
-        import time
-
-        from RayEmbRegistrationLib.training.finetune import finetune
-
-        t0 = time.time()
-
-        def log(message):
-            if cancel is not None and cancel():
-                raise FinetuneCancelled("fine-tuning cancelled")
-            if progress is not None:
-                progress(min(0.99, (time.time() - t0) / (1.3 * seconds + 1.0)), str(message))
-
-        return finetune(ct, outDir, model_path=modelPath, seconds=seconds, device=device, progress=False, log=log)
-
-    # --- actions (usable without the GUI) -------------------------------------------------------------------
-    def _inputs(self, p):
+    def registrar(self, p):
+        """The ``pipeline.Registrar`` for ``p.ctVolume`` with the GUI's options (kept while the CT is unchanged)."""
         from RayEmbRegistrationLib import mrml
+        from RayEmbRegistrationLib.pipeline import Registrar
 
         if not p.ctVolume or not p.xrayVolume:
             raise ValueError("Select a CT volume and an X-ray volume.")
         ct = mrml.volume_node_to_ct(p.ctVolume)
-        xr = self.xrayFromNode(p.xrayVolume, p)
-        fids = self.fiducialsFromNode(p.fiducials)
-        return ct, xr, fids, self.registrationOptions(p)
+        options = self.registrationOptions(p)
+        if self._registrar is None or not self._registrar.matches(ct):
+            self._registrar = Registrar(ct, options)
+        self._registrar.options = options
+        return self._registrar
 
-    @staticmethod
-    def displayedResult(result, maxBonePoints: int = 40):
-        """The result with at most ``maxBonePoints`` automatic bone landmarks (PnP inliers first, then by
-        confidence) for the table and the slice views; every fiducial is kept."""
-        import copy
-
-        marks = list(getattr(result, "landmarks", []) or [])
-        fid = [m for m in marks if getattr(m, "kind", "fiducial") != "bone"]
-        bone = sorted((m for m in marks if getattr(m, "kind", "fiducial") == "bone"),
-                      key=lambda m: (not getattr(m, "inlier", False), -float(getattr(m, "confidence", 0.0))))
-        shown = copy.copy(result)
-        shown.landmarks = fid + bone[:maxBonePoints]
-        return shown
-
+    # --- actions (usable without the GUI) -------------------------------------------------------------------
     def register(self, p, progress=None, cancel=None):
         """Register ``p.xrayVolume`` to ``p.ctVolume``; writes/updates the output nodes; returns the result."""
-        import time
-
         from RayEmbRegistrationLib import mrml
 
-        t0 = time.time()
-        ct, xr, fids, options = self._inputs(p)
-        result = self._pipelineRegister(ct, xr, fids, options, progress, cancel)
-        self.outputs = mrml.write_registration_outputs(slicer.mrmlScene, p.xrayVolume, self.displayedResult(result))
-        self.lastResult = result
-        self.lastDetection = None
-        logging.info(f"RayEmbRegistration: registration done in {time.time() - t0:.1f} s ({result.final_stage}).")
+        registrar = self.registrar(p)
+        result = registrar.register(self.xrayFromNode(p.xrayVolume, p), self.fiducialsFromNode(p.fiducials),
+                                    progress=progress, cancel=cancel)
+        self.outputs = mrml.write_registration_outputs(slicer.mrmlScene, p.xrayVolume, result.for_display())
+        self.lastResult, self.lastDetection = result, None
+        logging.info(f"RayEmbRegistration: {result.headline()} ({result.timings_s.get('total', 0.0):.1f} s)")
         return result
 
     def detect(self, p, progress=None, cancel=None):
         """Detect the fiducials in the X-ray: 2D points on the X-ray + a table; heatmaps kept for display."""
         from RayEmbRegistrationLib import mrml
 
-        ct, xr, fids, options = self._inputs(p)
+        fids = self.fiducialsFromNode(p.fiducials)
         if fids is None:
             raise ValueError("Detect landmarks needs 3D landmarks: select or place a point list in the CT.")
-        det = self._pipelineDetect(ct, xr, fids, options, progress, cancel)
-        labels = list(det.labels)
-        rows = [(l, r, u, None, c) for l, r, u, c in zip(labels, det.ras, det.uv, det.confidence)]
-        key = p.xrayVolume.GetID()
-        with mrml.scene_transaction(slicer.mrmlScene):
-            self.outputs = {
-                "points.detected": mrml.points_2d_to_markups_node(slicer.mrmlScene, det.uv, labels, p.xrayVolume, "detected", key),
-                "table": mrml.results_table_node(slicer.mrmlScene, rows, f"{p.xrayVolume.GetName()} landmarks", key),
-            }
+        registrar = self.registrar(p)
+        det = registrar.detect(self.xrayFromNode(p.xrayVolume, p), fids, heatmaps=True, progress=progress, cancel=cancel)
+        self.outputs = mrml.write_detection_outputs(slicer.mrmlScene, p.xrayVolume, det)
         self.lastDetection = det
         return det
 
     def finetune(self, p, progress=None, cancel=None, seconds: float = 300.0) -> str:
         """Fine-tune the network on ``p.ctVolume`` (``seconds`` of training); selects the new weights."""
-        from RayEmbRegistrationLib import mrml, pipeline
+        from RayEmbRegistrationLib import mrml
+        from RayEmbRegistrationLib.device import resolve_device
+        from RayEmbRegistrationLib.training.finetune import finetune
 
         if not p.ctVolume:
             raise ValueError("Select the CT volume to fine-tune on.")
@@ -726,7 +654,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         outDir = os.path.join(slicer.app.cachePath, "RayEmbRegistration", "finetuned", safeName)
         os.makedirs(outDir, exist_ok=True)
         base = self.modelPath(p) if p.modelSource != "fine-tuned" else None
-        report = self._pipelineFinetune(ct, outDir, base, pipeline.resolve_device(p.device), seconds, progress, cancel)
+        report = finetune(ct, outDir, model_path=base, seconds=seconds, device=resolve_device(p.device), bar=False,
+                          log=logging.info, progress=progress, cancel=cancel)
         p.finetunedModelFile = pathlib.Path(report["finetuned_model"])
         p.modelSource = "fine-tuned"
         return str(p.finetunedModelFile)
@@ -734,13 +663,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     # --- display --------------------------------------------------------------------------------------------
     @staticmethod
     def summary(result) -> str:
-        text = f"Final pose: {result.final_stage}; PnP inliers {result.inliers}/{result.n_correspondences}"
-        if result.similarity_after is not None:
-            text += f"; NCC {result.similarity_before:.3f} → {result.similarity_after:.3f}"
-        ds = getattr(result, "depth_search", None) or {}
-        if ds.get("chosen") == "depth-searched start":
-            text += f"; depth corrected ×{ds['factor']:.2f}"
-        text += f"; {result.timings_s.get('total', float('nan')):.1f} s"
+        """The status text after a registration: the result's headline, its total time and warnings."""
+        text = f"{result.headline()}; {result.timings_s.get('total', float('nan')):.1f} s"
         return "\n".join([text] + list(result.warnings or []))
 
     def showOutputs(self, p) -> None:

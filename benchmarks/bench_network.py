@@ -38,9 +38,6 @@ DEFAULT_CT = REPO.parent / "shared" / "data" / "ct" / "pelvis_abdomen_totalseg_3
 def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
     from RayEmbRegistrationLib.detect import LandmarkDetector
 
-    from RayEmbRegistrationLib.templates import clear_template_cache
-
-    clear_template_cache()
     t0 = time.perf_counter()
     det = LandmarkDetector(model, ct, n_templates=4)
     t_templates = time.perf_counter() - t0
@@ -68,7 +65,7 @@ def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
 def end_to_end(model, ct, ev: ShardSet, n_queries: int, n_points: int) -> dict:
     """The inference API itself (LandmarkDetector.detect on the query image, its own templates), full vs fast."""
     from RayEmbRegistrationLib.detect import LandmarkDetector
-    from RayEmbRegistrationLib.training.data import project_P
+    from RayEmbRegistrationLib.camera import project_points
     from RayEmbRegistrationLib.training.train import summarize
 
     det = LandmarkDetector(model, ct, n_templates=4)
@@ -80,7 +77,7 @@ def end_to_end(model, ct, ev: ShardSet, n_queries: int, n_points: int) -> dict:
         errs, confs = [], []
         for q in range(min(n_queries, len(sh["queries"]))):
             X = sh["points"][rng.choice(len(sh["points"]), n_points, replace=False)].astype(np.float64)
-            uv = project_P(sh["query_P"][q], X)
+            uv = project_points(sh["query_P"][q], X)
             ok = np.isfinite(uv).all(1) & (uv >= 1).all(1) & (uv <= K.width - 2).all(1)
             d = det.detect(sh["queries"][q].astype(np.float32), K, X[ok], fast=fast)
             errs.append(np.linalg.norm(d.uv - uv[ok], axis=1))

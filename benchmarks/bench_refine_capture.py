@@ -7,7 +7,7 @@ size of the PnP errors that noisy detections produce — and the mTRE (camera fr
 refinement is compared. Schedules, side by side:
 
   * ``session-1``: 64² (40 it., 3 mm) → 96² (20 it., 1 mm) — the earlier default (baseline of the ratio);
-  * ``default``: ``pipeline.refinement_schedule()`` = 32² (60 it., 8 mm) → 64² (40 it., 3 mm) → 96² (20 it., 1 mm);
+  * ``default``: ``options.RefineOptions()`` (``RefineOptions.schedule()``) = 32² (60 it., 8 mm) → 64² (40 it., 3 mm) → 96² (20 it., 1 mm);
   * ``long``: 32² (80, 8 mm) → 64² (50, 3 mm) → 128² (25, 1 mm);
   * ``default+depth``: the default schedule through ``Refiner.refine_with_depth_search`` (what ``register`` does
     with a PnP pose: a depth search along the viewing ray, then refinement from both starts).
@@ -31,23 +31,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import RAYEMB_SAMPLER, Camera, Intrinsics  # noqa: E402
-from RayEmbRegistrationLib.pipeline import overlap_problem, pose_errors, refinement_schedule, simulate_xray  # noqa: E402
-from RayEmbRegistrationLib.refine import RefineOptions, Refiner, perturbation_numpy  # noqa: E402
+from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+
+from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER  # noqa: E402
+from RayEmbRegistrationLib.evaluate import pose_errors  # noqa: E402
+from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
+from RayEmbRegistrationLib.plausibility import overlap_problem  # noqa: E402
+from RayEmbRegistrationLib.refine import Refiner, perturbation_numpy  # noqa: E402
+from RayEmbRegistrationLib.simulate import simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 
-SAMPLE_CT = REPO / "Resources" / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
 
 
 def schedules() -> dict[str, RefineOptions]:
-    d = refinement_schedule()
     return {
         "session-1": RefineOptions(levels=(64, 96), iterations=(40, 20), lr_mm=(3.0, 1.0)),
-        "default": RefineOptions(levels=d["refine_levels"], iterations=d["refine_iterations"], lr_mm=d["refine_lr_mm"]),
+        "default": RefineOptions(),
         "long": RefineOptions(levels=(32, 64, 128), iterations=(80, 50, 25), lr_mm=(8.0, 3.0, 1.0)),
-        "default+depth": RefineOptions(levels=d["refine_levels"], iterations=d["refine_iterations"],
-                                       lr_mm=d["refine_lr_mm"]),
+        "default+depth": RefineOptions(),
     }
 
 

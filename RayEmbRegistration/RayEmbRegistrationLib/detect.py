@@ -1,6 +1,6 @@
 """Point subspaces, subspace scores, 2D detections and heatmaps (the RayEmb matching step).
 
-Owns: sampling embeddings at sub-pixel positions, the per-point subspace ``U`` (orthonormal basis of the span
+Owns: the RayEmb matching step — the per-point subspace ``U`` (orthonormal basis of the span
 of the point's T template embeddings, rank ≤ T, from an SVD with rank handling), the score
 ``s(e) = ‖Uᵀe‖ / ‖e‖`` (= cosine between ``e`` and its projection onto the subspace), the differentiable
 Gram form used in training, argmax + sub-pixel refinement, and ``LandmarkDetector`` (the inference API).
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .progress import check_cancel
+
 __all__ = [
-    "sample_embeddings",
     "subspace_basis",
     "subspace_scores",
     "gram_scores",
@@ -31,32 +32,9 @@ __all__ = [
     "coarse_to_fine_peaks",
     "Detections",
     "LandmarkDetector",
-    "DetectionCancelled",
 ]
 
 
-class DetectionCancelled(RuntimeError):
-    """Raised when the ``cancel`` callback of ``LandmarkDetector.detect`` returns True."""
-
-
-def sample_embeddings(fmap: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bilinearly sample embedding maps at pixel positions.
-
-    Args:
-        fmap: (B, D, h, w) embedding maps.
-        uv: (B, N, 2) pixel coordinates (u = column, v = row; integers = pixel centres) in those maps.
-
-    Returns: ``(emb (B, N, D), inside (B, N) bool)``; points outside the image (or NaN) get zeros, inside False.
-    """
-    B, D, h, w = fmap.shape
-    uv = uv.to(fmap.dtype)
-    finite = torch.isfinite(uv).all(-1)
-    uv = torch.where(finite[..., None], uv, torch.full_like(uv, -10.0))
-    inside = finite & (uv[..., 0] >= -0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= h - 0.5)
-    grid = torch.stack([uv[..., 0] / (w - 1) * 2 - 1, uv[..., 1] / (h - 1) * 2 - 1], -1)  # align_corners=True
-    emb = F.grid_sample(fmap, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=True)
-    emb = emb[..., 0].transpose(1, 2)  # (B, N, D)
-    return emb * inside[..., None].to(emb.dtype), inside
 
 
 def subspace_basis(E: torch.Tensor, rel_tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +246,7 @@ class LandmarkDetector:
             fast: without heatmaps, score the 2×-pooled map and search full resolution only in 7×7 windows
                 around its 4 best peaks (``coarse_to_fine_peaks``; ~2× faster;
                 may pick another peak where the score map is flat). Default False: every pixel is scored.
-            progress: ``callable(fraction, message)``; cancel: ``callable() -> bool`` (raises ``DetectionCancelled``).
+            progress, cancel: see ``progress.py`` (raises ``progress.Cancelled``).
         """
         t0 = time.perf_counter()
         img = np.asarray(xray_pixels) if not isinstance(xray_pixels, torch.Tensor) else xray_pixels
@@ -293,8 +271,7 @@ class LandmarkDetector:
         conf = np.zeros(N)
         maps = np.zeros((N, S, S), np.float32) if heatmaps else None
         for start in range(0, N, self.chunk):
-            if cancel is not None and cancel():
-                raise DetectionCancelled("landmark detection cancelled")
+            check_cancel(cancel, "landmark detection")
             sl = slice(start, min(N, start + self.chunk))
             if maps is None and fast:
                 p_uv, p_conf = coarse_to_fine_peaks(emb, U[sl])

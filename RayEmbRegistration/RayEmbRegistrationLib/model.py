@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resources import BUNDLED_MODEL
+
 __all__ = [
     "ModelConfig",
     "EmbeddingNet",
@@ -32,11 +34,7 @@ __all__ = [
     "load_model",
     "sha256_file",
     "ModelFileError",
-    "BUNDLED_MODEL",
 ]
-
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "rayemb_unet.safetensors"
-
 
 class ModelFileError(ValueError):
     """A missing, corrupt or mismatching weight file (message names the file and what to do)."""

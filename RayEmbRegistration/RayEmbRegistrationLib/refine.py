@@ -1,7 +1,9 @@
 """Intensity-based pose refinement: maximise the similarity between the X-ray and DRRs of the CT.
 
-Owns: the image similarity (multiscale normalised cross-correlation: global NCC + NCC over local patches, as
-in DiffPose / RayEmb), the pose parameterisation used for optimisation, and the coarse-to-fine Adam loop.
+Owns: the refinement of a pose by DRR similarity (``Refiner``: coarse-to-fine Adam, depth search, multi-start).
+
+Details: the pose parameterisation used for optimisation (below), the image pyramid, the start-depth search and
+the choice among several starts. The similarity itself is ``similarity.py``; the settings ``options.RefineOptions``.
 
 Pose parameterisation: ``camera_from_world = D(p) · T0`` with ``p = (ρ, v)`` ∈ R⁶, both in mm. ``D`` rotates
 the camera frame by ``exp([ρ / r]×)`` about the CT centre ``c`` (expressed in T0's camera frame) and then
@@ -26,76 +28,21 @@ import numpy as np
 import torch
 
 from .camera import Intrinsics
+from .options import RefineOptions
+from .progress import CancelFn, ProgressFn, check_cancel
 from .render import DRRRenderer
-from .volume import CTVolume
+from .similarity import multiscale_ncc
+from .volume import BONE_HU, CTVolume
 
 __all__ = [
-    "Cancelled",
     "RefineResult",
-    "RefineOptions",
-    "ncc",
-    "local_ncc",
-    "multiscale_ncc",
     "pose_perturbation",
     "perturbation_numpy",
     "downsample_image",
     "level_intrinsics",
     "Refiner",
     "DepthSearch",
-    "refine",
 ]
-
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
-
-
-class Cancelled(Exception):
-    """The user cancelled (``cancel()`` returned True)."""
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Similarity
-# ------------------------------------------------------------------------------------------------------------
-
-
-def ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Normalised cross-correlation of images ``(B, H, W)`` (or ``(H, W)``) → ``(B,)`` in [-1, 1]."""
-    a = a.reshape(a.shape[0] if a.ndim == 3 else 1, -1)
-    b = b.reshape(b.shape[0] if b.ndim == 3 else 1, -1)
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
-
-
-def local_ncc(a: torch.Tensor, b: torch.Tensor, patch: int, eps: float = 1e-6) -> torch.Tensor:
-    """Mean NCC over non-overlapping ``patch × patch`` tiles of ``(B, H, W)`` images → ``(B,)``.
-
-    Flat tiles (no structure in either image) count as 0 correlation and are averaged in.
-    """
-    if a.ndim == 2:
-        a, b = a[None], b[None]
-    B, H, W = a.shape
-    p = int(patch)
-    h, w = (H // p) * p, (W // p) * p
-    oy, ox = (H - h) // 2, (W - w) // 2
-    a = a[:, oy : oy + h, ox : ox + w].reshape(B, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(B, -1, p * p)
-    b = b[:, oy : oy + h, ox : ox + w].reshape(B, h // p, p, w // p, p).permute(0, 1, 3, 2, 4).reshape(B, -1, p * p)
-    a = a - a.mean(2, keepdim=True)
-    b = b - b.mean(2, keepdim=True)
-    num = (a * b).sum(2)
-    den = a.norm(dim=2) * b.norm(dim=2)
-    return (num / (den + eps)).mean(1)
-
-
-def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, patch: int | None = None, weights: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
-    """DiffPose's "multiscale NCC": ``w0 · NCC(a, b) + w1 · mean local NCC`` over ``patch``-pixel tiles.
-
-    ``patch`` defaults to ≈ W/10 (13 px at 128², as DiffPose uses), at least 5.
-    """
-    if patch is None:
-        patch = max(5, int(round(a.shape[-1] / 10)))
-    return weights[0] * ncc(a, b) + weights[1] * local_ncc(a, b, patch)
-
 
 # ------------------------------------------------------------------------------------------------------------
 # Pose parameterisation
@@ -156,40 +103,6 @@ def downsample_image(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------------
 # Refinement
 # ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RefineOptions:
-    """Settings of ``refine``.
-
-    Attributes:
-        levels: grid sizes (longer side, px) of the coarse-to-fine pyramid, coarse first.
-        iterations: Adam iterations per level (one number for all levels, or one per level).
-        lr_mm: initial learning rate per level (mm of translation / of arc at the bone radius); cosine decay
-            to 10 % within each level.
-        voxel_mm: the CT is resampled to this voxel size for rendering (None: as loaded).
-        samples_per_voxel: ray samples per voxel along the longest CT axis.
-        patch_fraction: local-NCC tile size as a fraction of the level's width.
-        bone_multiplier: bone attenuation multiplier of the DRRs (X-rays show bone more than a physical DRR).
-        backend: DRR backend (``"nanodrr"``, ``"diffdrr"``).
-    """
-
-    levels: tuple[int, ...] = (32, 64, 96)
-    iterations: int | tuple[int, ...] = (60, 40, 20)
-    lr_mm: tuple[float, ...] = (8.0, 3.0, 1.0)
-    voxel_mm: float | None = 3.0
-    samples_per_voxel: float = 1.0
-    patch_fraction: float = 0.1
-    bone_multiplier: float = 2.5
-    backend: str = "nanodrr"
-
-    def per_level(self, value, n: int) -> list:
-        if isinstance(value, (int, float)):
-            return [value] * n
-        value = list(value)
-        if len(value) < n:
-            value += [value[-1]] * (n - len(value))
-        return value[:n]
 
 
 @dataclass
@@ -255,7 +168,7 @@ class Refiner:
         if o.voxel_mm is not None and float(np.min(ct.spacing)) < 0.8 * o.voxel_mm:
             ct_r = ct.resampled(o.voxel_mm)
         self.ct = ct_r
-        mask = ct_r.hu >= 350.0
+        mask = ct_r.hu >= BONE_HU
         if centre_ras is None or radius_mm is None:
             pts = ct_r.ijk_to_ras_points(np.argwhere(mask)) if mask.any() else ct_r.corners_ras
             c = pts.mean(0) if centre_ras is None else np.asarray(centre_ras, dtype=np.float64)
@@ -408,8 +321,7 @@ class Refiner:
             best_sim, best_p = -math.inf, p.detach().cpu().numpy().copy()
             hist: list[float] = []
             for it in range(n_it):
-                if cancel is not None and cancel():
-                    raise Cancelled("refinement cancelled")
+                check_cancel(cancel, "refinement")
                 opt.zero_grad()
                 T = pose_perturbation(p, c_cam, self.radius_mm) @ T0_t
                 drr = renderer(T[None].to(torch.float32))
@@ -437,9 +349,3 @@ class Refiner:
         return RefineResult(poses[k], float(sims[0]), float(sims[k]), k != 0, history, candidates[k],
                             time.perf_counter() - t0)
 
-
-def refine(ct: CTVolume, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
-           options: RefineOptions | None = None, device: str | torch.device = "cpu",
-           progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> RefineResult:
-    """One-shot ``Refiner(ct, options, device).refine(...)``."""
-    return Refiner(ct, options, device).refine(xray_pixels, intrinsics, camera_from_world, progress, cancel)

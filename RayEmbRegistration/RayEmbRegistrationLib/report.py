@@ -23,8 +23,8 @@ import numpy as np
 
 from .camera import Camera
 
-__all__ = ["ReportError", "registration_dict", "overlay_image", "write_registration", "write_json_atomic",
-           "save_scene", "CONVENTIONS"]
+__all__ = ["ReportError", "registration_dict", "overlay_image", "write_registration", "write_detections",
+           "write_json_atomic", "save_scene", "CONVENTIONS"]
 
 CONVENTIONS = (
     "world = the CT's RAS frame in mm (as Slicer shows it); camera = OpenCV pinhole (x along +u, y along +v, z from "
@@ -77,8 +77,7 @@ def registration_dict(result, ct=None, xray=None, extra: dict | None = None) -> 
         "n_correspondences": result.n_correspondences,
         "inliers": result.inliers,
         "pnp_rmse_px": result.pnp_rmse_px,
-        "pnp_hypotheses": result.pnp_hypotheses,
-        "depth_search": result.depth_search,
+        **result.to_json_fields(),
         "similarity_before": result.similarity_before,
         "similarity_after": result.similarity_after,
         "similarity": "multiscale NCC (0.5 global + 0.5 local patches) on the refinement's finest grid",
@@ -209,10 +208,7 @@ def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, sc
     tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
     written: dict[str, Path] = {}
     try:
-        title = f"final: {result.final_stage}; inliers {result.inliers}/{result.n_correspondences}"
-        if result.similarity_after is not None:
-            title += f"; NCC {result.similarity_before:.3f} -> {result.similarity_after:.3f}"
-        img = overlay_image(xray.pixels, result.drr, result.landmarks, title=title)
+        img = overlay_image(xray.pixels, result.drr, result.landmarks, title=result.headline())
         if not cv2.imwrite(str(tmp_dir / "overlay.png"), img):
             raise ReportError(f"could not write {out / 'overlay.png'}")
         written["overlay"] = out / "overlay.png"
@@ -230,3 +226,26 @@ def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, sc
             p.unlink(missing_ok=True)
         tmp_dir.rmdir()
     return written
+
+
+def write_detections(out_dir: str | Path, result, xray, max_heatmap_pngs: int = 50) -> Path:
+    """Write ``detections.json`` (label, RAS, detected pixel, confidence per point, the X-ray's geometry) and, if
+    the ``results.DetectionResult`` has heatmaps, ``heatmaps.npz`` + one PNG per point (the first
+    ``max_heatmap_pngs``) into ``out_dir``; ``detections.json`` last. Returns its path."""
+    import cv2
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if result.heatmaps is not None:
+        tmp = out / ".heatmaps.tmp.npz"
+        np.savez_compressed(tmp, heatmaps=result.heatmaps, labels=np.array(result.labels),
+                            geometry=json.dumps(result.heatmap_intrinsics.to_dict()))
+        tmp.replace(out / "heatmaps.npz")
+        for i, lab in enumerate(result.labels[:max_heatmap_pngs]):
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in lab) or f"P{i + 1}"
+            cv2.imwrite(str(out / f"heatmap_{i:03d}_{safe}.png"),
+                        cv2.applyColorMap(_to_uint8(result.heatmaps[i]), cv2.COLORMAP_INFERNO))
+    d = result.to_dict()
+    d["xray"] = {"size": [xray.intrinsics.width, xray.intrinsics.height], "geometry": xray.intrinsics.to_dict()}
+    d["conventions"] = "pixels (u, v) = (column, row) of the X-ray as stored, integer at pixel centres; RAS mm"
+    return write_json_atomic(d, out / "detections.json")

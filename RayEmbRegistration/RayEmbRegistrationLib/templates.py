@@ -1,8 +1,9 @@
 """Template views of a CT: their poses, DRRs and embeddings, built once per (CT, model) and cached.
 
-Owns: the template geometry (C-arm angle grid around the CT's bone centroid, DeepFluoro-like detector at the
-network size), the isocentre of a CT, and the in-memory + optional on-disk template cache keyed by a hash of
-the CT (voxels + affine), the model's sha256 and the template settings.
+Owns: template views of a CT — their geometry (C-arm angle grid around the CT's bone centroid, DeepFluoro-like
+detector at the network size), DRRs, embeddings and the embeddings sampled at points' projections (``(N, D, T)``),
+with an optional on-disk cache keyed by a hash of the CT (voxels + affine), the model's sha256 and the settings.
+(In memory, templates live as long as the ``pipeline.Registrar`` that built them.)
 
 Shapes: ``Templates.poses`` (T, 4, 4) camera_from_world; ``images`` (T, S, S) line integrals;
 ``embeddings`` (T, D, S, S); ``point_embeddings(points (N, 3))`` → (N, D, T).
@@ -12,19 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .camera import DEEPFLUORO_SDD_MM, Camera, Intrinsics, carm_camera_from_world
+from .camera import DEEPFLUORO_SDD_MM, Camera, Intrinsics, project_points
+
+from .carm import carm_camera_from_world
 from .volume import BONE_HU, CTVolume
 
 __all__ = [
+    "TEMPLATE_GRID_DEG",
     "TEMPLATE_SOURCE_TO_ISOCENTER_MM",
+    "sample_embeddings",
     "ct_isocenter",
     "template_poses",
     "grid_angles",
@@ -33,8 +38,11 @@ __all__ = [
     "build_templates",
     "get_templates",
     "ct_hash",
-    "clear_template_cache",
 ]
+
+#: the 5 × 5 grid of C-arm angles (degrees) of the training templates; its corners (±20°) are the default
+#: inference templates.
+TEMPLATE_GRID_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)
 
 # Mean source-to-isocentre distance of RAYEMB_SAMPLER (SDD − mean t_depth = 1020 − 250 mm).
 TEMPLATE_SOURCE_TO_ISOCENTER_MM = DEEPFLUORO_SDD_MM - 250.0
@@ -65,7 +73,7 @@ def inference_template_angles(n: int) -> list[tuple[float, float]]:
         4: [(-20.0, -20.0), (-20.0, 20.0), (20.0, -20.0), (20.0, 20.0)],
         5: [(0.0, 0.0), (-20.0, -20.0), (-20.0, 20.0), (20.0, -20.0), (20.0, 20.0)],
         9: grid_angles((-20.0, 0.0, 20.0)),
-        25: grid_angles((-40.0, -20.0, 0.0, 20.0, 40.0)),
+        25: grid_angles(TEMPLATE_GRID_DEG),
     }
     if n not in table:
         raise ValueError(f"n_templates must be one of {sorted(table)}, got {n}")
@@ -98,12 +106,10 @@ class Templates:
 
     def project(self, points_ras: np.ndarray) -> np.ndarray:
         """(N, 3) RAS → (T, N, 2) pixels in each template (NaN behind the source)."""
-        return np.stack([Camera(self.intrinsics, p).project(points_ras) for p in self.poses])
+        return project_points(self.projection_matrices, points_ras)
 
     def point_embeddings(self, points_ras: np.ndarray) -> torch.Tensor:
         """(N, 3) RAS → (N, D, T) template embeddings at the points' projections (zero where not seen)."""
-        from .detect import sample_embeddings
-
         uv = torch.as_tensor(self.project(points_ras), dtype=self.embeddings.dtype, device=self.embeddings.device)
         emb, _ = sample_embeddings(self.embeddings, uv)  # (T, N, D)
         return emb.permute(1, 2, 0).contiguous()
@@ -134,26 +140,14 @@ def build_templates(model, ct: CTVolume, angles, device="cpu", progress: Callabl
     return Templates(poses, K, imgs, emb)
 
 
-_MEMORY: "OrderedDict[str, Templates]" = OrderedDict()
-_MEMORY_MAX = 4
-
-
-def clear_template_cache() -> None:
-    _MEMORY.clear()
-
-
 def get_templates(model, ct: CTVolume, n_templates: int = 4, device="cpu", cache_dir=None,
                   progress: Callable[[float, str], None] | None = None) -> Templates:
-    """Templates for (model, ct), from memory, from ``cache_dir`` (``<key>.npz``) or freshly built."""
+    """Templates for (model, ct), from ``cache_dir`` (``templates_<key>.npz``) or freshly built (and then cached
+    there, for weights with a known sha256)."""
     cfg = model.config
     angles = inference_template_angles(n_templates)
     settings = {"angles": angles, "cfg": cfg.to_dict(), "model": getattr(model, "sha256", None) or id(model)}
     key = hashlib.sha256((ct_hash(ct) + json.dumps(settings, sort_keys=True, default=str)).encode()).hexdigest()[:32]
-    if key in _MEMORY:
-        _MEMORY.move_to_end(key)
-        t = _MEMORY[key]
-        t.embeddings = t.embeddings.to(device)
-        return t
     t = None
     path = Path(cache_dir) / f"templates_{key}.npz" if cache_dir else None
     if path is not None and path.exists():
@@ -170,7 +164,24 @@ def get_templates(model, ct: CTVolume, n_templates: int = 4, device="cpu", cache
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, poses=t.poses, images=t.images, embeddings=t.embeddings.cpu().numpy().astype(np.float16))
             tmp.replace(path)
-    _MEMORY[key] = t
-    while len(_MEMORY) > _MEMORY_MAX:
-        _MEMORY.popitem(last=False)
     return t
+
+
+def sample_embeddings(fmap: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinearly sample embedding maps at pixel positions.
+
+    Args:
+        fmap: (B, D, h, w) embedding maps.
+        uv: (B, N, 2) pixel coordinates (u = column, v = row; integers = pixel centres) in those maps.
+
+    Returns: ``(emb (B, N, D), inside (B, N) bool)``; points outside the image (or NaN) get zeros, inside False.
+    """
+    B, D, h, w = fmap.shape
+    uv = uv.to(fmap.dtype)
+    finite = torch.isfinite(uv).all(-1)
+    uv = torch.where(finite[..., None], uv, torch.full_like(uv, -10.0))
+    inside = finite & (uv[..., 0] >= -0.5) & (uv[..., 0] <= w - 0.5) & (uv[..., 1] >= -0.5) & (uv[..., 1] <= h - 0.5)
+    grid = torch.stack([uv[..., 0] / (w - 1) * 2 - 1, uv[..., 1] / (h - 1) * 2 - 1], -1)  # align_corners=True
+    emb = F.grid_sample(fmap, grid[:, :, None, :], mode="bilinear", padding_mode="border", align_corners=True)
+    emb = emb[..., 0].transpose(1, 2)  # (B, N, D)
+    return emb * inside[..., None].to(emb.dtype), inside

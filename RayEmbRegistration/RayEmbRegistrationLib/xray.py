@@ -1,6 +1,6 @@
 """X-ray images: reading radiographs / fluoroscopy frames / DRRs with their detector geometry, and writing DRRs.
 
-Owns: ``XRayImage`` (pixels in line-integral form + ``camera.Intrinsics``), ``CarmAngles``, ``load_xray``,
+Owns: ``XRayImage`` (pixels in line-integral form + ``camera.Intrinsics``), ``load_xray``,
 ``save_xray`` and the geometry sidecar file lookup. The camera model itself lives in ``camera.py``.
 
 Conventions (see ``docs/io.md``):
@@ -8,7 +8,7 @@ Conventions (see ``docs/io.md``):
 * ``pixels`` is ``(H, W)`` float32, indexed ``pixels[v, u]`` (row v, column u) **exactly as stored** in the
   file: no flips, no rotations, whatever the file's own orientation tags say.
 * ``pixels`` is in **line-integral form**, like a DRR: higher = more attenuation, bone bright. Raw intensity
-  images (bone dark) become ``log(I0) - log(I)`` with ``I0`` the image maximum (``log_transform``); display
+  images (bone dark) become ``log(I0) - log(I)`` with ``I0`` the image maximum (``intensity_to_line_integral``); display
   images stored inverted (DICOM MONOCHROME1) are flipped as ``max - p``. Values are defined up to an affine
   intensity map; the registration normalises them.
 * Geometry: ``Intrinsics`` from DICOM tags, or from a JSON sidecar ``{"source_to_detector_mm": 1020,
@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from .camera import GeometryError, Intrinsics
+from .carm import CarmAngles
 from .volume import is_dicom_file
 
 __all__ = [
     "XRayImage",
-    "CarmAngles",
+    "intensity_to_line_integral",
     "XRayError",
     "GeometryError",
     "load_xray",
@@ -52,37 +53,6 @@ class XRayError(ValueError):
     """An unreadable or unusable X-ray image (the message names the file, the problem and the fix)."""
 
 
-@dataclass(frozen=True)
-class CarmAngles:
-    """C-arm positioner angles as DICOM records them.
-
-    Attributes:
-        primary_deg: PositionerPrimaryAngle (0018,1510), positive toward LAO.
-        secondary_deg: PositionerSecondaryAngle (0018,1511), positive toward cranial.
-        source_to_isocenter_mm: DistanceSourceToIsocenter (0018,9402) or DistanceSourceToPatient (0018,1111)
-            (source → isocenter), or ``None`` if not recorded.
-    """
-
-    primary_deg: float
-    secondary_deg: float
-    source_to_isocenter_mm: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "primary_deg": self.primary_deg,
-            "secondary_deg": self.secondary_deg,
-            "source_to_isocenter_mm": self.source_to_isocenter_mm,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CarmAngles":
-        try:
-            sid = d.get("source_to_isocenter_mm")
-            return cls(float(d["primary_deg"]), float(d["secondary_deg"]), None if sid is None else float(sid))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GeometryError(
-                f"'carm' must be {{\"primary_deg\": .., \"secondary_deg\": .., \"source_to_isocenter_mm\": ..}}, got {d!r}."
-            ) from exc
 
 
 @dataclass(frozen=True)
@@ -196,8 +166,10 @@ def _check_pixels(a: np.ndarray, path: Path) -> None:
         raise XRayError(f"{path} is constant (every pixel = {a.flat[0]!r}); it carries no image.")
 
 
-def _log_transform(I: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
-    """Raw intensity → line integral ``log(I0) - log(I)``, I0 = max(I); non-positive values clipped."""
+def intensity_to_line_integral(I: np.ndarray, path: Path | str = "X-ray", notes: list[str] | None = None) -> np.ndarray:
+    """Raw intensity (bone dark) → line integral ``log(I0) - log(I)`` (float64), I0 = max(I); non-positive
+    values are clipped to the smallest positive one (said in ``notes``). ``path`` names the image in errors."""
+    notes = [] if notes is None else notes
     I = I.astype(np.float64)
     I0 = float(I.max())
     if I0 <= 0:
@@ -272,172 +244,12 @@ def _read_plain(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     )
 
 
-def _ds_float(ds, keyword: str):
-    """A numeric DICOM value as float / list of floats, or ``None`` if absent, empty or not numeric."""
-    from pydicom.multival import MultiValue
-
-    v = ds.get(keyword)
-    if v is None or v == "":
-        return None
-    try:
-        return [float(x) for x in v] if isinstance(v, (MultiValue, list, tuple)) else float(v)
-    except (TypeError, ValueError):
-        return None
 
 
-def _dicom_geometry(ds, H: int, W: int, notes: list[str]) -> tuple[dict, dict]:
-    """Geometry fields from DICOM tags → (values, reasons the missing ones are missing)."""
-    vals: dict[str, Any] = {}
-    why: dict[str, str] = {}
-    sdd = _ds_float(ds, "DistanceSourceToDetector")
-    if isinstance(sdd, float) and sdd > 0:
-        vals["source_to_detector_mm"] = sdd
-    else:
-        why["source_to_detector_mm"] = (
-            "DICOM tag DistanceSourceToDetector (0018,1110) is "
-            + ("missing" if sdd is None else f"invalid ({ds.get('DistanceSourceToDetector')!r})")
-        )
-    spacing_src = None
-    for kw in ("ImagerPixelSpacing", "PixelSpacing"):
-        ps = _ds_float(ds, kw)
-        if isinstance(ps, list) and len(ps) == 2 and all(math.isfinite(x) and x > 0 for x in ps):
-            row, col = ps  # DICOM order: row spacing (Δv) \ column spacing (Δu)
-            if kw == "PixelSpacing" and ds.get("PixelSpacingCalibrationType"):
-                mag = _ds_float(ds, "EstimatedRadiographicMagnificationFactor")
-                if isinstance(mag, float) and mag > 0:
-                    row, col = row * mag, col * mag
-                    notes.append("PixelSpacing is calibrated in the patient plane: multiplied by "
-                                 f"EstimatedRadiographicMagnificationFactor {mag:g} to get detector spacing")
-                else:
-                    notes.append("PixelSpacing is calibrated in the patient plane and no magnification factor "
-                                 "is given: used as detector spacing (check it)")
-            vals["pixel_spacing_mm"] = [col, row]
-            spacing_src = kw
-            break
-        if ps is not None and kw == "PixelSpacing":
-            why["pixel_spacing_mm"] = f"DICOM tag PixelSpacing (0028,0030) is invalid ({ds.get(kw)!r})"
-    if spacing_src is None and "pixel_spacing_mm" not in why:
-        why["pixel_spacing_mm"] = "DICOM tags ImagerPixelSpacing (0018,1164) and PixelSpacing (0028,0030) are missing"
-    if spacing_src:
-        notes.append(f"pixel spacing from {spacing_src}")
-    pp = _dicom_principal_point(ds, vals.get("pixel_spacing_mm"), notes)
-    if pp is not None:
-        vals["principal_point_px"] = pp
-    return vals, why
 
 
-def _dicom_principal_point(ds, spacing_uv, notes: list[str]):
-    """Principal point (c_u, c_v) from PositionOfIsocenterProjection (0018,9430) (the central ray passes
-    through the isocenter), FieldOfViewOrigin (0018,7030) and DetectorElementSpacing (0018,7022); ``None``
-    (→ image centre) if any is missing or the field of view is rotated/flipped."""
-    iso = _ds_float(ds, "PositionOfIsocenterProjection")  # along column direction (v), along row direction (u), elements
-    fov = _ds_float(ds, "FieldOfViewOrigin")  # row offset, column offset, physical elements (edge to edge)
-    elem = _ds_float(ds, "DetectorElementSpacing")  # row spacing, column spacing, mm
-    if not (isinstance(iso, list) and isinstance(fov, list) and len(iso) == 2 and len(fov) == 2 and spacing_uv):
-        return None
-    rot = _ds_float(ds, "FieldOfViewRotation") or 0.0
-    flip = str(ds.get("FieldOfViewHorizontalFlip", "NO")).upper()
-    if rot not in (0.0,) or flip == "YES":
-        notes.append("principal point: field of view rotated/flipped; using the image centre")
-        return None
-    if not (isinstance(elem, list) and len(elem) == 2):
-        elem = [spacing_uv[1], spacing_uv[0]]
-        notes.append("principal point: DetectorElementSpacing missing, assumed equal to the image pixel spacing")
-    du, dv = spacing_uv
-    cv = ((iso[0] + 0.5 - fov[0]) * elem[0]) / dv - 0.5
-    cu = ((iso[1] + 0.5 - fov[1]) * elem[1]) / du - 0.5
-    notes.append("principal point from PositionOfIsocenterProjection and FieldOfViewOrigin")
-    return [cu, cv]
 
 
-def _read_dicom(path: Path, frame: int | None, log_transform: bool | None, notes: list[str]):
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
-    try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as exc:
-        raise XRayError(f"Cannot read DICOM file {path}: {exc}") from exc
-    try:
-        raw = ds.pixel_array
-        a = apply_modality_lut(raw, ds)
-    except Exception as exc_pd:  # compressed syntax pydicom cannot decode: let GDCM (SimpleITK) try
-        import SimpleITK as sitk
-
-        try:
-            a = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # GDCM applies the modality rescale
-        except RuntimeError:
-            raise XRayError(f"Cannot decode the pixel data of {path}: {exc_pd}") from exc_pd
-        notes.append("pixel data decoded by GDCM (SimpleITK)")
-        if a.ndim == 3 and a.shape[0] == 1:
-            a = a[0]
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if n_frames > 1:
-        if frame is None:
-            raise XRayError(f"{path} is a multi-frame DICOM ({n_frames} frames); choose one with frame=<0..{n_frames - 1}>.")
-        if not 0 <= frame < n_frames:
-            raise XRayError(f"{path}: frame {frame} out of range 0..{n_frames - 1}.")
-        a = a[frame]
-        notes.append(f"frame {frame} of {n_frames}")
-    a = _to_gray(a, path, notes, channel_axis_last=spp > 1)
-    _check_pixels(a, path)
-    modality = str(ds.get("Modality", "")).upper()
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    relationship = str(ds.get("PixelIntensityRelationship", "")).upper()
-    sign = ds.get("PixelIntensityRelationshipSign")
-    sign = int(sign) if sign not in (None, "") else None
-    p = a.astype(np.float64)
-    if log_transform is None:
-        if relationship == "LIN":
-            log_transform, reason = True, "PixelIntensityRelationship = LIN (linear in X-ray intensity)"
-        elif relationship == "LOG":
-            log_transform, reason = False, "PixelIntensityRelationship = LOG"
-        elif modality in ("XA", "RF"):
-            log_transform, reason = True, f"Modality {modality} without PixelIntensityRelationship LOG (fluoroscopy: bone dark)"
-        else:
-            log_transform, reason = False, f"Modality {modality or '?'} display image"
-    else:
-        reason = f"log_transform={log_transform} requested"
-    if log_transform:
-        if sign == -1:  # PhotometricInterpretation only affects display; the sign says how values follow intensity
-            p = p.max() + p.min() - p  # stored values fall with intensity: put them back in intensity order
-            notes.append("values reversed before the log (PixelIntensityRelationshipSign -1)")
-        out = _log_transform(p, path, notes)
-        intensity = f"log-transformed: log(I0) - log(I) ({reason})"
-    elif relationship == "LOG" and sign is not None:
-        # +1: lower value = less intensity = more attenuation → invert; -1: higher value = more attenuation.
-        out = p.max() - p if sign == 1 else p - p.min()
-        intensity = f"log image, PixelIntensityRelationshipSign {sign:+d}: " + ("inverted" if sign == 1 else "as stored")
-    elif photometric == "MONOCHROME1":
-        out = p.max() - p
-        intensity = f"MONOCHROME1 (minimum displayed white): inverted as max - p ({reason})"
-    elif modality in ("XA", "RF"):
-        out = p.max() - p
-        intensity = f"{photometric} fluoroscopy (displayed bone dark): inverted as max - p ({reason})"
-    else:
-        out = p - p.min()
-        intensity = f"{photometric}: as stored, minus its minimum ({reason})"
-    carm = None
-    prim, sec = _ds_float(ds, "PositionerPrimaryAngle"), _ds_float(ds, "PositionerSecondaryAngle")
-    if isinstance(prim, float) or isinstance(sec, float):
-        sid = _ds_float(ds, "DistanceSourceToIsocenter")
-        if not isinstance(sid, float):
-            sid = _ds_float(ds, "DistanceSourceToPatient")
-        carm = CarmAngles(prim if isinstance(prim, float) else 0.0, sec if isinstance(sec, float) else 0.0,
-                          sid if isinstance(sid, float) else None)
-        if not (isinstance(prim, float) and isinstance(sec, float)):
-            notes.append("only one positioner angle recorded; the other taken as 0°")
-    H, W = out.shape
-    geom, why = _dicom_geometry(ds, H, W, notes)
-    meta = {
-        "modality": modality,
-        "photometric_interpretation": photometric,
-        "pixel_intensity_relationship": relationship or None,
-        "pixel_intensity_relationship_sign": sign,
-        "intensity": intensity,
-    }
-    return out, carm, geom, why, meta
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -500,7 +312,9 @@ def load_xray(
     carm = CarmAngles.from_dict(user_dict["carm"]) if user_dict.get("carm") else None
     meta: dict[str, Any] = {"source": str(path)}
     if is_dicom_file(path):
-        pixels, dcm_carm, dcm_geom, why, dmeta = _read_dicom(path, frame, log_transform, notes)
+        from .xray_dicom import read_dicom_xray
+
+        pixels, dcm_carm, dcm_geom, why, dmeta = read_dicom_xray(path, frame, log_transform, notes)
         meta.update(format="dicom", **dmeta)
         carm = carm or dcm_carm
     else:
@@ -512,7 +326,7 @@ def load_xray(
             p = p * float(vm.get("scale", 1.0)) + float(vm.get("offset", 0.0))
             notes.append("stored values mapped back with the sidecar's pixel_value_map")
         if log_transform:
-            pixels = _log_transform(p, path, notes)
+            pixels = intensity_to_line_integral(p, path, notes)
             meta["intensity"] = "log-transformed: log(I0) - log(I) (log_transform=True)"
         else:
             pixels = p
@@ -531,8 +345,7 @@ def load_xray(
         intr = user
         meta["geometry_source"] = geometry_source
     else:
-        merged = {k: v for k, v in dcm_geom.items()}
-        merged.update({k: v for k, v in user_dict.items() if v is not None and k not in ("log_transform", "carm", "pixel_value_map")})
+        merged = Intrinsics.fields(dcm_geom, overrides=user_dict)
         missing = [k for k in ("source_to_detector_mm", "pixel_spacing_mm") if k not in merged]
         if missing:
             reasons = "; ".join(f"{k}: {why.get(k, 'not given')}" for k in missing)
@@ -558,6 +371,7 @@ def save_xray(
     path: str | Path,
     *,
     carm: CarmAngles | None = None,
+    extra: dict | None = None,
 ) -> tuple[Path, Path]:
     """Write a line-integral image (e.g. a DRR) and its geometry sidecar ``<path>.json``.
 
@@ -570,6 +384,7 @@ def save_xray(
         intrinsics: geometry; its size must be (W, H).
         path: output image path (the sidecar goes to ``<path>.json``).
         carm: optional C-arm angles, stored in the sidecar.
+        extra: more JSON-ready keys for the sidecar (e.g. ``camera_from_world``; ignored by ``load_xray``).
     Returns:
         ``(image_path, sidecar_path)``.
     """
@@ -609,6 +424,7 @@ def save_xray(
         raise XRayError(f"save_xray: unsupported output {path}; use .npy, .png, .tif or .nrrd.")
     if carm is not None:
         side["carm"] = carm.to_dict()
+    side.update(extra or {})
     side_path = path.with_name(path.name + ".json")
     side_path.write_text(json.dumps(side, indent=2))
     return path, side_path

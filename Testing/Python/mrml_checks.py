@@ -19,7 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from RayEmbRegistrationLib import mrml
-from RayEmbRegistrationLib.camera import Camera, GeometryError, Intrinsics, carm_camera_from_world, rigid, rotation_matrix
+from RayEmbRegistrationLib.mrml import nodes as mrml_nodes
+from RayEmbRegistrationLib.camera import Camera, GeometryError, Intrinsics, rigid, rotation_matrix
+from RayEmbRegistrationLib.carm import carm_camera_from_world
 from RayEmbRegistrationLib.volume import CTVolume
 
 
@@ -105,7 +107,7 @@ def check_ct_roundtrip_and_axis_order(app, ct):
 
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
-    np.testing.assert_allclose(mrml._vtk_to_matrix(m), ct.ijk_to_ras, atol=1e-9)
+    np.testing.assert_allclose(mrml_nodes._vtk_to_matrix(m), ct.ijk_to_ras, atol=1e-9)
     back = mrml.volume_node_to_ct(node)
     np.testing.assert_array_equal(back.hu, ct.hu)
     np.testing.assert_allclose(back.ijk_to_ras, ct.ijk_to_ras, atol=1e-9)
@@ -116,7 +118,7 @@ def check_ct_under_parent_transform_is_read_in_world(app, ct, cameras, drr):
     node = mrml.ct_to_volume_node(app.scene, ct, "CT")
     tf = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     T = rigid(rotation_matrix(np.array([0.0, 0.0, 0.3])), np.array([10.0, -20.0, 5.0]))
-    tf.SetMatrixTransformToParent(mrml._matrix_to_vtk(T))
+    tf.SetMatrixTransformToParent(mrml_nodes._matrix_to_vtk(T))
     node.SetAndObserveTransformNodeID(tf.GetID())
     back = mrml.volume_node_to_ct(node)
     np.testing.assert_allclose(back.ijk_to_ras, T @ ct.ijk_to_ras, atol=1e-9)
@@ -140,12 +142,14 @@ def check_xray_roundtrip_geometry_attributes(app, cameras, drr):
     assert node.GetImageData().GetDimensions() == (96, 80, 1)
     # pixel (u, v) is voxel (i, j) = (u, v)
     assert node.GetImageData().GetScalarComponentAsDouble(30, 11, 0, 0) == _approx(float(drr[11, 30]))
-    px, K2 = mrml.volume_node_to_xray(node)
+    _x = mrml.volume_node_to_xray(node)
+    px, K2 = _x.pixels, _x.intrinsics
     np.testing.assert_array_equal(px, drr)
     assert K2 == K
     assert node.GetAttribute(mrml.ATTR_SDD) is not None
     # geometry fields of the module override the attributes
-    _, K3 = mrml.volume_node_to_xray(node, source_to_detector_mm=900.0, principal_point_px=(40.0, 41.0))
+    _x = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 900.0, "principal_point_px": (40.0, 41.0)})
+    _, K3 = _x.pixels, _x.intrinsics
     assert K3.source_to_detector_mm == 900.0 and K3.principal_point_px == (40.0, 41.0)
     assert K3.pixel_spacing_mm == K.pixel_spacing_mm
 
@@ -153,7 +157,7 @@ def check_xray_roundtrip_geometry_attributes(app, cameras, drr):
 def check_xray_default_placement_shows_image_as_stored_in_axial_view(app, cameras, drr):
     K = cameras[0].intrinsics
     node = mrml.xray_to_volume_node(app.scene, drr, K, "xr")
-    M, W, H = mrml._xray_grid(node)
+    M, W, H = mrml_nodes._xray_grid(node)
     p00, p10, p01 = ((M @ np.array([i, j, 0, 1.0]))[:3] for i, j in ((0, 0), (1, 0), (0, 1)))
     # Axial view: screen right = patient left (−R), screen up = anterior (+A).
     assert p10[0] < p00[0] and p01[1] < p00[1]
@@ -164,7 +168,7 @@ def check_xray_default_placement_shows_image_as_stored_in_axial_view(app, camera
 def check_xray_detector_placement_matches_camera(app, cameras, drr):
     cam = cameras[0]
     node = mrml.xray_to_volume_node(app.scene, drr, cam.intrinsics, "xr", camera=cam)
-    M, W, H = mrml._xray_grid(node)
+    M, W, H = mrml_nodes._xray_grid(node)
     uv = np.array([[0, 0], [95, 0], [95, 79], [13.5, 42.25]], dtype=float)
     ras = (np.c_[uv, np.zeros(4), np.ones(4)] @ M.T)[:, :3]
     np.testing.assert_allclose(ras, cam.pixel_to_detector_ras(uv), atol=1e-6)
@@ -175,11 +179,12 @@ def check_xray_missing_sdd_names_the_field(app, drr):
     node = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
     import vtk
 
-    mrml._set_image(node, drr[None], vtk.VTK_FLOAT)
+    mrml_nodes._set_image(node, drr[None], vtk.VTK_FLOAT)
     node.SetSpacing(0.3, 0.3, 1.0)
     with _raises(GeometryError, match="SDD"):
         mrml.volume_node_to_xray(node)
-    px, K = mrml.volume_node_to_xray(node, source_to_detector_mm=1000.0)
+    _x = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0})
+    px, K = _x.pixels, _x.intrinsics
     assert K.pixel_spacing_mm == _approx((0.3, 0.3))
     assert K.principal_point_px == ((96 - 1) / 2, (80 - 1) / 2)
 
@@ -190,13 +195,14 @@ def check_xray_from_rgb_vector_volume(app):
     node = app.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     rgb = np.zeros((1, 4, 5, 3), np.uint8)
     rgb[0, 1, 2] = (30, 60, 90)
-    ns = mrml._numpy_support()
+    ns = mrml_nodes._numpy_support()
     img = vtk.vtkImageData()
     img.SetDimensions(5, 4, 1)
     a = ns.numpy_to_vtk(rgb.reshape(-1, 3), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
     img.GetPointData().SetScalars(a)
     node.SetAndObserveImageData(img)
-    px, K = mrml.volume_node_to_xray(node, source_to_detector_mm=1000.0)
+    _x = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0})
+    px, K = _x.pixels, _x.intrinsics
     assert px.shape == (4, 5) and px[1, 2] == _approx(60.0) and px.sum() == _approx(60.0)
 
 
@@ -209,13 +215,15 @@ def check_fiducials_roundtrip_world(app, ct):
     labels = ["ASIS-L", "ASIS-R", "PS"]
     ras = ct.center_ras + np.array([[60.0, 10, 20], [-60, 10, 20], [0, 40, -50]])
     node = mrml.fiducials_to_markups_node(app.scene, labels, ras, "F")
-    l2, r2 = mrml.markups_node_to_fiducials(node)
+    _f = mrml.markups_node_to_fiducials(node)
+    l2, r2 = _f.labels, _f.ras
     assert l2 == labels
     np.testing.assert_allclose(r2, ras, atol=1e-9)
     tf = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
-    tf.SetMatrixTransformToParent(mrml._matrix_to_vtk(rigid(np.eye(3), [1.0, 2.0, 3.0])))
+    tf.SetMatrixTransformToParent(mrml_nodes._matrix_to_vtk(rigid(np.eye(3), [1.0, 2.0, 3.0])))
     node.SetAndObserveTransformNodeID(tf.GetID())
-    _, r3 = mrml.markups_node_to_fiducials(node)
+    _f = mrml.markups_node_to_fiducials(node)
+    _, r3 = _f.labels, _f.ras
     np.testing.assert_allclose(r3, ras + [1.0, 2.0, 3.0], atol=1e-9)
     with _raises(mrml.MRMLAdapterError, match="labels"):
         mrml.fiducials_to_markups_node(app.scene, labels[:2], ras)
@@ -241,7 +249,7 @@ def check_frustum_model_matches_camera_model(app, cameras):
     m_true = mrml.frustum_model_node(app.scene, true, "refined")
     m_init = mrml.frustum_model_node(app.scene, initial, "initial")
     pd = m_true.GetPolyData()
-    pts = mrml._numpy_support().vtk_to_numpy(pd.GetPoints().GetData())
+    pts = mrml_nodes._numpy_support().vtk_to_numpy(pd.GetPoints().GetData())
     np.testing.assert_allclose(pts, true.frustum_vertices_ras, atol=1e-9)
     # Source, and the detector corners project to the detector's outer pixel edges.
     np.testing.assert_allclose(pts[0], true.source_ras, atol=1e-9)
@@ -250,7 +258,7 @@ def check_frustum_model_matches_camera_model(app, cameras):
     np.testing.assert_allclose(true.depth(pts[1:]), true.intrinsics.source_to_detector_mm, atol=1e-6)
     lines = pd.GetLines()
     assert lines.GetNumberOfCells() == len(Camera.FRUSTUM_EDGES) == 8
-    ids = mrml._numpy_support().vtk_to_numpy(lines.GetConnectivityArray()).reshape(-1, 2)
+    ids = mrml_nodes._numpy_support().vtk_to_numpy(lines.GetConnectivityArray()).reshape(-1, 2)
     assert {tuple(sorted(e)) for e in ids.tolist()} == {tuple(sorted(e)) for e in Camera.FRUSTUM_EDGES}
     c1, c2 = m_true.GetDisplayNode().GetColor(), m_init.GetDisplayNode().GetColor()
     assert np.linalg.norm(np.subtract(c1, c2)) > 0.5
@@ -267,7 +275,7 @@ def check_overlay_lower_resolution_covers_same_detector(app, cameras, ct):
     small = cam.resized(48, 40)
     drr_small = line_integral_drr(ct, small, n_samples=64)
     ov = mrml.overlay_to_volume_node(app.scene, drr_small, xr, "drr")
-    M_o, w, h = mrml._xray_grid(ov)
+    M_o, w, h = mrml_nodes._xray_grid(ov)
     assert (w, h) == (48, 40)
     uv_small = np.array([[0.0, 0.0], [47.0, 39.0], [10.0, 20.0]])
     ras = (np.c_[uv_small, np.zeros(3), np.ones(3)] @ M_o.T)[:, :3]
@@ -289,8 +297,9 @@ def check_points_2d_roundtrip_on_xray_slice(app, cameras, ct, drr):
     assert labels == ["a", "b", "d"]
     np.testing.assert_allclose(uv2, uv[[0, 1, 3]], atol=1e-9)
     # points lie on the X-ray's slice (K = 0)
-    _, ras = mrml.markups_node_to_fiducials(node)
-    ijk = np.c_[ras, np.ones(3)] @ np.linalg.inv(mrml._xray_grid(xr)[0]).T
+    _f = mrml.markups_node_to_fiducials(node)
+    _, ras = _f.labels, _f.ras
+    ijk = np.c_[ras, np.ones(3)] @ np.linalg.inv(mrml_nodes._xray_grid(xr)[0]).T
     np.testing.assert_allclose(ijk[:, 2], 0.0, atol=1e-9)
 
 
@@ -336,7 +345,7 @@ def check_rerun_updates_outputs_and_leaves_inputs_untouched(app, ct, cameras, dr
     out2 = mrml.write_registration_outputs(app.scene, xr, res2)
     assert app.scene.GetNumberOfNodes() == n_nodes
     assert {k: v.GetID() for k, v in out1.items()} == {k: v.GetID() for k, v in out2.items()}
-    pts = mrml._numpy_support().vtk_to_numpy(out2["frustum.final"].GetPolyData().GetPoints().GetData())
+    pts = mrml_nodes._numpy_support().vtk_to_numpy(out2["frustum.final"].GetPolyData().GetPoints().GetData())
     np.testing.assert_allclose(pts, moved.frustum_vertices_ras, atol=1e-9)
     np.testing.assert_allclose(mrml.transform_node_to_camera(out2["transform"]).camera_from_world, moved.camera_from_world, atol=1e-9)
     assert len(app.nodes("vtkMRMLModelNode")) == 3
@@ -391,7 +400,8 @@ def check_mrb_save_and_load_keeps_nodes(app, ct, cameras, drr, tmp_path):
         np.testing.assert_array_equal(ct2.hu, ct.hu)
         np.testing.assert_allclose(ct2.ijk_to_ras, ct.ijk_to_ras, atol=1e-6)
         xr2 = s.GetFirstNodeByName("X-ray")
-        px, K = mrml.volume_node_to_xray(xr2)
+        _x = mrml.volume_node_to_xray(xr2)
+        px, K = _x.pixels, _x.intrinsics
         np.testing.assert_array_equal(px, drr)
         assert K == cameras[0].intrinsics
         cam = mrml.transform_node_to_camera(mrml.find_output_node(s, "vtkMRMLLinearTransformNode", "camera.final", key))
@@ -399,7 +409,7 @@ def check_mrb_save_and_load_keeps_nodes(app, ct, cameras, drr, tmp_path):
         for stage in ("initial", "refined", "final"):
             m = mrml.find_output_node(s, "vtkMRMLModelNode", f"frustum.{stage}", key)
             assert m is not None, stage
-            pts = mrml._numpy_support().vtk_to_numpy(m.GetPolyData().GetPoints().GetData())
+            pts = mrml_nodes._numpy_support().vtk_to_numpy(m.GetPolyData().GetPoints().GetData())
             np.testing.assert_allclose(pts, getattr(res, stage).frustum_vertices_ras, atol=1e-3)
         rows = mrml.table_node_to_rows(mrml.find_output_node(s, "vtkMRMLTableNode", "table", key))
         assert [r.label for r in rows] == [r[0] for r in res.landmarks]
@@ -408,7 +418,8 @@ def check_mrb_save_and_load_keeps_nodes(app, ct, cameras, drr, tmp_path):
         det = mrml.find_output_node(s, "vtkMRMLMarkupsFiducialNode", "points.detected", key)
         _, uv = mrml.markups_node_to_points_2d(det, xr2)
         np.testing.assert_allclose(uv, [r[2] for r in res.landmarks], atol=1e-6)
-        labels, _ = mrml.markups_node_to_fiducials(s.GetFirstNodeByName("F"))
+        _f = mrml.markups_node_to_fiducials(s.GetFirstNodeByName("F"))
+        labels, _ = _f.labels, _f.ras
         assert labels == ["a", "b"]
         # the loaded scene's outputs are found again and updated on a re-run, not duplicated
         n = s.GetNumberOfNodes()

@@ -1,4 +1,5 @@
-"""The headless slicer-core application context used by the tests: ``RayEmbRegistrationLib.mrml.HeadlessSlicerApp``.
+"""The headless slicer-core application context of the tests: ``mrml.HeadlessSlicerApp`` plus the helpers the
+shared checks (``mrml_checks.py``) need: ``nodes``, ``snapshot``, ``fresh``.
 
 Usage::
 
@@ -8,6 +9,26 @@ Usage::
     app.save_mrb(path); app2 = SlicerApp(); app2.load_mrb(path)
 """
 
-from RayEmbRegistrationLib.mrml import HeadlessSlicerApp as SlicerApp
+from RayEmbRegistrationLib.mrml import HeadlessSlicerApp
 
 __all__ = ["SlicerApp"]
+
+
+class SlicerApp(HeadlessSlicerApp):
+    """``HeadlessSlicerApp`` with test helpers (the Slicer self-test borrows ``nodes`` and ``snapshot``)."""
+
+    def fresh(self) -> "SlicerApp":
+        """Another application context with an empty scene (use as ``with app.fresh() as other:``)."""
+        return SlicerApp()
+
+    def nodes(self, class_name: str = "vtkMRMLNode") -> list:
+        """All nodes of a class (including subclasses) in scene order."""
+        col = self.scene.GetNodesByClass(class_name)
+        return [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
+
+    def snapshot(self) -> list:
+        """``(ID, class, MTime)`` of every node: equal snapshots ⇒ no node added, removed or modified."""
+        return [
+            (n.GetID(), n.GetClassName(), int(n.GetMTime()))
+            for n in (self.scene.GetNthNode(i) for i in range(self.scene.GetNumberOfNodes()))
+        ]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Intrinsics, carm_camera_from_world
+from RayEmbRegistrationLib.camera import Camera, Intrinsics
+
+from RayEmbRegistrationLib.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
-from RayEmbRegistrationLib.pipeline import RegistrationOptions, register, simulate_xray
 from RayEmbRegistrationLib.render import DRRRenderer
-from RayEmbRegistrationLib.report import write_registration
 from RayEmbRegistrationLib.xray import XRayImage, load_xray
 
 SUBCOMMANDS = ["register", "detect", "render", "demo", "evaluate", "generate", "train", "finetune"]
@@ -101,39 +101,62 @@ def test_render_bad_pose(sample_ct_path, geometry_json, tmp_path, capsys):
     assert "4×4" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def result(sample_ct):
+# --- happy paths through main(): each command end to end on the real sample CT, small and fast settings --------
+
+FAST_ARGS = ["--device", "cpu", "--quiet", "--bone-candidates", "1000", "--refine-levels", "32", "64", "128",
+             "--refine-iterations", "40", "27", "13"]
+
+
+def test_register_and_detect_through_main(sample_ct_path, sample_ct, tmp_path, capsys):
+    """``render`` a DRR at a known pose, ``register`` it with the sample-CT network (the geometry read from a
+    registration.json-like nesting), ``detect`` points in it: exit 0, the contract files, sane numbers."""
+    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.evaluate import pose_errors
+    from RayEmbRegistrationLib.resources import SAMPLE_CT_MODEL
+
     torch.set_num_threads(1)
-    intr = Intrinsics.deepfluoro(64)
-    T = carm_camera_from_world(0, 0, 750, sample_ct.center_ras)
-    xray = XRayImage(simulate_xray(sample_ct, intr, T, 1), intr, "sim")
-    opts = RegistrationOptions(initial_camera_from_world=T, refine_levels=(32, 64), refine_iterations=(5, 3), device="cpu")
-    return xray, register(sample_ct, xray, None, opts)
+    geo = tmp_path / "geometry.json"
+    geo.write_text(json.dumps({"geometry": Intrinsics.deepfluoro(128).to_dict()}))  # nested form, as registration.json
+    T = RAYEMB_SAMPLER.poses(np.array([[0.05, -0.03, 0.1]]), np.array([[5.0, -10.0, 260.0]]), sample_ct.center_ras)[0]
+    pose = tmp_path / "pose.json"
+    pose.write_text(json.dumps({"camera_from_world": T.tolist()}))
+    img = tmp_path / "drr.tif"
+    assert main(["render", "--ct", str(sample_ct_path), "--pose", str(pose), "--geometry", str(geo),
+                 "--bone-multiplier", "2.5", "--out", str(img)]) == 0
+    out = tmp_path / "reg"
+    assert main(["register", "--ct", str(sample_ct_path), "--xray", str(img), "--geometry", str(geo), "--out", str(out),
+                 "--model", str(SAMPLE_CT_MODEL), "--no-scene", *FAST_ARGS]) == 0
+    text = capsys.readouterr().out
+    assert "final pose from stage" in text and "registration.json" in text
+    d = json.loads((out / "registration.json").read_text())
+    assert d["initial_method"] == "rayemb" and d["inliers"] >= 6
+    assert d["options"]["refine"]["levels"] == [32, 64, 128] and d["options"]["detection"]["n_bone_candidates"] == 1000
+    assert (out / "overlay.png").is_file() and not (out / "scene.mrb").exists()
+    e = pose_errors(np.array(d["camera_from_world"]), T, sample_ct.sample_bone_points(300, 4), Intrinsics.deepfluoro(128))
+    assert e["mtre_mm"] < 10.0, e  # the benchmark's success criterion
+    pts = tmp_path / "points.csv"
+    c = sample_ct.center_ras
+    pts.write_text(f"label,r,a,s\na,{c[0]},{c[1]},{c[2]}\nb,{c[0] + 20},{c[1]},{c[2] - 20}\n")
+    dout = tmp_path / "det"
+    assert main(["detect", "--ct", str(sample_ct_path), "--xray", str(img), "--points", str(pts), "--out", str(dout),
+                 "--model", str(SAMPLE_CT_MODEL), "--device", "cpu", "--quiet", "--heatmaps"]) == 0
+    det = json.loads((dout / "detections.json").read_text())
+    truth = Camera(Intrinsics.deepfluoro(128), T).project(np.array([p["ras"] for p in det["points"]]))
+    got = np.array([p["detected_px"] for p in det["points"]])
+    assert [p["label"] for p in det["points"]] == ["a", "b"] and np.abs(got - truth).max() < 20.0
+    assert (dout / "heatmaps.npz").is_file() and len(list(dout.glob("heatmap_*.png"))) == 2
 
 
-def test_write_registration_outputs(sample_ct, result, tmp_path):
-    xray, res = result
-    paths = write_registration(tmp_path, res, sample_ct, xray, scene=True)
-    d = json.loads((tmp_path / "registration.json").read_text())
-    K, T, P = (np.array(d[k]) for k in ("intrinsics", "camera_from_world", "projection_matrix"))
-    assert K.shape == (3, 3) and T.shape == (4, 4) and P.shape == (3, 4)
-    np.testing.assert_allclose(P, K @ T[:3], rtol=1e-9)
-    np.testing.assert_allclose(T, res.final.camera_from_world)
-    for stage in ("initial", "refined"):
-        assert np.array(d[stage]["projection_matrix"]).shape == (3, 4)
-    assert "landmarks" in d and "timings_s" in d and d["final_stage"] in ("initial", "refined")
-    assert (tmp_path / "overlay.png").stat().st_size > 0
-    assert (tmp_path / "scene.mrb").stat().st_size > 0
-    assert not list(tmp_path.glob(".rayemb-tmp-*"))
-    assert set(paths) == {"registration", "overlay", "scene"}
-
-
-def test_write_registration_all_or_nothing(sample_ct, result, tmp_path):
-    xray, res = result
-    import dataclasses
-
-    broken = dataclasses.replace(res, drr=np.full((4, 4), np.nan, np.float32))  # the scene writer rejects it
-    with pytest.raises(ValueError):
-        write_registration(tmp_path, broken, sample_ct, xray, scene=True)
-    assert not (tmp_path / "registration.json").exists()
-    assert not list(tmp_path.glob(".rayemb-tmp-*"))
+def test_demo_and_evaluate_through_main(tmp_path, capsys):
+    torch.set_num_threads(1)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "128", "--no-scene", *FAST_ARGS]) == 0
+    text = capsys.readouterr().out
+    assert "TRUE error (final)" in text
+    d = json.loads((out / "registration.json").read_text())
+    assert set(d["demo"]["true_errors"]) >= {"initial", "final"} and (out / "truth.json").is_file()
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--n", "1", "--out", str(ev), "--size", "64", *FAST_ARGS]) == 0
+    rows = (ev / "cases.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header + RayEmb initial/refined + baseline start/refined
+    assert "| RayEmb refined |" in (ev / "summary.md").read_text() and (ev / "mtre.png").is_file()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import RAYEMB_SAMPLER, Camera, Intrinsics, rotation_matrix
+from RayEmbRegistrationLib.camera import Camera, Intrinsics, rotation_matrix
+
+from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.pose import (
     HAS_MAGSAC,
     PoseError,
@@ -86,7 +88,7 @@ def test_implausible_consensus_is_set_aside(sample_ct):
     """A larger consensus that is only explained by an implausible camera (the CT beyond the detector, as when
     many detections collapse together) is set aside when a plausibility predicate is given; the true pose is
     then found in the remaining correspondences."""
-    from RayEmbRegistrationLib.camera import carm_camera_from_world
+    from RayEmbRegistrationLib.carm import carm_camera_from_world
 
     intr = Intrinsics.deepfluoro(256)
     cam = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))
@@ -114,7 +116,7 @@ def test_implausible_consensus_is_set_aside(sample_ct):
 def test_sequential_ransac_returns_disjoint_hypotheses(sample_ct):
     """Two groups of detections consistent with two different cameras (plus outliers): the hypotheses come
     largest consensus first, with disjoint inlier sets, each near its own camera."""
-    from RayEmbRegistrationLib.camera import carm_camera_from_world
+    from RayEmbRegistrationLib.carm import carm_camera_from_world
 
     intr = Intrinsics.deepfluoro(256)
     cam_a = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))

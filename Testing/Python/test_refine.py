@@ -6,17 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import RAYEMB_SAMPLER, Camera, Intrinsics
-from RayEmbRegistrationLib.refine import (
-    Cancelled,
-    RefineOptions,
-    Refiner,
-    local_ncc,
-    multiscale_ncc,
-    ncc,
-    perturbation_numpy,
-    pose_perturbation,
-)
+from RayEmbRegistrationLib.camera import Camera, Intrinsics
+
+from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.options import RefineOptions
+from RayEmbRegistrationLib.progress import Cancelled
+from RayEmbRegistrationLib.refine import Refiner, perturbation_numpy, pose_perturbation
+from RayEmbRegistrationLib.similarity import local_ncc, multiscale_ncc, ncc
 from RayEmbRegistrationLib.render import DRRRenderer
 
 

@@ -8,13 +8,13 @@
   overlay (green) as foreground, plus detected/reprojected landmarks; the slice image is checked against the
   X-ray pixels (orientation: the image as stored).
 
-PNGs go to ``Testing/Artifacts/`` and are copied to ``docs/screenshots/`` for the README.
+PNGs go to ``Testing/Artifacts/`` (only there: a test never writes into the source tree);
+``scripts/screenshots.sh`` runs this file and copies them to ``docs/screenshots/`` for the README.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -32,10 +32,10 @@ from mrml_checks import line_integral_drr  # noqa: E402
 from slicer_app import SlicerApp  # noqa: E402
 
 from RayEmbRegistrationLib import mrml  # noqa: E402
+from RayEmbRegistrationLib.mrml import nodes as mrml_nodes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "Testing" / "Artifacts"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 W3D, H3D = 640, 480
 
 
@@ -43,10 +43,8 @@ def _save_png(rgb: np.ndarray, name: str) -> Path:
     from PIL import Image
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
     Image.fromarray(rgb).save(path)
-    shutil.copyfile(path, SCREENSHOTS / name)
     return path
 
 
@@ -202,7 +200,7 @@ def test_slice_view_xray_with_overlay(scene_with_results):
 
     # slice pixel (x, y) (VTK, bottom-up) → RAS → X-ray IJK: sample the X-ray where the view shows it
     xy_to_ras = np.array([[sn.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
-    M, _, _ = mrml._xray_grid(xr)
+    M, _, _ = mrml_nodes._xray_grid(xr)
     ras_to_ijk = np.linalg.inv(M)
     ys, xs = np.mgrid[0:h, 0:w]
     xy = np.stack([xs.ravel(), (h - 1 - ys).ravel(), np.zeros(xs.size), np.ones(xs.size)], axis=1)
@@ -225,7 +223,8 @@ def test_slice_view_xray_with_overlay(scene_with_results):
     draw = ImageDraw.Draw(canvas)
     inv = np.linalg.inv(xy_to_ras)
     for kind, colour in (("detected", (255, 230, 0)), ("reprojected", (255, 50, 200))):
-        _, ras = mrml.markups_node_to_fiducials(out[f"points.{kind}"])
+        _f = mrml.markups_node_to_fiducials(out[f"points.{kind}"])
+        _, ras = _f.labels, _f.ras
         for p in ras:
             x, y = (inv @ np.r_[p, 1.0])[:2]
             y = h - 1 - y

@@ -84,7 +84,11 @@ def test_module_imports_nothing_heavy_and_installs_nothing_at_import(module_ast)
             assert n.split(".")[0] in allowed, f"module-level import of {n} (import heavy packages lazily, after installing)"
 
 
-def test_dependency_lists_never_install_slicer_owned_packages(module_ast):
+def test_one_dependency_list_and_it_never_installs_slicer_owned_packages(module_ast):
+    """Resources/requirements.txt is the one list: pyproject.toml and scripts/env.sh read it, the module installs
+    from it (``resources.requirements``), skipping what Slicer owns and torch (the PyTorch extension)."""
+    from RayEmbRegistrationLib.resources import REQUIREMENTS, requirements
+
     consts = {}
     for node in module_ast.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
@@ -92,19 +96,19 @@ def test_dependency_lists_never_install_slicer_owned_packages(module_ast):
                 consts[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 pass
-    pip = set(consts["PIP_REQUIREMENTS"]) | set(consts["PIP_NO_DEPS"])
-    assert not {p.lower() for p in pip} & FORBIDDEN_IN_SLICER_PYTHON
-    assert "torch" not in {p.lower() for p in pip}, "torch goes through the PyTorch extension / its own installer"
-    assert {"opencv-python-headless", "safetensors"} <= pip and {"diffdrr", "nanodrr"} <= set(consts["PIP_NO_DEPS"])
+    assert "PIP_REQUIREMENTS" not in consts and "PIP_NO_DEPS" not in consts, "the module must not keep its own list"
+    assert "requirements()" in MODULE_PY.read_text()
+    reqs = requirements()
+    names = {re.split(r"[<>=!~\[; ]", r)[0].lower() for r, _ in reqs}
+    no_deps = {re.split(r"[<>=!~\[; ]", r)[0].lower() for r, nd in reqs if nd}
     skip = {s.lower() for s in consts["SKIP_PACKAGES"]}
-    assert {"vtk", "simpleitk", "slicer-core", "opencv-python"} <= skip
-    # every package the library needs at run time (requirements.txt) is covered, except Slicer's own / test-only
-    req = REPO / "requirements" / "requirements.txt"
-    if req.exists():
-        names = {re.split(r"[<>=!~\[; ]", l.strip())[0].lower() for l in req.read_text().splitlines() if l.strip() and not l.startswith("#")}
-        not_in_slicer = {"torch", "simpleitk", "pytest", "slicer-core", "vtk"}
-        missing = names - not_in_slicer - {p.lower() for p in pip}
-        assert not missing, f"requirements.txt packages the module never installs in Slicer: {sorted(missing)}"
+    assert {"vtk", "simpleitk", "slicer-core", "opencv-python", "torch"} <= skip
+    assert not (names - skip) & FORBIDDEN_IN_SLICER_PYTHON, "the module would install a Slicer-owned package"
+    assert {"opencv-python-headless", "safetensors", "torch"} <= names and {"diffdrr", "nanodrr", "torchio"} <= no_deps
+    assert 'dependencies = { file = ["Resources/requirements.txt"] }' in (REPO / "pyproject.toml").read_text()
+    assert "Resources/requirements.txt" in (REPO / "scripts" / "env.sh").read_text()
+    assert not (REPO / "requirements" / "requirements.txt").exists()
+    assert REQUIREMENTS == REPO / "Resources" / "requirements.txt"
 
 
 def _ui_widgets(root) -> dict[str, str]:
@@ -221,7 +225,7 @@ def test_top_level_cmake():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert _cmake_set(text, var), var
     assert _cmake_set(text, "EXTENSION_CATEGORY") == ['"Registration"']
-    assert _cmake_set(text, "EXTENSION_DEPENDS") == ['"NA"']
+    assert _cmake_set(text, "EXTENSION_DEPENDS") == ['"PyTorch"']  # torch through the PyTorch extension
     assert "add_subdirectory(RayEmbRegistration)" in text
     assert "find_package(Slicer REQUIRED)" in text and "Slicer_EXTENSION_CPACK" in text
     icon_url = _cmake_set(text, "EXTENSION_ICONURL")[0].strip('"')
@@ -243,7 +247,7 @@ def test_module_cmake_lists_existing_files():
     pattern = re.search(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)", m.group(1)).group(1)
     lib_files = sorted(str(p.relative_to(MODULE_DIR)) for p in LIB_DIR.rglob("*.py") if "__pycache__" not in p.parts)
     matched = [f for f in lib_files if fnmatch.fnmatch(f, pattern)]
-    assert matched == lib_files and "RayEmbRegistrationLib/__init__.py" in matched and "RayEmbRegistrationLib/mrml.py" in matched
+    assert matched == lib_files and "RayEmbRegistrationLib/__init__.py" in matched and "RayEmbRegistrationLib/mrml/__init__.py" in matched
     # explicit resources exist under the top-level Resources/
     for r in _cmake_set(text, "MODULE_PYTHON_RESOURCES"):
         assert (REPO / "Resources" / r.replace("${MODULE_NAME}", "RayEmbRegistration")).is_file(), r
@@ -263,7 +267,7 @@ def test_s4ext_has_the_template_fields():
                 "category", "iconurl", "status", "description", "screenshoturls", "enabled"]
     for key in required:
         assert key in fields, key
-    assert fields["scm"] == "git" and fields["category"] == "Registration" and fields["depends"] == "NA"
+    assert fields["scm"] == "git" and fields["category"] == "Registration" and fields["depends"] == "PyTorch"
     assert fields["enabled"] in ("0", "1") and fields["scmurl"].endswith(".git")
 
 
@@ -275,7 +279,7 @@ def test_catalog_entry_json():
                "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
     assert set(entry) <= allowed, set(entry) - allowed
     assert "slicer-extension-catalog-entry-schema" in entry["$schema"]
-    assert entry["category"] == "Registration" and isinstance(entry["build_dependencies"], list)
+    assert entry["category"] == "Registration" and entry["build_dependencies"] == ["PyTorch"]
     assert entry["scm_url"].startswith("https://") and 1 <= entry.get("tier", 1) <= 5
 
 
@@ -302,7 +306,7 @@ def _lib_files():
 @pytest.mark.parametrize("path", _lib_files(), ids=lambda p: str(p.relative_to(LIB_DIR)))
 def test_library_never_imports_qt_ctk_slicer_app(path):
     tree = ast.parse(path.read_text(), filename=str(path))
-    is_mrml = path.name == "mrml.py" and path.parent == LIB_DIR
+    is_mrml = path.parent == LIB_DIR / "mrml"
     module_level = set(map(id, tree.body))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -314,7 +318,7 @@ def test_library_never_imports_qt_ctk_slicer_app(path):
                 if isinstance(node, ast.ImportFrom):
                     assert not any(a.name in ("ScriptedLoadableModule", "app") for a in node.names), f"{path.name}:{node.lineno}"
                 if top in ("vtk", "vtkmodules", "slicer"):
-                    assert is_mrml, f"{path.name}:{node.lineno}: vtk/slicer imports belong in mrml.py only"
-                    assert id(node) not in module_level, f"mrml.py:{node.lineno}: import {n} lazily, inside a function"
+                    assert is_mrml, f"{path.name}:{node.lineno}: vtk/slicer imports belong in mrml/ only"
+                    assert id(node) not in module_level, f"mrml/{path.name}:{node.lineno}: import {n} lazily, inside a function"
         if isinstance(node, ast.Attribute) and node.attr in ("app", "mrmlScene") and isinstance(node.value, ast.Name) and node.value.id == "slicer":
             raise AssertionError(f"{path.name}:{node.lineno} uses slicer.{node.attr}: take the scene as an argument")

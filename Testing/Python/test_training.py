@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from RayEmbRegistrationLib.model import ModelConfig, build_model, normalize_image
-from RayEmbRegistrationLib.training.data import ShardSet, project_P
+from RayEmbRegistrationLib.camera import project_points
+from RayEmbRegistrationLib.training.data import ShardSet
 from RayEmbRegistrationLib.training.generate import generate
 from RayEmbRegistrationLib.training.train import infonce_loss, train
 
 torch.set_num_threads(1)
 
 S = 48
-TINY = dict(n_variants=2, n_queries=3, size=S, voxel_mm=5.0, n_points=128, progress=False)
+TINY = dict(n_variants=2, n_queries=3, size=S, voxel_mm=5.0, n_points=128, bar=False)
 TINY_CFG = ModelConfig(dim=8, widths=(8, 16, 16))
 
 
@@ -58,7 +59,7 @@ def test_generate_is_deterministic_and_resumable(lumbar, tiny_data, tmp_path):
     # contents are consistent: stored projection matrices put the stored bone points on bright pixels
     s = _shard_arrays(a[1])
     assert s["queries"].shape == (3, S, S) and s["templates"].shape == (25, S, S)
-    uv = project_P(s["query_P"][0], s["points"].astype(np.float64))
+    uv = project_points(s["query_P"][0], s["points"].astype(np.float64))
     ok = np.isfinite(uv).all(1) & (uv >= 0).all(1) & (uv <= S - 1).all(1)
     assert ok.sum() > 20
     q = s["queries"][0].astype(np.float32)
@@ -89,7 +90,7 @@ def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, ti
         assert vol.hu[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2].max() >= BONE_HU
     # and the query pose looks at it: most centres project inside the image
     inside = [np.all((uv >= 0) & (uv <= S - 1)) for uv in
-              (project_P(P, c[q:q + 1])[0] for q, P in enumerate(s["query_P"]))]
+              (project_points(P, c[q:q + 1])[0] for q, P in enumerate(s["query_P"]))]
     assert sum(inside) >= 4
     with pytest.raises(ValueError, match="pose_center"):
         generate([lumbar], tmp_path / "bad", pose_center="nowhere", **TINY)
@@ -120,7 +121,7 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data):
 
 
 def test_train_checkpoints_and_resume_continue_the_same_run(tiny_data, tmp_path):
-    kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, progress=False, val_every=2, seed=3,
+    kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, bar=False, val_every=2, seed=3,
               log=lambda m: None, ckpt_every=1)
     full = tmp_path / "full"
     summary = train(tiny_data, full, val_data=tiny_data, steps=4, **kw)
@@ -167,7 +168,7 @@ def test_finetune_reports_before_and_after_within_budget(lumbar, tmp_path):
     base = tmp_path / "base.safetensors"
     save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=S, voxel_mm=5.0)), base)
     rep = finetune(lumbar, tmp_path / "ft", model_path=base, seconds=3.0, n_train_queries=3, n_eval_queries=2,
-                   progress=False, log=lambda m: None)
+                   bar=False, log=lambda m: None)
     assert rep["steps"] >= 1 and rep["seconds_train"] < 30
     for k in ("before", "after"):
         assert rep[k]["n"] > 0 and np.isfinite(rep[k]["median_px"]) and rep[k]["median_mm"] > 0

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from RayEmbRegistrationLib.camera import GeometryError, Intrinsics
-from RayEmbRegistrationLib.xray import CarmAngles, XRayError, XRayImage, load_xray, save_xray, sidecar_candidates
+from RayEmbRegistrationLib.xray import XRayError, XRayImage, load_xray, save_xray, sidecar_candidates
+from RayEmbRegistrationLib.carm import CarmAngles
 
 GEOM = {"source_to_detector_mm": 1020.0, "pixel_spacing_mm": [0.3, 0.25]}
 

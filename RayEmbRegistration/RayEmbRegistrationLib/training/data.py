@@ -15,19 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ShardSet", "project_P", "INFERENCE_CORNERS"]
+from ..camera import project_points
 
-INFERENCE_CORNERS = ((-20.0, -20.0), (-20.0, 20.0), (20.0, -20.0), (20.0, 20.0))
+__all__ = ["ShardSet"]
 
 
-def project_P(P: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Projection matrices (..., 3, 4) and points (N, 3) → pixels (..., N, 2) (NaN behind the source)."""
-    Xh = np.c_[X, np.ones(len(X))]
-    uvw = np.einsum("...ij,nj->...ni", P, Xh)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = uvw[..., :2] / uvw[..., 2:3]
-    uv[uvw[..., 2] <= 0] = np.nan
-    return uv
 
 
 class ShardSet:
@@ -82,14 +74,14 @@ class ShardSet:
         q_idx = rng.choice(len(s["queries"]), min(n_queries, len(s["queries"])), replace=False) if query_idx is None else np.asarray(query_idx)
         t_idx = rng.choice(len(s["templates"]), n_templates, replace=False) if template_idx is None else np.asarray(template_idx)
         X = s["points"].astype(np.float64)
-        uv_t_all = project_P(s["template_P"][t_idx], X)  # (T, M, 2)
+        uv_t_all = project_points(s["template_P"][t_idx], X)  # (T, M, 2)
         seen_t = self._inside(uv_t_all, S).all(0)
         B = len(q_idx)
         uv_q = np.full((B, n_points, 2), np.nan)
         uv_t = np.full((B, n_templates, n_points, 2), np.nan)
         valid = np.zeros((B, n_points), bool)
         for b, q in enumerate(q_idx):
-            uvq = project_P(s["query_P"][q], X)
+            uvq = project_points(s["query_P"][q], X)
             ok = np.flatnonzero(seen_t & self._inside(uvq, S))
             pick = rng.choice(ok, min(n_points, len(ok)), replace=False) if len(ok) else ok
             k = len(pick)

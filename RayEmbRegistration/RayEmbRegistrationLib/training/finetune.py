@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ..model import BUNDLED_MODEL, load_model
+from ..model import load_model
+from ..progress import CancelFn, ProgressFn, sub_progress
+from ..resources import BUNDLED_MODEL
 from ..volume import CTVolume, load_ct
 from .data import ShardSet
 from .generate import POSE_CENTERS, generate
@@ -29,13 +31,16 @@ __all__ = ["finetune", "add_finetune_args", "finetune_main"]
 
 def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queries: int = 48, n_variants: int = 1,
              n_eval_queries: int = 12, lr: float = 3e-4, seed: int = 0, device: str = "cpu", threads: int | None = None,
-             progress: bool = True, log=print, pose_center: str = "centroid") -> dict:
+             bar: bool = True, log=print, pose_center: str = "centroid", progress: ProgressFn | None = None,
+             cancel: CancelFn | None = None) -> dict:
     """Fine-tune ``model_path`` (None → bundled) on DRRs of ``ct`` (path or ``CTVolume``) for ``seconds``.
 
     ``pose_center`` (``generate.POSE_CENTERS``): training and held-out poses are centred on the bone centroid
     ("centroid", default) or on random bone voxels ("anywhere": views over the whole CT). Measured on the sample
     CT (docs/network.md): +75 min "anywhere" on top of the bundled model lowered its error on "anywhere" poses
     (7.9 → 5.8 px) but registration success on the CT-centred benchmark fell from 95 % to 80 % (n = 20).
+    ``bar``: tqdm bars; ``progress`` / ``cancel`` (``progress.py``): rendering 0–20 %, training 22–95 % (time
+    budget), evaluation the rest; cancelling raises ``progress.Cancelled``.
     Returns the report dict: localisation error on held-out poses before/after (``train.summarize`` fields),
     timings, and the path of the fine-tuned weights.
     """
@@ -49,19 +54,24 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     vol = ct if isinstance(ct, CTVolume) else load_ct(ct)
     # held-out poses (other seed, plain CT) and training poses of the same CT
     generate([vol], out / "data_eval", n_variants=1, n_queries=n_eval_queries, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
-             seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, progress=progress,
-             pose_center=pose_center)
+             seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=bar,
+             pose_center=pose_center, progress=sub_progress(progress, 0.0, 0.05, "held-out DRRs: "), cancel=cancel)
     generate([vol], out / "data_train", n_variants=n_variants, n_queries=n_train_queries, size=cfg.image_size,
              voxel_mm=cfg.voxel_mm, seed=seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,
-             progress=progress, pose_center=pose_center)
+             bar=bar, pose_center=pose_center, progress=sub_progress(progress, 0.05, 0.2, "training DRRs: "),
+             cancel=cancel)
     t_render = time.time() - t0
     ev = ShardSet(out / "data_eval")
+    if progress:
+        progress(0.2, "measuring the localisation error before fine-tuning")
     before = evaluate(base, ev, device, max_queries=n_eval_queries)
     log(f"before: median {before['median_px']:.2f}px ({before['median_mm']:.2f} mm), p90 {before['p90_px']:.1f}px")
     t1 = time.time()
     train(out / "data_train", out / "run", steps=100000, lr=lr, seed=seed, device=device, resume=False,
           max_minutes=seconds / 60.0, val_every=10**9, ckpt_every=10**9, init_weights=str(model_path),
-          progress=progress, log=log)
+          bar=bar, log=log, progress=sub_progress(progress, 0.22, 0.95), cancel=cancel)
+    if progress:
+        progress(0.95, "measuring the localisation error after fine-tuning")
     t_train = time.time() - t1
     tuned = load_model(out / "run" / "model.safetensors", device=device)
     after = evaluate(tuned, ev, device, max_queries=n_eval_queries)
@@ -75,6 +85,8 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
         "eval_queries": n_eval_queries, "before": before, "after": after,
     }
     (out / "finetune_report.json").write_text(json.dumps(report, indent=2))
+    if progress:
+        progress(1.0, f"fine-tuned: median {after['median_px']:.2f} px (before {before['median_px']:.2f} px)")
     return report
 
 

@@ -26,19 +26,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..camera import RAYEMB_SAMPLER, Camera, Intrinsics
-from ..templates import ct_isocenter, grid_angles, template_poses
+from ..camera import Camera, Intrinsics
+
+from ..carm import RAYEMB_SAMPLER
+from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
+from ..progress import CancelFn, ProgressFn, check_cancel
 from ..volume import BONE_HU, CTVolume, load_ct
 from .augment import augment_volume
 
-__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "TEMPLATE_GRID_DEG", "POSE_CENTERS"]
+__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "POSE_CENTERS"]
 
 # Where the query poses are centred: "centroid" = the bone centroid (as the templates; the default), "anywhere" =
 # a random bone voxel per query, i.e. views over the whole extent of the CT's bone (an option of rayemb
 # finetune for X-rays that may show any part of the CT).
 POSE_CENTERS = ("centroid", "anywhere")
 
-TEMPLATE_GRID_DEG = (-40.0, -20.0, 0.0, 20.0, 40.0)
 DEFAULT_TRAIN_CTS = (
     "../shared/data/ct/head_invesalius.nii.gz",
     "../shared/data/ct/lumbar_spine_tptbox.nii.gz",
@@ -94,7 +96,8 @@ def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_mu
 
 def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int = 224, voxel_mm: float = 2.5,
              n_points: int = 2048, seed: int = 0, template_bone_multiplier: float = 2.0, augment: bool = True,
-             progress: bool = True, threads: int | None = None, pose_center: str = "centroid") -> list[Path]:
+             bar: bool = True, threads: int | None = None, pose_center: str = "centroid",
+             progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> list[Path]:
     """Render ``n_variants`` shards per CT into ``out_dir`` (skips shards that exist). Returns the shard paths.
 
     Args:
@@ -103,6 +106,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
             makes all variants the plain CT with different poses).
         n_queries: query DRRs per variant; size: network image size; voxel_mm: CT grid used for rendering.
         pose_center: one of ``POSE_CENTERS`` (where query poses are centred).
+        bar: a tqdm bar on stderr; progress / cancel: see ``progress.py`` (checked between shards).
     """
     if pose_center not in POSE_CENTERS:
         raise ValueError(f"pose_center must be one of {POSE_CENTERS}, not {pose_center!r}")
@@ -128,9 +132,12 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
     man.write_text(json.dumps({"settings": settings, "complete": False}, indent=2))
     jobs = [(i, c, v) for i, c in enumerate(cts) for v in range(n_variants)]
     paths = []
-    bar = tqdm(jobs, desc="generate", unit="shard", disable=not progress)
+    tq = tqdm(jobs, desc="generate", unit="shard", disable=not bar)
     loaded: dict[int, object] = {}
-    for i, c, v in bar:
+    for n_done, (i, c, v) in enumerate(tq):
+        check_cancel(cancel, "training-data generation")
+        if progress is not None:
+            progress(n_done / len(jobs), f"rendering training DRRs: shard {n_done + 1}/{len(jobs)}")
         path = out / f"shard_{i:02d}_{v:03d}.npz"
         paths.append(path)
         if path.exists():
@@ -139,7 +146,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
             loaded.clear()
             loaded[i] = c if isinstance(c, CTVolume) else load_ct(resolve_ct_path(str(c)))
         ct = loaded[i]
-        bar.set_postfix_str(f"{ct.name} v{v}")
+        tq.set_postfix_str(f"{ct.name} v{v}")
         rng = np.random.default_rng([seed, i, v])
         t0 = time.perf_counter()
         data = _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment and v > 0,

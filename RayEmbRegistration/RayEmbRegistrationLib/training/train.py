@@ -27,10 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from ..camera import DEEPFLUORO_PIXEL_MM, DEEPFLUORO_SIZE_PX
-from ..detect import gram_scores, sample_embeddings, score_maps_argmax, subspace_basis, subspace_scores
+from ..detect import gram_scores, score_maps_argmax, subspace_basis, subspace_scores
+from ..templates import sample_embeddings
 from ..model import ModelConfig, build_model, normalize_image, save_model
+from ..progress import CancelFn, ProgressFn, check_cancel
 from .augment import augment_images
-from .data import INFERENCE_CORNERS, ShardSet
+from ..templates import inference_template_angles
+from .data import ShardSet
 
 __all__ = ["train", "infonce_loss", "evaluate", "add_train_args", "train_main", "pixel_mm"]
 
@@ -102,7 +105,7 @@ def summarize(errs: np.ndarray, conf: np.ndarray, size: int) -> dict:
 
 
 def evaluate(model, shards: ShardSet, device="cpu", max_queries: int = 16, n_points: int = 40,
-             seed: int = 12345, template_angles=INFERENCE_CORNERS) -> dict:
+             seed: int = 12345, template_angles=tuple(inference_template_angles(4))) -> dict:
     """Localisation error on ``shards`` with the fixed inference templates (deterministic subset of queries)."""
     was_training = model.training
     model.eval()
@@ -144,15 +147,18 @@ def _dist_setup(device: str):
 def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 4, n_templates: int = 4,
           n_points: int = 40, lr: float = 1e-3, tau: float = 0.03, seed: int = 0, device: str = "cpu",
           config: ModelConfig | None = None, resume: bool = True, max_minutes: float | None = None,
-          val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, progress: bool = True,
+          val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
-          log=print) -> dict:
+          log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
     ``model.safetensors`` (+ ``.json``, ``.sha256``; the latest weights) and ``metrics.jsonl``.
     ``refresh_every`` > 0 picks up shards that a concurrent ``generate`` adds (then the batch stream depends on
     timing; leave 0 for exactly reproducible runs).
+    ``bar``: a tqdm bar on stderr; ``progress(fraction, message)``: the fraction of the step count or, with
+    ``max_minutes``, of the time budget, whichever is further; ``cancel()``: checked before every step
+    (``progress.Cancelled``; the last checkpoint stays as it was).
     """
     from tqdm import tqdm
 
@@ -225,10 +231,11 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         tmp.replace(ck)
         save_model(model, out / "model.safetensors", metadata={"step": step, "train_seconds": time.time() - t_start, **summary})
 
-    bar = tqdm(total=steps, initial=step, desc=f"train r{rank}", disable=not progress or rank != 0, unit="step")
+    tq = tqdm(total=steps, initial=step, desc=f"train r{rank}", disable=not bar or rank != 0, unit="step")
     ema = None
     model.train()
     while step < steps:
+        check_cancel(cancel, "training")
         if refresh_every and step % refresh_every == 0 and step > 0:
             n_new = shards.refresh()
             if n_new and rank == 0:
@@ -246,8 +253,13 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         sched.step()
         step += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}")
+        tq.update(1)
+        tq.set_postfix(loss=f"{ema:.3f}")
+        if progress is not None and rank == 0:
+            done = step / steps
+            if max_minutes:
+                done = max(done, (time.time() - t_start) / (60 * max_minutes))
+            progress(min(done, 1.0), f"training step {step}, loss {ema:.3f}")
         if rank == 0 and (step % 10 == 0 or step == 1):
             with open(metrics, "a") as fh:
                 fh.write(json.dumps({"step": step, "loss": loss.item(), "loss_ema": ema, "lr": sched.get_last_lr()[0],
@@ -272,7 +284,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             if rank == 0:
                 log(f"time budget of {max_minutes} min reached at step {step}")
             break
-    bar.close()
+    tq.close()
     if dump_rank_weights:  # DDP consistency check: every rank writes its own copy of the weights
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{rank}_weights.pt")
     if world > 1:

@@ -1,0 +1,58 @@
+"""The ``rayemb`` command: one module per subcommand (register, detect, render, demo, evaluate, training).
+
+Owns: ``main`` — building the parser from the subcommand modules and turning errors into one clear message and
+the exit status of ``common`` (0 ok, 2 bad input / registration impossible, 3 no usable network, 130 cancelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import demo, detect, evaluate, register, render, training
+from .common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_NO_MODEL, CLIError
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    F = argparse.ArgumentDefaultsHelpFormatter
+    ap = argparse.ArgumentParser(
+        prog="rayemb",
+        description="Markerless 2D/3D X-ray to CT registration with ray embeddings (RayEmb). World = the CT's RAS "
+                    "frame (mm); cameras are OpenCV pinholes; pixels (u, v) = (column, row), integer at pixel centres.",
+        formatter_class=F,
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in (register, detect, render, demo, evaluate):
+        module.add_parser(sub, F)
+    training.add_parsers(sub, F)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rayemb``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from ..errors import ModelUnavailable
+    from ..progress import Cancelled
+
+    try:
+        return int(args.func(args) or 0)
+    except ModelUnavailable as exc:
+        print(f"rayemb {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    except Cancelled as exc:
+        print(f"rayemb {args.command}: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print(f"rayemb {args.command}: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"rayemb {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

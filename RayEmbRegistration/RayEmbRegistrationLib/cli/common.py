@@ -1,0 +1,157 @@
+"""What every ``rayemb`` command shares: exit codes, progress bars, input readers, the registration options.
+
+Owns: the CLI's plumbing — the exit-code table, ``CLIError``, the tqdm bar behind ``progress(fraction, message)``,
+reading JSON options (pose, geometry), and turning arguments into ``options.RegistrationOptions`` (whose
+defaults the help text prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..options import DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
+
+__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_CANCELLED", "CLIError", "Progress", "set_threads",
+           "read_json_option", "read_pose", "read_geometry", "add_common", "options_from_args"]
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_NO_MODEL = 3
+EXIT_CANCELLED = 130
+
+
+class CLIError(ValueError):
+    """A usage error (message says what to change)."""
+
+
+class Progress:
+    """tqdm bar driven by ``progress(fraction, message)`` callbacks (``progress.ProgressFn``)."""
+
+    def __init__(self, desc: str, enable: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=desc, disable=not enable, leave=False, file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {postfix}")
+        self.n = 0
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        k = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        if k > self.n:
+            self.bar.update(k - self.n)
+            self.n = k
+        if message:
+            self.bar.set_postfix_str(message[:60], refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def set_threads() -> None:
+    """At most 8 torch CPU threads (more only add overhead for these sizes)."""
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 8)))
+
+
+def read_json_option(option: str, path: str):
+    """The JSON content of the file given to ``option``; ``CLIError`` naming the option if missing or invalid."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{option} file not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{option} {p} is not valid JSON: {exc}") from None
+
+
+def read_pose(path: str) -> np.ndarray:
+    """``--pose``: a 4×4 list, ``{"camera_from_world": ...}`` or a registration.json (its final pose)."""
+    d = read_json_option("--pose", path)
+    if isinstance(d, dict):
+        final = d.get("final")
+        d = d.get("camera_from_world", final.get("camera_from_world") if isinstance(final, dict) else None)
+    T = np.asarray(d, dtype=np.float64) if d is not None else np.zeros(0)
+    if T.shape != (4, 4):
+        raise CLIError(f"--pose {path} must hold a 4×4 camera_from_world matrix (a list of 4 rows, or "
+                       '{"camera_from_world": [[...], ...]}, e.g. a registration.json).')
+    return T
+
+
+def read_geometry(path: str | None, size: Sequence[int] | None):
+    """``--geometry`` (+ ``--size``) → ``camera.Intrinsics`` through the one geometry parser."""
+    from ..camera import Intrinsics
+
+    if path is None:
+        raise CLIError("--geometry JSON is required: {\"source_to_detector_mm\": 1020, \"pixel_spacing_mm\": [du, dv], "
+                       "\"width\": W, \"height\": H}.")
+    w, h = (int(size[0]), int(size[-1])) if size else (None, None)
+    return Intrinsics.from_dict(read_json_option("--geometry", path), width=w, height=h)
+
+
+def _levels(o: RefineOptions) -> str:
+    return " ".join(str(x) for x in o.levels)
+
+
+def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
+    """Arguments of every command that registers or detects; defaults shown are ``options``' own."""
+    D, N, R = DetectionOptions(), PnPOptions(), RefineOptions()
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the network and the DRRs run (auto: CUDA if available, else CPU)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="network weights (.safetensors written by 'rayemb train'); default: the bundled model")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (bone points, RANSAC, simulation)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if not registration:
+        return
+    p.add_argument("--no-refine", action="store_true", help="skip the intensity refinement (final pose = PnP pose)")
+    p.add_argument("--no-depth-search", action="store_true",
+                   help="refine from the PnP pose as it is, without first searching its depth along the viewing ray "
+                        "by image similarity")
+    p.add_argument("--no-bone-points", action="store_true",
+                   help="use only the given fiducials, no automatically sampled bone points")
+    p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
+                   help="bone points (HU >= 350) to detect (default 10000 on CUDA, 2000 on CPU; paper: 10000)")
+    p.add_argument("--bone-keep", type=int, default=None, metavar="N",
+                   help=f"most confident bone points given to PnP (default {D.n_bone_keep}, as in the paper)")
+    p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
+                   help=f"RANSAC inlier threshold in pixels of the X-ray as given (default {N.ransac_threshold_px:g})")
+    p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
+                   help=f"coarse-to-fine DRR grid sizes, longer side in px (default {_levels(R)}; steps "
+                        f"{R.lr_mm[0]:g} → {R.lr_mm[-1]:g} mm)")
+    p.add_argument("--refine-iterations", type=int, nargs="+", default=None, metavar="N",
+                   help="Adam iterations per refinement level (default "
+                        f"{' '.join(str(x) for x in R.per_level(R.iterations, len(R.levels)))})")
+    p.add_argument("--no-scene", action="store_true", help="do not write scene.mrb")
+
+
+def options_from_args(args) -> RegistrationOptions:
+    """``RegistrationOptions`` from the arguments of ``add_common`` (unset arguments keep the defaults)."""
+    det, pnp, ref = {}, {}, {}
+    if getattr(args, "no_bone_points", False):
+        det["auto_bone_points"] = False
+    if getattr(args, "bone_candidates", None):
+        det["n_bone_candidates"] = args.bone_candidates
+    if getattr(args, "bone_keep", None):
+        det["n_bone_keep"] = args.bone_keep
+    if getattr(args, "ransac_threshold", None):
+        pnp["ransac_threshold_px"] = args.ransac_threshold
+    if getattr(args, "no_refine", False):
+        ref["enabled"] = False
+    if getattr(args, "no_depth_search", False):
+        ref["depth_search"] = False
+    o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
+    o = o.replace(detection=det, pnp=pnp, refine=ref)
+    refine = o.refine.with_levels(getattr(args, "refine_levels", None), getattr(args, "refine_iterations", None))
+    return o.replace(refine=refine)

@@ -1,0 +1,71 @@
+"""Could this CT have produced this X-ray at this pose?
+
+Owns: the geometric plausibility of a pose (the CT in front of the source, nearer than the detector, projecting
+inside the image) and its agreement with the C-arm angles the X-ray records.
+
+Frames: world = the CT's RAS mm; ``camera.Camera`` (OpenCV).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .camera import Camera
+from .carm import carm_camera_from_world
+from .errors import RegistrationError
+from .volume import CTVolume
+
+__all__ = ["overlap_problem", "check_overlap", "is_in_view", "carm_disagreement"]
+
+#: a registered viewing direction more than this far from the DICOM C-arm angles gets a warning
+CARM_WARNING_DEG = 30.0
+
+
+def overlap_problem(ct: CTVolume, camera: Camera, what: str = "pose") -> str | None:
+    """Why the CT is not in the X-ray's field of view at ``camera`` (``None`` if it is): the CT centre must lie
+    in front of the source, nearer than the detector, and project inside the detector."""
+    c = ct.center_ras
+    depth = camera.depth(c[None])[0]
+    uv = camera.project(c[None])[0]
+    W, H = camera.intrinsics.size
+    inside = np.isfinite(uv).all() and -0.5 <= uv[0] <= W - 0.5 and -0.5 <= uv[1] <= H - 0.5
+    if depth <= 0 or not inside:
+        return (
+            f"the X-ray and the CT do not overlap at the {what}: the CT centre {np.round(c, 1).tolist()} RAS "
+            f"{'is behind the X-ray source' if depth <= 0 else f'projects to pixel {np.round(uv, 1).tolist()}, outside the {W}×{H} image'}. "
+            "Check that the X-ray shows the anatomy of this CT and that its geometry (source-to-detector distance, "
+            "pixel spacing) is right."
+        )
+    if depth >= camera.intrinsics.source_to_detector_mm:
+        return (
+            f"at the {what} the CT centre lies {depth:.0f} mm from the source, beyond the detector "
+            f"({camera.intrinsics.source_to_detector_mm:.0f} mm): the pose is implausible."
+        )
+    return None
+
+
+def check_overlap(ct: CTVolume, camera: Camera, what: str = "pose") -> None:
+    """Raise ``RegistrationError`` if the CT is not in the X-ray's field of view at ``camera`` (see ``overlap_problem``)."""
+    problem = overlap_problem(ct, camera, what)
+    if problem:
+        raise RegistrationError(problem)
+
+
+def is_in_view(ct: CTVolume, camera: Camera) -> bool:
+    """True when ``camera`` is a pose at which ``ct`` can have produced the X-ray (``overlap_problem`` is None)."""
+    return overlap_problem(ct, camera) is None
+
+
+def carm_disagreement(camera: Camera, carm) -> str | None:
+    """A warning when ``camera``'s viewing direction differs by more than ``CARM_WARNING_DEG`` from the recorded
+    ``carm.CarmAngles`` (a warning, not an error: table and patient need not be aligned with the C-arm's axes)."""
+    if carm is None:
+        return None
+    axis = carm_camera_from_world(carm.primary_deg, carm.secondary_deg, 1000.0)[2, :3]
+    ang = math.degrees(math.acos(float(np.clip(axis @ camera.principal_axis_ras, -1, 1))))
+    if ang <= CARM_WARNING_DEG:
+        return None
+    return (f"the registered viewing direction differs by {ang:.0f}° from the DICOM C-arm angles "
+            f"(primary {carm.primary_deg:g}°, secondary {carm.secondary_deg:g}°); check the result.")

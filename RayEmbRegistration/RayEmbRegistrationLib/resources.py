@@ -1,0 +1,58 @@
+"""The extension's bundled files, found the same way in a source checkout and in an installed Slicer extension.
+
+Owns: the location of ``Resources/`` and of what it ships — the sample CT, the general network, the network
+fine-tuned on the sample CT, the module's dependency list — and the lookup "which weights does this run use".
+
+In a source checkout ``Resources/`` is beside ``RayEmbRegistration/``; in an installed extension CMake copies it
+into the module folder (``<module>/Resources``). Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["RESOURCES", "SAMPLE_CT", "BUNDLED_MODEL", "SAMPLE_CT_MODEL", "REQUIREMENTS", "bundled_model_for",
+           "requirements"]
+
+
+def _resources_dir() -> Path:
+    here = Path(__file__).resolve().parent  # RayEmbRegistrationLib/
+    for cand in (here.parent / "Resources", here.parents[1] / "Resources"):
+        if (cand / "Models").is_dir():
+            return cand
+    return here.parents[1] / "Resources"
+
+
+RESOURCES = _resources_dir()
+SAMPLE_CT = RESOURCES / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+#: the general ray-embedding network (model card: Resources/Models/MODEL.md)
+BUNDLED_MODEL = RESOURCES / "Models" / "rayemb_unet.safetensors"
+#: the general network fine-tuned on the sample CT (``rayemb finetune``: the pre-operative, patient-specific
+#: step a user runs on their own CT); the demo uses it for the sample CT
+SAMPLE_CT_MODEL = RESOURCES / "Models" / "finetuned" / "pelvis_abdomen_totalseg_3mm.safetensors"
+#: the one list of the library's runtime Python dependencies (read by pyproject, scripts/env.sh, the module)
+REQUIREMENTS = RESOURCES / "requirements.txt"
+
+
+def bundled_model_for(ct_path: str | Path | None) -> Path | None:
+    """The bundled weights made for this CT file (the sample CT's fine-tuned network), or None."""
+    if ct_path is None or not SAMPLE_CT_MODEL.is_file():
+        return None
+    try:
+        same = Path(ct_path).resolve() == SAMPLE_CT.resolve()
+    except OSError:
+        return None
+    return SAMPLE_CT_MODEL if same else None
+
+
+def requirements(path: Path = REQUIREMENTS) -> list[tuple[str, bool]]:
+    """``(requirement, no_deps)`` per requirement line of ``requirements.txt`` (pip syntax, ``#`` comment lines);
+    the lines after the comment line ``# [no-deps] ...`` are installed without their declared dependencies."""
+    out, no_deps = [], False
+    for line in Path(path).read_text().splitlines():
+        text = line.strip()
+        if text.startswith("# [no-deps]"):
+            no_deps = True
+        elif text and not text.startswith("#"):
+            out.append((text, no_deps))
+    return out

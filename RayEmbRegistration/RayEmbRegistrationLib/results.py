@@ -1,0 +1,187 @@
+"""Typed results of detection and registration, and how they read to a person.
+
+Owns: ``Landmark``, ``DetectionResult``, ``PnPHypothesis``, ``DepthSearchSummary``, ``RegistrationResult`` and
+their one-line / multi-line summaries (used by the CLI, ``overlay.png`` and the Slicer panel alike).
+
+Frames: world = the CT's RAS mm; cameras are ``camera.Camera`` (OpenCV); pixels (u, v) of the X-ray as given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .camera import Camera, Intrinsics
+
+__all__ = ["Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
+
+
+def _floats(a) -> list:
+    return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, dtype=float)]
+
+
+@dataclass
+class Landmark:
+    """One 3D point of the registration and its 2D detection.
+
+    ``detected_px`` / ``reprojected_px``: (2,) pixels (u, v) of the X-ray (NaN if not detected / behind the
+    source); ``reprojected_px`` is at the final pose. ``kind``: ``"fiducial"`` or ``"bone"``.
+    """
+
+    label: str
+    ras: np.ndarray
+    detected_px: np.ndarray
+    reprojected_px: np.ndarray
+    confidence: float
+    kind: str = "fiducial"
+    inlier: bool = False
+
+    @property
+    def error_px(self) -> float:
+        d = np.asarray(self.detected_px) - np.asarray(self.reprojected_px)
+        return float(np.hypot(*d)) if np.isfinite(d).all() else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "kind": self.kind, "ras": _floats(self.ras), "detected_px": _floats(self.detected_px),
+            "reprojected_px": _floats(self.reprojected_px),
+            "error_px": None if math.isnan(self.error_px) else self.error_px,
+            "confidence": float(self.confidence), "inlier": bool(self.inlier),
+        }
+
+
+@dataclass
+class DetectionResult:
+    """``Registrar.detect``: per point label, RAS (N, 3), detected pixels (N, 2), confidence (N,), heatmaps
+    (N, h, w) at network size (or None) on the grid ``heatmap_intrinsics``, wall time."""
+
+    labels: list[str]
+    ras: np.ndarray
+    uv: np.ndarray
+    confidence: np.ndarray
+    heatmaps: np.ndarray | None = None
+    heatmap_intrinsics: Intrinsics | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "points": [
+                {"label": l, "ras": r.tolist(), "detected_px": u.tolist(), "confidence": float(c)}
+                for l, r, u, c in zip(self.labels, self.ras, self.uv, self.confidence)
+            ],
+            "seconds": self.seconds,
+        }
+
+    def rows(self) -> list[tuple]:
+        """``(label, ras, detected_px, reprojected_px=None, confidence)`` per point (``mrml`` table rows)."""
+        return [(l, r, u, None, c) for l, r, u, c in zip(self.labels, self.ras, self.uv, self.confidence)]
+
+
+@dataclass(frozen=True)
+class PnPHypothesis:
+    """One competing PnP pose: its RANSAC inliers, its similarity after the coarsest refinement level, chosen?"""
+
+    inliers: int
+    coarse_similarity: float
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class DepthSearchSummary:
+    """The refinement's start-depth search (``refine.Refiner.refine_with_depth_search``).
+
+    ``factor`` = searched start depth / PnP depth; similarities at the PnP and the searched depth on a
+    ``grid_px`` grid over ``candidates`` depths; the refined similarity from each start; which start won.
+    """
+
+    factor: float
+    similarity_pnp: float
+    similarity: float
+    grid_px: int
+    candidates: int
+    refined_similarity: tuple[float, ...]
+    chosen: str  # "PnP start" | "depth-searched start"
+
+    @property
+    def corrected(self) -> bool:
+        return self.chosen == "depth-searched start"
+
+
+@dataclass
+class RegistrationResult:
+    """``Registrar.register``'s result.
+
+    Attributes:
+        initial: the PnP camera (or the caller's start pose for intensity-only registration).
+        refined: the camera after intensity refinement, or None if refinement was off.
+        final: the camera to use; ``final_stage`` says which (``"initial"`` or ``"refined"``).
+        landmarks: fiducials first, then the bone points used for PnP.
+        n_correspondences: correspondences given to RANSAC; ``inliers``: how many it kept.
+        similarity_before / similarity_after: multiscale NCC (refinement's finest level) at initial / final.
+        timings_s: seconds per stage (``detector_setup``, ``detection``, ``pnp``, ``refine``, ``drr``, ``total``).
+        drr: (h, w) float32 DRR at the final pose on the refinement's finest grid; ``drr_intrinsics`` its grid.
+        warnings: human-readable remarks (e.g. disagreement with the DICOM C-arm angles).
+        initial_method: ``"rayemb"`` (detection + PnP) or ``"given"`` (a caller's start pose).
+        pnp_rmse_px: RMS reprojection error of the PnP inliers.
+        pnp_hypotheses: the competing PnP poses, if more than one.
+        depth_search: the refinement's start-depth search, if it ran.
+    """
+
+    initial: Camera
+    refined: Camera | None
+    final: Camera
+    final_stage: str
+    landmarks: list[Landmark]
+    n_correspondences: int
+    inliers: int
+    similarity_before: float | None
+    similarity_after: float | None
+    timings_s: dict[str, float]
+    drr: np.ndarray | None = field(default=None, repr=False)
+    drr_intrinsics: Intrinsics | None = None
+    warnings: list[str] = field(default_factory=list)
+    initial_method: str = "rayemb"
+    pnp_rmse_px: float | None = None
+    options: Any = field(default=None, repr=False)
+    pnp_hypotheses: list[PnPHypothesis] = field(default_factory=list)
+    depth_search: DepthSearchSummary | None = None
+
+    def headline(self) -> str:
+        """One line: final stage, PnP inliers, similarity gain (``overlay.png``'s title, the Slicer status)."""
+        text = f"final: {self.final_stage}; inliers {self.inliers}/{self.n_correspondences}"
+        if self.similarity_after is not None:
+            text += f"; NCC {self.similarity_before:.3f} -> {self.similarity_after:.3f}"
+        if self.depth_search is not None and self.depth_search.corrected:
+            text += f"; depth corrected x{self.depth_search.factor:.2f}"
+        return text
+
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints after a registration: stages, PnP, similarity, timings, warnings."""
+        lines = [f"final pose from stage '{self.final_stage}' (initial: {self.initial_method})"]
+        if self.initial_method == "rayemb":
+            lines.append(f"  PnP: {self.inliers}/{self.n_correspondences} inliers, {self.pnp_rmse_px:.2f} px RMS")
+        if self.similarity_after is not None:
+            lines.append(f"  similarity (multiscale NCC): {self.similarity_before:.4f} -> {self.similarity_after:.4f}")
+        if self.depth_search is not None and self.depth_search.corrected:
+            lines.append(f"  depth search: PnP depth corrected x{self.depth_search.factor:.2f}")
+        lines.append("  timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings_s.items()))
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return lines
+
+    def for_display(self, max_bone_points: int = 40) -> "RegistrationResult":
+        """A shallow copy with every fiducial and at most ``max_bone_points`` bone landmarks (PnP inliers first,
+        then by confidence), for tables and slice views."""
+        fid = [m for m in self.landmarks if m.kind != "bone"]
+        bone = sorted((m for m in self.landmarks if m.kind == "bone"), key=lambda m: (not m.inlier, -float(m.confidence)))
+        shown = copy.copy(self)
+        shown.landmarks = fid + bone[:max_bone_points]
+        return shown
+
+    def to_json_fields(self) -> dict[str, Any]:
+        """The typed sub-results as plain dicts (for ``registration.json``)."""
+        return {"pnp_hypotheses": [asdict(h) for h in self.pnp_hypotheses],
+                "depth_search": asdict(self.depth_search) if self.depth_search is not None else {}}

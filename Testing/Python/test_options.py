@@ -1,0 +1,41 @@
+"""The options tree (``options.py``): defaults written once, the schedule rule, the CLI's vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from RayEmbRegistrationLib.options import (DetectionOptions, RefineOptions, RegistrationOptions, schedule_iterations,
+                                           schedule_levels, schedule_lrs)
+
+
+def test_refinement_schedule_is_the_default_and_scales():
+    o = RegistrationOptions()
+    s = RefineOptions.schedule()
+    assert (s.levels, s.iterations, s.lr_mm) == (o.refine.levels, o.refine.iterations, o.refine.lr_mm)
+    assert o.refine.levels == (32, 64, 96) and o.refine.iterations == (60, 40, 20) and o.refine.lr_mm == (8.0, 3.0, 1.0)
+    s = RefineOptions.schedule(256, 150)
+    assert s.levels == (32, 64, 256) and s.iterations == (150, 100, 50)
+    s = RefineOptions.schedule(48, 30)  # small grids: no duplicate levels, one learning rate per level
+    assert s.levels == (32, 48) and len(s.iterations) == len(s.lr_mm) == 2
+    assert s.lr_mm == (8.0, 1.0)
+    assert schedule_levels(48) == (32, 48) and schedule_iterations(30, 2) == (30, 20) and schedule_lrs(1) == (3.0,)
+
+
+def test_cli_levels_use_the_same_rule():
+    o = RefineOptions().with_levels([32, 64])
+    assert o.levels == (32, 64) and o.lr_mm == schedule_lrs(2) and o.iterations == RefineOptions().iterations
+    assert RefineOptions().with_levels(None, [5, 3]).iterations == (5, 3)
+
+
+def test_options_are_frozen_and_replace_changes_sub_trees():
+    o = RegistrationOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.seed = 3
+    p = o.replace(seed=3, detection={"n_bone_keep": 100}, refine={"enabled": False})
+    assert p.seed == 3 and p.detection.n_bone_keep == 100 and not p.refine.enabled
+    assert o.detection.n_bone_keep == 600 and o.refine.enabled  # the original is unchanged
+    d = p.to_dict()
+    assert d["detection"]["n_bone_keep"] == 100 and d["refine"]["levels"] == [32, 64, 96]
+    assert DetectionOptions().bone_candidates("cpu") == 2000 and DetectionOptions().bone_candidates("cuda") == 10000

@@ -1,0 +1,55 @@
+"""Registration outputs (``report.py``): registration.json's contract, overlay.png, scene.mrb, all or nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from RayEmbRegistrationLib.camera import Intrinsics
+from RayEmbRegistrationLib.carm import carm_camera_from_world
+from RayEmbRegistrationLib.options import RefineOptions, RegistrationOptions
+from RayEmbRegistrationLib.pipeline import register
+from RayEmbRegistrationLib.report import write_registration
+from RayEmbRegistrationLib.simulate import simulate_xray
+from RayEmbRegistrationLib.xray import XRayImage
+
+
+@pytest.fixture(scope="module")
+def result(sample_ct):
+    torch.set_num_threads(1)
+    intr = Intrinsics.deepfluoro(64)
+    T = carm_camera_from_world(0, 0, 750, sample_ct.center_ras)
+    xray = XRayImage(simulate_xray(sample_ct, intr, T, 1), intr, "sim")
+    opts = RegistrationOptions(refine=RefineOptions().with_levels((32, 64), (5, 3)), device="cpu")
+    return xray, register(sample_ct, xray, None, opts, initial_camera_from_world=T)
+
+
+def test_write_registration_outputs(sample_ct, result, tmp_path):
+    xray, res = result
+    paths = write_registration(tmp_path, res, sample_ct, xray, scene=True)
+    d = json.loads((tmp_path / "registration.json").read_text())
+    K, T, P = (np.array(d[k]) for k in ("intrinsics", "camera_from_world", "projection_matrix"))
+    assert K.shape == (3, 3) and T.shape == (4, 4) and P.shape == (3, 4)
+    np.testing.assert_allclose(P, K @ T[:3], rtol=1e-9)
+    np.testing.assert_allclose(T, res.final.camera_from_world)
+    for stage in ("initial", "refined"):
+        assert np.array(d[stage]["projection_matrix"]).shape == (3, 4)
+    assert "landmarks" in d and "timings_s" in d and d["final_stage"] in ("initial", "refined")
+    assert (tmp_path / "overlay.png").stat().st_size > 0
+    assert (tmp_path / "scene.mrb").stat().st_size > 0
+    assert not list(tmp_path.glob(".rayemb-tmp-*"))
+    assert set(paths) == {"registration", "overlay", "scene"}
+
+
+def test_write_registration_all_or_nothing(sample_ct, result, tmp_path):
+    xray, res = result
+    import dataclasses
+
+    broken = dataclasses.replace(res, drr=np.full((4, 4), np.nan, np.float32))  # the scene writer rejects it
+    with pytest.raises(ValueError):
+        write_registration(tmp_path, broken, sample_ct, xray, scene=True)
+    assert not (tmp_path / "registration.json").exists()
+    assert not list(tmp_path.glob(".rayemb-tmp-*"))
