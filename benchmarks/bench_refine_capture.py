@@ -1,6 +1,6 @@
 """Capture range of the intensity refinement: how far from the truth may the start pose be?
 
-Simulated X-rays (``pipeline.simulate_xray``: DeepFluoro-like 256², noise, random bone multiplier) of a CT at
+Simulated X-rays (``simulate.simulate_xray``: DeepFluoro-like 256², noise, random bone multiplier) of a CT at
 random RAYEMB_SAMPLER poses; each refinement schedule starts from the same perturbed pose — rotations
 N(0, ROT_STD rad) about the bone centre and translations N(0, (T_u, T_v, T_depth) mm) in the camera frame, the
 size of the PnP errors that noisy detections produce — and the mTRE (camera frame, 500 bone points) after

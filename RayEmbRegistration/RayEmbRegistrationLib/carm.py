@@ -1,7 +1,9 @@
 """C-arm angles and pose sampling: where a C-arm can stand relative to the patient, in the world frame of
 ``camera.py``.
 
-Owns: the DICOM C-arm angle convention (``CarmAngles``, ``carm_camera_from_world``) and the random C-arm poses
+Owns: C-arm angles (DICOM convention) and random C-arm poses.
+
+The DICOM C-arm angle convention (``CarmAngles``, ``carm_camera_from_world``) and the random C-arm poses
 (``PoseSampler``, ``RAYEMB_SAMPLER``, ``MILD_SAMPLER``) used by training, simulation, evaluation and tests.
 
 DICOM (0018,1510/1511): primary angle positive toward LAO, secondary angle positive toward cranial. At 0°/0° the

@@ -1,6 +1,8 @@
 """Point subspaces, subspace scores, 2D detections and heatmaps (the RayEmb matching step).
 
-Owns: the RayEmb matching step — the per-point subspace ``U`` (orthonormal basis of the span
+Owns: the RayEmb matching step: point subspaces, scores, detections (``LandmarkDetector``).
+
+The RayEmb matching step — the per-point subspace ``U`` (orthonormal basis of the span
 of the point's T template embeddings, rank ≤ T, from an SVD with rank handling), the score
 ``s(e) = ‖Uᵀe‖ / ‖e‖`` (= cosine between ``e`` and its projection onto the subspace), the differentiable
 Gram form used in training, argmax + sub-pixel refinement, and ``LandmarkDetector`` (the inference API).

@@ -1,8 +1,9 @@
 """The errors a registration reports to its user.
 
-Owns: ``RegistrationError`` (the registration cannot be done or would not be trustworthy) and its subclass
-``ModelUnavailable`` (no usable network). Their messages say what is wrong and what to do.
-"""
+Owns: the errors a registration reports to its user.
+
+``RegistrationError`` (the registration cannot be done or would not be trustworthy) and its subclass
+``ModelUnavailable`` (no usable network). Their messages say what is wrong and what to do."""
 
 from __future__ import annotations
 

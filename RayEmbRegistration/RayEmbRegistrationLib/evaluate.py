@@ -1,6 +1,8 @@
 """The simulated registration benchmark (``rayemb evaluate``) and its pose-error metrics.
 
-Owns: the benchmark — X-rays simulated at random poses of each CT, registered by RayEmb and by the intensity-only
+Owns: the simulated registration benchmark and its pose-error metrics.
+
+The benchmark — X-rays simulated at random poses of each CT, registered by RayEmb and by the intensity-only
 baseline, their errors (``pose_errors``), summary statistics and the files ``cases.csv``, ``summary.csv``,
 ``summary.md``, ``mtre.png``.
 

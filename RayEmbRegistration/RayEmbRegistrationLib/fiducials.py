@@ -1,6 +1,8 @@
 """Landmark points (fiducials) in RAS: reading/writing Slicer markups JSON, legacy .fcsv and plain CSV.
 
-Owns: ``Fiducials`` (labels + (N, 3) RAS mm points), ``load_fiducials``, ``save_markups_json``, ``save_csv``.
+Owns: named 3D points and their files (markups JSON, fcsv, CSV).
+
+``Fiducials`` (labels + (N, 3) RAS mm points), ``load_fiducials``, ``save_markups_json``, ``save_csv``.
 Every reader converts to RAS once, here: a markups file in LPS (Slicer's default since 5.0) has x and y negated.
 
 Formats:

@@ -1,6 +1,8 @@
 """Where a registration's initial pose comes from: interchangeable strategies (as xvr's pose initialisers).
 
-Owns: the ``InitialPose`` result and its two strategies — ``GivenPose`` (a caller's start: manual, the
+Owns: the strategies that give a registration its initial pose.
+
+The ``InitialPose`` result and its two strategies — ``GivenPose`` (a caller's start: manual, the
 intensity-only baseline) and ``RayEmbPnP`` (landmark detection of fiducials + bone points, then PnP + RANSAC).
 
 A strategy's ``initial_pose(registrar, xray, fiducials, progress, cancel)`` returns an ``InitialPose`` or raises

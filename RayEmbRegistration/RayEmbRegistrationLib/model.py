@@ -1,6 +1,8 @@
 """The ray-embedding network and its weight files.
 
-Owns: the per-pixel embedding network (a registry of small U-Net-like encoder–decoders trained from scratch,
+Owns: the ray-embedding network and its weight files.
+
+The per-pixel embedding network (a registry of small U-Net-like encoder–decoders trained from scratch,
 selected by name), the input normalisation shared by DRRs and real X-rays, and reading/writing weight files
 (safetensors + a JSON config + a ``.sha256`` manifest next to the weights).
 

@@ -1,6 +1,8 @@
 """The settings of a registration, as one tree of frozen dataclasses with every default written once.
 
-Owns: ``RegistrationOptions`` (``device``, ``model_path``, ``seed`` and the ``detection`` / ``pnp`` /
+Owns: the one options tree of a registration and the refinement schedule rule.
+
+``RegistrationOptions`` (``device``, ``model_path``, ``seed`` and the ``detection`` / ``pnp`` /
 ``refine`` sub-trees) and the refinement schedule rule.
 
 The CLI's defaults and help, the Slicer module and the library all read these classes, so a default lives here

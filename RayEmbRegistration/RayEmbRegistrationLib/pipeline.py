@@ -1,6 +1,8 @@
 """The registration of X-rays to one CT: ``Registrar(ct, options, model)``.
 
-Owns: the ``Registrar`` — the per-CT caches (network, detector with its templates, refiner) and the data path
+Owns: ``Registrar``: registering X-rays to one CT (its caches and the three stages).
+
+The ``Registrar`` — the per-CT caches (network, detector with its templates, refiner) and the data path
 ``register()`` = initial pose (a strategy of ``initial_pose.py``) → refinement → finalisation, plus ``detect()``.
 
 One ``Registrar`` serves every X-ray of its CT (the benchmark, Slicer re-runs): templates and the resampled CT

@@ -1,6 +1,8 @@
 """Could this CT have produced this X-ray at this pose?
 
-Owns: the geometric plausibility of a pose (the CT in front of the source, nearer than the detector, projecting
+Owns: whether a pose can have produced the X-ray (field of view, recorded C-arm angles).
+
+The geometric plausibility of a pose (the CT in front of the source, nearer than the detector, projecting
 inside the image) and its agreement with the C-arm angles the X-ray records.
 
 Frames: world = the CT's RAS mm; ``camera.Camera`` (OpenCV).

@@ -1,6 +1,8 @@
 """Pose from 2D/3D correspondences: OpenCV PnP + RANSAC (MAGSAC++ where available), then a least-squares polish.
 
-Owns: the conversion between OpenCV's ``(rvec, tvec)`` and our ``camera_from_world`` (4×4), robust PnP on
+Owns: PnP + RANSAC on 2D–3D correspondences (OpenCV).
+
+The conversion between OpenCV's ``(rvec, tvec)`` and our ``camera_from_world`` (4×4), robust PnP on
 detected landmarks, and reprojection statistics. OpenCV's camera *is* our camera (``camera.py``: OpenCV
 pinhole, pixels (u, v) = (column, row), integer at pixel centres), so no axis flips happen here.
 
@@ -155,7 +157,7 @@ def solve_pnp_hypotheses(
 
     Each round runs ``solve_pnp``'s RANSAC + LM on the correspondences not yet explained, then sets the
     consensus aside (plausible or not) — at most ``max_attempts`` rounds. With noisy detections the largest
-    consensus is not always the right pose; the caller picks among the hypotheses (``pipeline.register``
+    consensus is not always the right pose; the caller picks among the hypotheses (``pipeline.Registrar.register``
     compares them by image similarity after a coarse refinement). Arguments as ``solve_pnp``.
 
     Returns: the plausible ``PnPResult``s in the order found (the first has the largest consensus).
@@ -199,18 +201,8 @@ def solve_pnp_hypotheses(
     return found
 
 
-def _solve_pnp_once(
-    points_ras,
-    uv,
-    intrinsics: Intrinsics,
-    *,
-    threshold_px: float = 10.0,
-    iterations: int = 10_000,
-    confidence: float = 0.9999,
-    method: str = "magsac",
-    seed: int | None = 0,
-    polish: bool = True,
-) -> PnPResult:
+def _solve_pnp_once(points_ras, uv, intrinsics: Intrinsics, *, threshold_px: float, iterations: int,
+                    confidence: float, method: str, seed: int | None, polish: bool) -> PnPResult:
     """One MAGSAC/RANSAC + LM run of ``solve_pnp`` (see there); rows with NaN are unusable."""
     X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
     x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)

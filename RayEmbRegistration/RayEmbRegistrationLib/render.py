@@ -1,6 +1,8 @@
 """DRR rendering: one interface (``DRRRenderer``), two backends (nanodrr, DiffDRR).
 
-Owns: the HU → attenuation conversion (one function, fed to both backends so they render the *same* CT),
+Owns: the one DRR interface over two backends (nanodrr, DiffDRR).
+
+The HU → attenuation conversion (one function, fed to both backends so they render the *same* CT),
 building each backend's volume object from a ``CTVolume`` (RAS affine, no re-centring), and calling each
 backend with poses converted by ``camera.py`` (the only place that knows their conventions).
 

@@ -1,6 +1,8 @@
 """The extension's bundled files, found the same way in a source checkout and in an installed Slicer extension.
 
-Owns: the location of ``Resources/`` and of what it ships — the sample CT, the general network, the network
+Owns: the extension's bundled files and where to find them.
+
+The location of ``Resources/`` and of what it ships — the sample CT, the general network, the network
 fine-tuned on the sample CT, the module's dependency list — and the lookup "which weights does this run use".
 
 In a source checkout ``Resources/`` is beside ``RayEmbRegistration/``; in an installed extension CMake copies it

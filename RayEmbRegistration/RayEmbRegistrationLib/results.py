@@ -1,6 +1,8 @@
 """Typed results of detection and registration, and how they read to a person.
 
-Owns: ``Landmark``, ``DetectionResult``, ``PnPHypothesis``, ``DepthSearchSummary``, ``RegistrationResult`` and
+Owns: the typed results of detection and registration, and their summaries.
+
+``Landmark``, ``DetectionResult``, ``PnPHypothesis``, ``DepthSearchSummary``, ``RegistrationResult`` and
 their one-line / multi-line summaries (used by the CLI, ``overlay.png`` and the Slicer panel alike).
 
 Frames: world = the CT's RAS mm; cameras are ``camera.Camera`` (OpenCV); pixels (u, v) of the X-ray as given.

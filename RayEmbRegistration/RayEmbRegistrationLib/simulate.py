@@ -1,6 +1,8 @@
 """Simulated X-rays of a CT at known poses (the demo, the benchmark and the tests).
 
-Owns: ``simulate_xray`` (a realistic X-ray from a DRR: bone multiplier, quantum and detector noise, heel effect,
+Owns: simulated X-rays of a CT at known poses.
+
+``simulate_xray`` (a realistic X-ray from a DRR: bone multiplier, quantum and detector noise, heel effect,
 gamma), the random visible poses it is taken at and the intensity-only baseline's perturbed start.
 
 Frames: poses are ``camera_from_world`` (4, 4) (RAS mm → OpenCV camera); images (H, W) float32 line integrals.

@@ -1,6 +1,8 @@
 """Template views of a CT: their poses, DRRs and embeddings, built once per (CT, model) and cached.
 
-Owns: template views of a CT — their geometry (C-arm angle grid around the CT's bone centroid, DeepFluoro-like
+Owns: template views of a CT (poses, DRRs, embeddings) and their on-disk cache.
+
+Template views of a CT — their geometry (C-arm angle grid around the CT's bone centroid, DeepFluoro-like
 detector at the network size), DRRs, embeddings and the embeddings sampled at points' projections (``(N, D, T)``),
 with an optional on-disk cache keyed by a hash of the CT (voxels + affine), the model's sha256 and the settings.
 (In memory, templates live as long as the ``pipeline.Registrar`` that built them.)

@@ -1,6 +1,8 @@
 """CT volumes in Slicer's world frame: HU voxels plus the ijk→RAS matrix Slicer would show for the file.
 
-Owns: the ``CTVolume`` type, reading NIfTI / NRRD / DICOM series into it (LPS files converted to RAS here,
+Owns: the CT volume type and its readers and writer.
+
+The ``CTVolume`` type, reading NIfTI / NRRD / DICOM series into it (LPS files converted to RAS here,
 once), writing it back (``save_ct``), resampling to a coarser grid for speed, and the bone mask / bone point
 sampling used by training and registration.
 

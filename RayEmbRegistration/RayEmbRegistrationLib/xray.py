@@ -1,6 +1,8 @@
 """X-ray images: reading radiographs / fluoroscopy frames / DRRs with their detector geometry, and writing DRRs.
 
-Owns: ``XRayImage`` (pixels in line-integral form + ``camera.Intrinsics``), ``load_xray``,
+Owns: the X-ray image type, its readers and writer, and its geometry sidecar.
+
+``XRayImage`` (pixels in line-integral form + ``camera.Intrinsics``), ``load_xray``,
 ``save_xray`` and the geometry sidecar file lookup. The camera model itself lives in ``camera.py``.
 
 Conventions (see ``docs/io.md``):

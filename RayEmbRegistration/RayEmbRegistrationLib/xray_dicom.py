@@ -1,9 +1,10 @@
 """DICOM radiographs and fluoroscopy frames (XA, RF, CR, DX): pixels, polarity, geometry and C-arm tags.
 
-Owns: reading one DICOM X-ray image into line-integral pixels plus the geometry fields and ``CarmAngles`` its
+Owns: reading DICOM X-rays (pixels, polarity, geometry and C-arm tags).
+
+Reading one DICOM X-ray image into line-integral pixels plus the geometry fields and ``CarmAngles`` its
 tags record (``read_dicom_xray``, used by ``xray.load_xray``; ``read_carm_angles`` for a DICOM file that another
-reader, e.g. Slicer's DICOM module, has already loaded). Conventions: ``xray.py`` and ``docs/io.md``.
-"""
+reader, e.g. Slicer's DICOM module, has already loaded). Conventions: ``xray.py`` and ``docs/io.md``."""
 
 from __future__ import annotations
 

@@ -427,6 +427,55 @@ def check_mrb_save_and_load_keeps_nodes(app, ct, cameras, drr, tmp_path):
         assert s.GetNumberOfNodes() == n
 
 
+def check_xray_node_keeps_carm_angles_and_converts_raw_intensity(app, cameras, drr):
+    """C-arm angles written with the X-ray come back with it (so the registration checks them, also in Slicer);
+    a raw-intensity image (bone dark) is log-transformed exactly as ``xray.intensity_to_line_integral``."""
+    from RayEmbRegistrationLib.carm import CarmAngles
+    from RayEmbRegistrationLib.xray import intensity_to_line_integral
+
+    K = cameras[0].intrinsics
+    node = mrml.xray_to_volume_node(app.scene, drr, K, "xr", carm=CarmAngles(15.0, -5.0, 700.0))
+    x = mrml.volume_node_to_xray(node)
+    assert x.carm == CarmAngles(15.0, -5.0, 700.0) and x.intrinsics == K
+    raw = np.exp(-drr).astype(np.float32) * 1000.0
+    rnode = mrml.xray_to_volume_node(app.scene, raw, K, "raw")
+    xr = mrml.volume_node_to_xray(rnode, raw_intensity=True)
+    np.testing.assert_allclose(xr.pixels, intensity_to_line_integral(raw.astype(np.float64)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(mrml.volume_node_to_xray(rnode).pixels, raw)  # the node itself is unchanged
+    assert xr.carm is None
+
+
+def check_missing_geometry_names_what_the_gui_must_give(app, drr):
+    import vtk
+
+    node = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
+    mrml_nodes._set_image(node, drr[None], vtk.VTK_FLOAT)
+    node.SetSpacing(0.0, 0.0, 1.0)
+    assert mrml.missing_geometry(node) == ["source_to_detector_mm", "pixel_spacing_mm"]
+    assert mrml.missing_geometry(node, {"source_to_detector_mm": 1000.0}) == ["pixel_spacing_mm"]
+    assert mrml.missing_geometry(node, {"source_to_detector_mm": 1000.0, "pixel_spacing_mm": (0.3, 0.3)}) == []
+    node.SetSpacing(0.3, 0.3, 1.0)
+    assert mrml.missing_geometry(node) == ["source_to_detector_mm"]
+
+
+def check_detection_outputs_points_and_table(app, ct, cameras, drr):
+    from RayEmbRegistrationLib.results import DetectionResult
+
+    cam = cameras[0]
+    xr = mrml.xray_to_volume_node(app.scene, drr, cam.intrinsics, "xr")
+    ras = ct.center_ras + np.array([[0.0, 0.0, 0.0], [20.0, 0.0, -10.0]])
+    det = DetectionResult(["a", "b"], ras, cam.project(ras), np.array([0.9, 0.4]))
+    out = mrml.write_detection_outputs(app.scene, xr, det)
+    labels, uv = mrml.markups_node_to_points_2d(out["points.detected"], xr)
+    assert labels == ["a", "b"]
+    np.testing.assert_allclose(uv, cam.project(ras), atol=1e-6)
+    rows = mrml.table_node_to_rows(out["table"])
+    assert [r.label for r in rows] == ["a", "b"] and rows[1].confidence == _approx(0.4)
+    n = app.scene.GetNumberOfNodes()
+    out2 = mrml.write_detection_outputs(app.scene, xr, det)  # a re-run updates, never duplicates
+    assert app.scene.GetNumberOfNodes() == n and out2["table"] is out["table"]
+
+
 def run_check(check, **fixtures):
     """Call ``check`` with the fixtures its signature names (``app``, ``ct``, ``cameras``, ``drr``, ``tmp_path``)."""
     import inspect

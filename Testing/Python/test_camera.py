@@ -109,3 +109,19 @@ def test_bad_geometry_names_the_field(bad, field):
 def test_camera_rejects_non_rigid():
     with pytest.raises(GeometryError, match="rigid"):
         Camera(INTR, np.diag([1.0, 1.0, -1.0, 1.0]))
+
+
+def test_one_geometry_parser_nested_form_and_overrides():
+    base = {"source_to_detector_mm": 1000.0, "pixel_spacing_mm": [0.3, 0.3], "width": 64, "height": 48}
+    assert Intrinsics.from_dict(base) == Intrinsics(1000.0, (0.3, 0.3), 64, 48)
+    nested = {"final_stage": "refined", "geometry": base}  # a registration.json or a render sidecar
+    assert Intrinsics.from_dict(nested) == Intrinsics.from_dict(base)
+    over = Intrinsics.from_dict(base, overrides={"source_to_detector_mm": 900.0, "principal_point_px": None,
+                                                 "log_transform": True})
+    assert over.source_to_detector_mm == 900.0 and over.pixel_spacing_mm == (0.3, 0.3)
+    assert Intrinsics.fields({"pixel_spacing_mm": 0.2}, {"geometry": {"source_to_detector_mm": 1.0}}) == {
+        "pixel_spacing_mm": 0.2, "source_to_detector_mm": 1.0}
+    with pytest.raises(GeometryError, match="width 64 but the image has 60"):
+        Intrinsics.from_dict(nested, width=60, height=48)
+    with pytest.raises(GeometryError, match="missing 'source_to_detector_mm'"):
+        Intrinsics.from_dict({"geometry": {"pixel_spacing_mm": 0.2}}, 10, 10)

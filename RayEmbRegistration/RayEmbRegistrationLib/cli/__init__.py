@@ -1,8 +1,9 @@
 """The ``rayemb`` command: one module per subcommand (register, detect, render, demo, evaluate, training).
 
-Owns: ``main`` — building the parser from the subcommand modules and turning errors into one clear message and
-the exit status of ``common`` (0 ok, 2 bad input / registration impossible, 3 no usable network, 130 cancelled).
-"""
+Owns: ``main``: the parser assembled from one module per subcommand, errors → message + exit status.
+
+``main`` — building the parser from the subcommand modules and turning errors into one clear message and
+the exit status of ``common`` (0 ok, 2 bad input / registration impossible, 3 no usable network, 130 cancelled)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """What every ``rayemb`` command shares: exit codes, progress bars, input readers, the registration options.
 
-Owns: the CLI's plumbing — the exit-code table, ``CLIError``, the tqdm bar behind ``progress(fraction, message)``,
+Owns: the CLI's shared plumbing (exit codes, progress bars, JSON option readers, options from arguments).
+
+The CLI's plumbing — the exit-code table, ``CLIError``, the tqdm bar behind ``progress(fraction, message)``,
 reading JSON options (pose, geometry), and turning arguments into ``options.RegistrationOptions`` (whose
-defaults the help text prints).
-"""
+defaults the help text prints)."""
 
 from __future__ import annotations
 

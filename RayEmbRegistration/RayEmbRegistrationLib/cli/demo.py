@@ -1,8 +1,9 @@
 """``rayemb demo``: simulate an X-ray of the bundled sample CT at a random pose and register it.
 
-Owns: the ``demo`` command (the scenario: simulate → register without the pose → outputs → true errors, and the
-labelled intensity-only fallback when the markerless initialisation fails).
-"""
+Owns: the ``demo`` command.
+
+The ``demo`` command (the scenario: simulate → register without the pose → outputs → true errors, and the
+labelled intensity-only fallback when the markerless initialisation fails)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """``rayemb detect``: detect where given CT points project in an X-ray.
 
-Owns: the ``detect`` command (its arguments and its run: read inputs → ``pipeline.Registrar.detect`` →
-``report.write_detections``).
-"""
+Owns: the ``detect`` command.
+
+The ``detect`` command (its arguments and its run: read inputs → ``pipeline.Registrar.detect`` →
+``report.write_detections``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Adapters between RayEmbRegistrationLib objects and a GIVEN MRML scene (3D Slicer or the slicer-core wheel).
 
-Owns: the package's public API and its conventions (below); the work is in ``nodes`` (node mechanics),
+Owns: the public API of the MRML adapters and their conventions.
+
+The package's public API and its conventions (below); the work is in ``nodes`` (node mechanics),
 ``inputs`` (nodes → ``CTVolume``/``XRayImage``/``Fiducials``/``Camera``), ``outputs`` (results → nodes, all or
 nothing), ``table`` (the per-landmark table) and ``app`` (a headless slicer-core application, ``.mrb`` files).
 

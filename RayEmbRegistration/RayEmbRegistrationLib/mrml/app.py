@@ -1,10 +1,11 @@
 """A headless Slicer application context (slicer-core) and scene bundle files.
 
-Owns: ``HeadlessSlicerApp`` — a real MRML scene with the logics Slicer's application attaches to it (colours,
+Owns: a headless slicer-core application context and ``.mrb`` scene files.
+
+``HeadlessSlicerApp`` — a real MRML scene with the logics Slicer's application attaches to it (colours,
 markups, volumes, models, transforms, tables), a data IO manager with a cache directory, optional slice views —
 and ``.mrb`` save/load. Used by the CLI to write ``scene.mrb`` and by the tests; inside Slicer, use
-``slicer.mrmlScene``. No Qt, no ``slicer.app``.
-"""
+``slicer.mrmlScene``. No Qt, no ``slicer.app``."""
 
 from __future__ import annotations
 

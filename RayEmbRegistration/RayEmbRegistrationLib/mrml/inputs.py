@@ -1,9 +1,10 @@
 """Nodes → library objects: what the Slicer module reads from the scene.
 
-Owns: converting input nodes into the library's own types — ``volume.CTVolume``, ``xray.XRayImage`` (with its
+Owns: converting input nodes into the library's own types.
+
+Converting input nodes into the library's own types — ``volume.CTVolume``, ``xray.XRayImage`` (with its
 geometry through the one parser ``Intrinsics.from_dict``), ``fiducials.Fiducials``, ``camera.Camera`` — and the
-geometry still missing for an X-ray node. Nodes are only read, never modified.
-"""
+geometry still missing for an X-ray node. Nodes are only read, never modified."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from ..fiducials import Fiducials
 from ..volume import CTVolume
 from ..xray import XRayImage, intensity_to_line_integral
 from .nodes import (ATTR_CARM, ATTR_INTRINSICS, ATTR_PIXEL_SPACING, ATTR_PRINCIPAL_POINT, ATTR_SDD, MRMLAdapterError,
-                    _node_label, _node_to_world, _parse_numbers, _vtk, _vtk_to_matrix, _xray_grid,
+                    _node_label, _node_to_world, _parse_numbers, _read_matrix, _xray_grid,
                     array_from_volume_node)
 
 
@@ -34,10 +35,7 @@ def volume_node_to_ct(node) -> CTVolume:
             f"{_node_label(node)} has shape {arr.shape[::-1]} (I, J, K): that is a 2D image, not a CT. "
             "Select the CT volume in 'CT volume'."
         )
-    vtk = _vtk()
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    ijk_to_ras = _node_to_world(node) @ _vtk_to_matrix(m)
+    ijk_to_ras = _node_to_world(node) @ _read_matrix(node.GetIJKToRASMatrix)
     return CTVolume(arr.transpose(2, 1, 0).astype(np.float32), ijk_to_ras, node.GetName())
 
 
@@ -133,10 +131,7 @@ def transform_node_to_camera(node) -> Camera:
         raise MRMLAdapterError(
             f"Transform {_node_label(node)} has no {ATTR_INTRINSICS} attribute: it was not written by RayEmbRegistration."
         )
-    vtk = _vtk()
-    m = vtk.vtkMatrix4x4()
-    node.GetMatrixTransformToWorld(m)
-    world_from_camera = _vtk_to_matrix(m)
+    world_from_camera = _read_matrix(node.GetMatrixTransformToWorld)
     return Camera(Intrinsics.from_dict(json.loads(text)), np.linalg.inv(world_from_camera))
 
 

@@ -1,9 +1,10 @@
 """Node mechanics shared by the MRML adapters: attributes, VTK conversions, output-node lookup, transactions.
 
-Owns: the rules for RayEmb's nodes in a given scene — the ``ATTR_*`` attribute names, finding an output node
+Owns: the mechanics of RayEmb's nodes in a given scene.
+
+The rules for RayEmb's nodes in a given scene — the ``ATTR_*`` attribute names, finding an output node
 again (role + key) instead of duplicating it, and ``scene_transaction`` (nodes added by a failing block are
-removed again). ``vtk`` is imported lazily. Conventions: ``mrml/__init__.py``.
-"""
+removed again). ``vtk`` is imported lazily. Conventions: ``mrml/__init__.py``."""
 
 from __future__ import annotations
 
@@ -67,6 +68,13 @@ def _vtk_to_matrix(m) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
 
 
+def _read_matrix(getter) -> np.ndarray:
+    """(4, 4) NumPy matrix filled by a VTK getter such as ``node.GetIJKToRASMatrix``."""
+    m = _vtk().vtkMatrix4x4()
+    getter(m)
+    return _vtk_to_matrix(m)
+
+
 def _node_label(node) -> str:
     if node is None:
         return "None"
@@ -83,10 +91,7 @@ def _node_to_world(node) -> np.ndarray:
             f"{_node_label(node)} is under the non-linear transform '{parent.GetName()}'. "
             "Harden the transform (Data module, right-click → Harden transform) and try again."
         )
-    vtk = _vtk()
-    m = vtk.vtkMatrix4x4()
-    parent.GetMatrixTransformToWorld(m)
-    return _vtk_to_matrix(m)
+    return _read_matrix(parent.GetMatrixTransformToWorld)
 
 
 def _set_image(node, arr_kji: np.ndarray, vtk_type: int) -> None:
@@ -120,14 +125,10 @@ def array_from_volume_node(node) -> np.ndarray:
 def find_output_node(scene, class_name: str, role: str, key: str = ""):
     """The first node of ``class_name`` whose ``ATTR_ROLE`` is ``role`` and ``ATTR_KEY`` is ``key``, or None."""
     nodes = scene.GetNodesByClass(class_name)
-    try:
-        for i in range(nodes.GetNumberOfItems()):
-            node = nodes.GetItemAsObject(i)
-            if node.GetAttribute(ATTR_ROLE) == role and (node.GetAttribute(ATTR_KEY) or "") == (key or ""):
-                return node
-    finally:
-        # GetNodesByClass returns a new reference in C++; the Python wrapper handles it, nothing to free here.
-        pass
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetAttribute(ATTR_ROLE) == role and (node.GetAttribute(ATTR_KEY) or "") == (key or ""):
+            return node
     return None
 
 
@@ -228,8 +229,5 @@ def _xray_grid(xray_node) -> tuple[np.ndarray, int, int]:
     """(IJKToRAS in world (4, 4), W, H) of an X-ray node."""
     if xray_node is None or not xray_node.IsA("vtkMRMLVolumeNode") or xray_node.GetImageData() is None:
         raise MRMLAdapterError(f"Expected the X-ray volume node, got {_node_label(xray_node)}.")
-    vtk = _vtk()
-    m = vtk.vtkMatrix4x4()
-    xray_node.GetIJKToRASMatrix(m)
     W, H, _ = xray_node.GetImageData().GetDimensions()
-    return _node_to_world(xray_node) @ _vtk_to_matrix(m), W, H
+    return _node_to_world(xray_node) @ _read_matrix(xray_node.GetIJKToRASMatrix), W, H

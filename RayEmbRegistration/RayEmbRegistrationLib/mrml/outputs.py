@@ -1,9 +1,10 @@
 """Library objects → nodes: every output of a registration or detection in the scene, all or nothing.
 
-Owns: writing (or updating on a re-run) the output nodes — CT and X-ray volumes, fiducials, the camera transform
+Owns: writing the outputs of a registration or detection into the scene, all or nothing.
+
+Writing (or updating on a re-run) the output nodes — CT and X-ray volumes, fiducials, the camera transform
 (world_from_camera), frustum models per stage, DRR / heatmap overlays on the X-ray, detected / reprojected 2D
-points, the results table — and showing them in the slice views. Conventions: ``mrml/__init__.py``.
-"""
+points, the results table — and showing them in the slice views. Conventions: ``mrml/__init__.py``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The per-landmark results table in the scene.
 
-Owns: ``LandmarkRow`` and the table node of a registration or detection (columns ``RESULT_COLUMNS``), written and
-read back (also after a ``.mrb`` round trip).
-"""
+Owns: the per-landmark results table in the scene.
+
+``LandmarkRow`` and the table node of a registration or detection (columns ``RESULT_COLUMNS``), written and
+read back (also after a ``.mrb`` round trip)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Training augmentations: new anatomy from a CT (volume) and DRR → real X-ray appearance (image).
 
-Owns: ``augment_volume`` (random crop, axis flips, scale/shear of the ijk→RAS affine about the volume centre,
+Owns: the augmentations of training volumes and images.
+
+``augment_volume`` (random crop, axis flips, scale/shear of the ijk→RAS affine about the volume centre,
 HU jitter; a new ``CTVolume``, the input is never modified) and ``augment_images`` (contrast, gamma,
 inversion, blur, noise, collimation edges on network inputs in [0, 1]).
 

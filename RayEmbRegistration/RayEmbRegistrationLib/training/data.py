@@ -1,6 +1,8 @@
 """Training batches from the shards written by ``generate`` (see its docstring for the layout).
 
-Owns: loading shards into memory and drawing (queries, templates, visible bone points) batches with a NumPy
+Owns: training batches drawn from ``generate``'s shards.
+
+Loading shards into memory and drawing (queries, templates, visible bone points) batches with a NumPy
 ``Generator`` (deterministic given the generator's seed).
 
 Batch (dict of tensors / arrays): ``query`` (B, S, S) line integrals, ``templates`` (T, S, S) (shared by the B

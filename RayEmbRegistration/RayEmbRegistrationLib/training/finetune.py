@@ -1,6 +1,8 @@
 """``rayemb finetune``: self-supervised patient-specific fine-tuning of a trained model on DRRs of one CT.
 
-Owns: the fine-tuning recipe (render held-out evaluation poses and training poses of the patient's CT, measure
+Owns: the patient-specific fine-tuning recipe and its report.
+
+The fine-tuning recipe (render held-out evaluation poses and training poses of the patient's CT, measure
 localisation error before, train within a time budget, measure after) and its report.
 
 No labels are needed: DRRs of the patient's own CT at random RAYEMB_SAMPLER poses, with the bone points and

@@ -1,6 +1,8 @@
 """``rayemb train``: train the ray-embedding network (CPU, one GPU, or several GPUs/nodes with torch DDP).
 
-Owns: the InfoNCE loss over query pixels, the training loop (progress bar, fixed seeds, checkpoints, resume,
+Owns: training the network (InfoNCE loop, checkpoints, validation, DDP).
+
+The InfoNCE loss over query pixels, the training loop (progress bar, fixed seeds, checkpoints, resume,
 time budget), validation localisation error (px at network size, mm at the detector) and exporting the
 weights (``model.save_model``).
 

@@ -1,0 +1,38 @@
+"""Plausibility of a pose (``plausibility.py``) on the real sample CT: field of view, depth, C-arm angles."""
+
+import numpy as np
+import pytest
+
+from RayEmbRegistrationLib.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.carm import CarmAngles, carm_camera_from_world
+from RayEmbRegistrationLib.errors import RegistrationError
+from RayEmbRegistrationLib.plausibility import carm_disagreement, check_overlap, is_in_view, overlap_problem
+
+INTR = Intrinsics.deepfluoro(128)
+
+
+def test_in_view_behind_outside_and_beyond_the_detector(sample_ct):
+    T = carm_camera_from_world(0, 0, 700, sample_ct.center_ras)
+    assert is_in_view(sample_ct, Camera(INTR, T)) and overlap_problem(sample_ct, Camera(INTR, T)) is None
+    side = T.copy()
+    side[0, 3] += 2000.0
+    assert "outside" in overlap_problem(sample_ct, Camera(INTR, side))
+    behind = T.copy()
+    behind[2, 3] -= 3000.0
+    assert "behind the X-ray source" in overlap_problem(sample_ct, Camera(INTR, behind))
+    far = T.copy()
+    far[2, 3] += 1000.0  # the CT centre beyond the detector (SDD 1020 mm)
+    assert "beyond the detector" in overlap_problem(sample_ct, Camera(INTR, far), "refined pose")
+    with pytest.raises(RegistrationError, match="do not overlap"):
+        check_overlap(sample_ct, Camera(INTR, side), "PnP pose")
+
+
+def test_carm_disagreement_warns_only_beyond_30_degrees(sample_ct):
+    cam = Camera(INTR, carm_camera_from_world(20, -10, 700, sample_ct.center_ras))
+    assert carm_disagreement(cam, None) is None
+    assert carm_disagreement(cam, CarmAngles(25.0, -5.0)) is None  # ~7° apart
+    w = carm_disagreement(cam, CarmAngles(-40.0, 0.0))
+    assert w is not None and "primary -40°" in w
+    axis = carm_camera_from_world(-40, 0, 1000.0)[2, :3]
+    expected = np.degrees(np.arccos(np.clip(axis @ cam.principal_axis_ras, -1, 1)))
+    assert f"{expected:.0f}°" in w

@@ -1,0 +1,35 @@
+"""Progress and cancellation (``progress.py``): sub-ranges, the one Cancelled, used by every long step."""
+
+import pytest
+
+from RayEmbRegistrationLib.progress import Cancelled, check_cancel, sub_progress
+
+
+def test_sub_progress_maps_and_clips():
+    seen = []
+    sub = sub_progress(lambda f, m: seen.append((round(f, 6), m)), 0.2, 0.6, "stage: ")
+    sub(0.5, "half")
+    sub(2.0, "")
+    sub(-1.0, "x")
+    assert seen == [(0.4, "stage: half"), (0.6, "stage"), (0.2, "stage: x")]
+    assert sub_progress(None, 0, 1) is None
+    nested = sub_progress(sub, 0.5, 1.0)
+    nested(0.0, "n")
+    assert seen[-1] == (0.4, "stage: n")
+
+
+def test_check_cancel_raises_the_one_cancelled():
+    check_cancel(None)
+    check_cancel(lambda: False)
+    with pytest.raises(Cancelled, match="training cancelled"):
+        check_cancel(lambda: True, "training")
+
+
+def test_training_generation_and_finetune_honour_cancel(sample_ct, tmp_path):
+    """generate (and through it finetune) stops at the first check with the same exception."""
+    from RayEmbRegistrationLib.training.generate import generate
+
+    with pytest.raises(Cancelled):
+        generate([sample_ct], tmp_path / "d", n_variants=1, n_queries=1, size=32, voxel_mm=6.0, n_points=16,
+                 bar=False, cancel=lambda: True)
+    assert not list((tmp_path / "d").glob("shard_*.npz"))
