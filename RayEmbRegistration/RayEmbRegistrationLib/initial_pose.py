@@ -49,7 +49,7 @@ class GivenPose:
     def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
         cam = Camera(xray.intrinsics, np.asarray(self.camera_from_world, dtype=np.float64))
         check_overlap(registrar.ct, cam, "given start pose")
-        return InitialPose(cam, "given")
+        return InitialPose(camera=cam, method="given")
 
 
 class RayEmbPnP:
@@ -105,7 +105,7 @@ class RayEmbPnP:
                 xray.pixels, intr, [h.camera_from_world for h in hyps],
                 sub_progress(progress, 0.9, 1.0, "comparing PnP hypotheses: "), cancel, max_levels=1)
             pnp = hyps[best]
-            ranked = [PnPHypothesis(h.n_inliers, float(r.similarity_after), k == best)
+            ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best)
                       for k, (h, r) in enumerate(zip(hyps, coarse))]
             timings["hypotheses"] = time.perf_counter() - t
         initial = Camera(intr, pnp.camera_from_world)
@@ -113,11 +113,12 @@ class RayEmbPnP:
         inlier_set = set(use[pnp.inliers].tolist())
         # Landmarks: all fiducials (detected or not) + the bone points given to PnP.
         landmarks = [
-            Landmark(fid_labels[i] if i < nf else f"bone-{i - nf + 1:05d}", pts[i],
-                     uv[i] if usable[i] else np.full(2, np.nan), np.full(2, np.nan), float(conf[i]),
-                     "fiducial" if i < nf else "bone", i in inlier_set)
+            Landmark(label=fid_labels[i] if i < nf else f"bone-{i - nf + 1:05d}", ras=pts[i],
+                     detected_px=uv[i] if usable[i] else np.full(2, np.nan), reprojected_px=np.full(2, np.nan),
+                     confidence=float(conf[i]), kind="fiducial" if i < nf else "bone", inlier=i in inlier_set)
             for i in list(range(nf)) + bone_idx.tolist()
         ]
         if progress:
             progress(1.0, f"PnP: {pnp.n_inliers}/{len(use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
-        return InitialPose(initial, "rayemb", landmarks, len(use), pnp.n_inliers, pnp.rmse_inliers_px, ranked, timings)
+        return InitialPose(camera=initial, method="rayemb", landmarks=landmarks, n_correspondences=len(use),
+                           inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px, hypotheses=ranked, timings_s=timings)

@@ -142,8 +142,9 @@ class Registrar:
         check_cancel(cancel, "detection")
         d = det.detect(xray.pixels, xray.intrinsics, ras, heatmaps=heatmaps, progress=sub_progress(progress, 0.5, 1.0),
                        cancel=cancel, fast=self.options.detection.fast)
-        return DetectionResult(labels, ras, d.uv, d.confidence, d.heatmaps, d.net_intrinsics if heatmaps else None,
-                               time.perf_counter() - t0)
+        return DetectionResult(labels=labels, ras=ras, uv=d.uv, confidence=d.confidence, heatmaps=d.heatmaps,
+                               heatmap_intrinsics=d.net_intrinsics if heatmaps else None,
+                               seconds=time.perf_counter() - t0)
 
     # --- register --------------------------------------------------------------------------------------------
     def register(self, xray, fiducials=None, initial_camera_from_world=None, progress: ProgressFn | None = None,
@@ -189,9 +190,10 @@ class Registrar:
             except ValueError as exc:  # the bone centre behind the source: nothing to slide along
                 warnings.append(f"depth search skipped: {exc}")
             else:
-                depth = DepthSearchSummary(ds.factor, ds.similarity_start, ds.similarity, ds.size, len(ds.factors),
-                                           tuple(float(r.similarity_after) for r in results),
-                                           ("PnP start", "depth-searched start")[k])
+                depth = DepthSearchSummary(
+                    factor=ds.factor, similarity_pnp=ds.similarity_start, similarity=ds.similarity, grid_px=ds.size,
+                    candidates=len(ds.factors), refined_similarity=tuple(float(r.similarity_after) for r in results),
+                    chosen=("PnP start", "depth-searched start")[k])
         if rr is None:
             rr = refiner.refine(xray.pixels, intr, T0, progress, cancel)
         return rr, depth, (rr.similarity_before, rr.similarity_after), warnings, time.perf_counter() - t

@@ -41,3 +41,14 @@ def sample_ct(sample_ct_path):
     from RayEmbRegistrationLib.volume import load_ct
 
     return load_ct(sample_ct_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A randomly initialised, tiny ray-embedding network (64² input) for the detector and template tests."""
+    import torch
+
+    from RayEmbRegistrationLib.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(dim=16, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)).eval()

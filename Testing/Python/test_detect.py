@@ -9,19 +9,11 @@ import torch
 from RayEmbRegistrationLib.camera import Camera, Intrinsics
 from RayEmbRegistrationLib.detect import LandmarkDetector, refine_peak, score_maps_argmax, subspace_scores
 from RayEmbRegistrationLib.progress import Cancelled
-from RayEmbRegistrationLib.model import ModelConfig, build_model
 from RayEmbRegistrationLib.templates import ct_isocenter, sample_embeddings
 
 torch.set_num_threads(1)
 
-S = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=16, widths=(8, 16, 16), image_size=S, voxel_mm=6.0)
-    return build_model(cfg).eval()
+S = 64  # the tiny_model fixture's network size (conftest.py)
 
 
 def test_quadratic_refinement_recovers_subpixel_peak():

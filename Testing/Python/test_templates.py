@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.model import ModelConfig, build_model, load_model, save_model
+from RayEmbRegistrationLib.model import load_model, save_model
 from RayEmbRegistrationLib.templates import get_templates, sample_embeddings
 
-S = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    cfg = ModelConfig(dim=16, widths=(8, 16, 16), image_size=S, voxel_mm=6.0)
-    return build_model(cfg).eval()
+S = 64  # the tiny_model fixture's network size (conftest.py)
 
 
 def test_sample_embeddings_hits_pixel_centres_and_flags_outside():
