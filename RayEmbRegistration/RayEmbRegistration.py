@@ -376,6 +376,8 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             done, result = self._runWithProgress(_("Registering X-ray to CT"), self.logic.register)
             if done:
                 self.ui.statusLabel.text = self.logic.summary(result)
+                color = self.logic.VERDICT_COLORS.get(getattr(result.verdict, "status", ""), "")
+                self.ui.statusLabel.setStyleSheet(f"color: {color}; font-weight: bold;" if color else "")
                 self._showResults()
 
     def onFinetuneButton(self) -> None:
@@ -663,9 +665,14 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     # --- display --------------------------------------------------------------------------------------------
     @staticmethod
     def summary(result) -> str:
-        """The status text after a registration: the result's headline, its total time and warnings."""
+        """The status text after a registration: the headline (verdict first), its total time, the verdict's
+        reasons and the warnings."""
         text = f"{result.headline()}; {result.timings_s.get('total', float('nan')):.1f} s"
-        return "\n".join([text] + list(result.warnings or []))
+        reasons = list(result.verdict.reasons) if result.verdict is not None else []
+        return "\n".join([text] + reasons + list(result.warnings or []))
+
+    #: status-label colour per verdict (rejected results are shown, but never look like a success)
+    VERDICT_COLORS = {"accepted": "#1a7f37", "uncertain": "#9a6700", "rejected": "#cf222e"}
 
     def showOutputs(self, p) -> None:
         """X-ray as background, DRR as foreground of the Red view, aligned to the X-ray plane; frusta in 3D."""

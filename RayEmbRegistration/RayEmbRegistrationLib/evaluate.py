@@ -87,6 +87,8 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
     rows = []
     for m, cam in stages:
         row = {**common, "method": m, **pose_errors(cam.camera_from_world, T, eval_pts, intr), "error": ""}
+        if not (m.endswith("initial") or m.endswith("start")):
+            row["verdict"] = res.verdict.status
         ts = dict(res.timings_s)
         if m.endswith("initial") or m.endswith("start"):
             ts.pop("refine", None)

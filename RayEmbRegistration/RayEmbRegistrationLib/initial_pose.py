@@ -91,7 +91,7 @@ class RayEmbPnP:
         check_cancel(cancel, "registration")
         t = time.perf_counter()
         try:
-            hyps = solve_pnp_hypotheses(pts[use], uv[use], intr, threshold_px=o.pnp.ransac_threshold_px,
+            hyps = solve_pnp_hypotheses(pts[use], uv[use], intr, threshold_px=o.pnp.threshold_px(intr),
                                         iterations=o.pnp.ransac_iterations, confidence=o.pnp.ransac_confidence,
                                         seed=o.seed, max_hypotheses=max(1, o.pnp.hypotheses),
                                         is_plausible=lambda T: is_in_view(ct, Camera(intr, T)))

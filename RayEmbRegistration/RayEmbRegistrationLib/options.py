@@ -13,11 +13,46 @@ are installed).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DetectionOptions", "PnPOptions", "RefineOptions", "RegistrationOptions", "schedule_levels",
-           "schedule_iterations", "schedule_lrs", "DEFAULT_FINEST_PX", "DEFAULT_COARSE_ITERATIONS"]
+__all__ = ["OptionsError", "DetectionOptions", "PnPOptions", "RefineOptions", "RegistrationOptions",
+           "schedule_levels", "schedule_iterations", "schedule_lrs", "DEFAULT_FINEST_PX", "DEFAULT_COARSE_ITERATIONS",
+           "RANSAC_REFERENCE_PX"]
+
+#: RANSAC's inlier threshold is given in pixels of the X-ray resampled to this longer side (so that one threshold
+#: means the same on a 256² and on a 1536² image of the same detector; detections come from a 224² network map)
+RANSAC_REFERENCE_PX = 256
+#: bounds of the refinement grids (px, longer side), their number, and the Adam iterations per level
+LEVEL_RANGE_PX, MAX_LEVELS, ITERATION_RANGE = (16, 1024), 6, (1, 10_000)
+#: the template view counts ``templates.inference_template_angles`` knows (a test keeps the two equal)
+TEMPLATE_COUNTS = (1, 4, 5, 9, 25)
+
+
+class OptionsError(ValueError):
+    """An option outside its valid range: ``field`` (the option's name in the options tree), the bad ``value``
+    and a message that names both and the valid range."""
+
+    def __init__(self, field: str, value: Any, valid: str) -> None:
+        self.field, self.value, self.valid = field, value, valid
+        super().__init__(f"{field} = {value!r} is not valid: {valid}.")
+
+
+def _number(field: str, value, lo: float | None = None, hi: float | None = None, integer: bool = False,
+            open_lo: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer())
+    if ok and lo is not None:
+        ok = value > lo if open_lo else value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        fmt = lambda x: f"{x:g}" if abs(x) < 1e5 else f"{x:,.0f}"  # noqa: E731
+        rng = (f" {'>' if open_lo else '≥'} {fmt(lo)}" if lo is not None else "") + (f" and ≤ {fmt(hi)}" if hi is not None else "")
+        raise OptionsError(field, value, f"it must be {kind}{rng}")
+
 
 #: the refinement schedule's defaults: finest grid (longer side, px) and Adam iterations of the coarsest level
 DEFAULT_FINEST_PX = 96
@@ -77,6 +112,14 @@ class DetectionOptions:
     min_confidence: float = 0.0
     fast: bool = False
 
+    def __post_init__(self) -> None:
+        if self.n_templates not in TEMPLATE_COUNTS:
+            raise OptionsError("detection.n_templates", self.n_templates, f"it must be one of {TEMPLATE_COUNTS}")
+        if self.n_bone_candidates is not None:
+            _number("detection.n_bone_candidates", self.n_bone_candidates, 1, 1_000_000, integer=True)
+        _number("detection.n_bone_keep", self.n_bone_keep, 1, 1_000_000, integer=True)
+        _number("detection.min_confidence", self.min_confidence, 0.0, 1.0)
+
     def bone_candidates(self, device: str) -> int:
         """``n_bone_candidates``, or its device default."""
         if self.n_bone_candidates is not None:
@@ -89,7 +132,8 @@ class PnPOptions:
     """PnP + RANSAC (``pose.solve_pnp_hypotheses``).
 
     Attributes:
-        ransac_threshold_px: RANSAC inlier threshold in pixels of the X-ray as given (its full resolution).
+        ransac_threshold_px: RANSAC inlier threshold in pixels of the X-ray resampled to ``RANSAC_REFERENCE_PX``
+            (256) on its longer side (``threshold_px`` gives it at the X-ray's own resolution).
         ransac_iterations, ransac_confidence: RANSAC settings.
         hypotheses: how many plausible PnP poses (sequential RANSAC, disjoint consensus sets) compete; with more
             than one and refinement on, each gets the coarsest refinement level and the most similar one wins.
@@ -100,6 +144,19 @@ class PnPOptions:
     ransac_iterations: int = 10_000
     ransac_confidence: float = 0.9999
     hypotheses: int = 1
+
+    def __post_init__(self) -> None:
+        _number("pnp.ransac_threshold_px", self.ransac_threshold_px, 0.0, 1000.0, open_lo=True)
+        _number("pnp.ransac_iterations", self.ransac_iterations, 1, 10_000_000, integer=True)
+        _number("pnp.ransac_confidence", self.ransac_confidence, 0.0, 1.0, open_lo=True)
+        if self.ransac_confidence >= 1.0:
+            raise OptionsError("pnp.ransac_confidence", self.ransac_confidence, "it must be < 1")
+        _number("pnp.hypotheses", self.hypotheses, 1, 10, integer=True)
+
+    def threshold_px(self, intrinsics) -> float:
+        """The inlier threshold in pixels of the X-ray as given: ``ransac_threshold_px`` is defined on the X-ray
+        resampled to ``RANSAC_REFERENCE_PX`` on its longer side."""
+        return float(self.ransac_threshold_px) * max(intrinsics.width, intrinsics.height) / RANSAC_REFERENCE_PX
 
 
 @dataclass(frozen=True)
@@ -133,6 +190,29 @@ class RefineOptions:
     bone_multiplier: float = 2.5
     backend: str = "nanodrr"
 
+    def __post_init__(self) -> None:
+        levels = self.levels
+        if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
+            raise OptionsError("refine.levels", levels, f"give 1 to {MAX_LEVELS} grid sizes, coarse first")
+        for x in levels:
+            _number("refine.levels", x, *LEVEL_RANGE_PX, integer=True)
+        iters = self.iterations if isinstance(self.iterations, tuple) else (self.iterations,)
+        if isinstance(self.iterations, tuple) and len(iters) not in (1, len(levels)):
+            raise OptionsError("refine.iterations", self.iterations,
+                               f"give one count for all levels or one per level ({len(levels)})")
+        for x in iters:
+            _number("refine.iterations", x, *ITERATION_RANGE, integer=True)
+        lrs = self.lr_mm if isinstance(self.lr_mm, tuple) else (self.lr_mm,)
+        for x in lrs:
+            _number("refine.lr_mm", x, 0.0, 1000.0, open_lo=True)
+        if self.voxel_mm is not None:
+            _number("refine.voxel_mm", self.voxel_mm, 0.0, 50.0, open_lo=True)
+        _number("refine.samples_per_voxel", self.samples_per_voxel, 0.0, 100.0, open_lo=True)
+        _number("refine.patch_fraction", self.patch_fraction, 0.0, 1.0, open_lo=True)
+        _number("refine.bone_multiplier", self.bone_multiplier, 0.0, 100.0, open_lo=True)
+        if self.backend not in ("nanodrr", "diffdrr"):
+            raise OptionsError("refine.backend", self.backend, "use 'nanodrr' or 'diffdrr'")
+
     @classmethod
     def schedule(cls, finest_px: int = DEFAULT_FINEST_PX, coarse_iterations: int = DEFAULT_COARSE_ITERATIONS,
                  **other: Any) -> "RefineOptions":
@@ -144,12 +224,14 @@ class RefineOptions:
     def with_levels(self, levels=None, iterations=None) -> "RefineOptions":
         """These options with other ``levels`` (learning rates by ``schedule_lrs``) and/or ``iterations``
         (the CLI's ``--refine-levels`` / ``--refine-iterations``)."""
-        o = self
-        if levels:
-            o = dataclasses.replace(o, levels=tuple(int(x) for x in levels), lr_mm=schedule_lrs(len(levels)))
-        if iterations:
-            o = dataclasses.replace(o, iterations=tuple(int(x) for x in iterations))
-        return o
+        changes: dict[str, Any] = {}
+        if levels is not None:
+            changes.update(levels=tuple(levels), lr_mm=schedule_lrs(len(levels)))
+            if iterations is None and isinstance(self.iterations, tuple):  # keep the counts, one per new level
+                changes["iterations"] = tuple(self.per_level(self.iterations, len(levels)))
+        if iterations is not None:
+            changes["iterations"] = tuple(iterations)
+        return dataclasses.replace(self, **changes)
 
     def per_level(self, value, n: int) -> list:
         """``value`` (a number or a sequence) as a list of ``n`` (the last entry repeated, or truncated)."""
@@ -178,6 +260,11 @@ class RegistrationOptions:
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     pnp: PnPOptions = field(default_factory=PnPOptions)
     refine: RefineOptions = field(default_factory=RefineOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise OptionsError("device", self.device, "use 'auto', 'cpu' or 'cuda'")
+        _number("seed", self.seed, 0, 2**32 - 1, integer=True)
 
     def replace(self, **changes: Any) -> "RegistrationOptions":
         """A copy with ``changes``; ``detection={...}`` / ``pnp={...}`` / ``refine={...}`` dicts change fields of

@@ -3,7 +3,8 @@
 Owns: ``Registrar``: registering X-rays to one CT (its caches and the three stages).
 
 The ``Registrar`` — the per-CT caches (network, detector with its templates, refiner) and the data path
-``register()`` = initial pose (a strategy of ``initial_pose.py``) → refinement → finalisation, plus ``detect()``.
+``register()`` = initial pose (a strategy of ``initial_pose.py``) → refinement → finalisation (with the
+verdict of ``verdict.py``), plus ``detect()``.
 
 One ``Registrar`` serves every X-ray of its CT (the benchmark, Slicer re-runs): templates and the resampled CT
 are built once. ``register``/``detect`` at module level are one-shot conveniences.
@@ -25,6 +26,7 @@ from .options import RegistrationOptions
 from .plausibility import carm_disagreement, is_in_view, overlap_problem
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .results import DepthSearchSummary, DetectionResult, RegistrationResult
+from .verdict import judge, signals
 from .volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
@@ -200,7 +202,7 @@ class Registrar:
 
     def _finalise(self, xray, init: InitialPose, rr, depth, sims, warnings) -> RegistrationResult:
         """Choose the final pose (a refined pose that leaves the field of view is rejected), check it against the
-        recorded C-arm angles, reproject the landmarks, render the final DRR."""
+        recorded C-arm angles, reproject the landmarks, render the final DRR, give the verdict."""
         from .refine import level_intrinsics
 
         intr = xray.intrinsics
@@ -221,13 +223,15 @@ class Registrar:
         t = time.perf_counter()
         drr = self.refiner().drr(intr, final.camera_from_world)
         timings = {"drr": time.perf_counter() - t}
-        return RegistrationResult(
+        result = RegistrationResult(
             initial=init.camera, refined=refined, final=final, final_stage=stage, landmarks=init.landmarks,
             n_correspondences=init.n_correspondences, inliers=init.inliers, similarity_before=sims[0],
             similarity_after=sims[1], timings_s=timings, drr=drr,
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
             initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
+        result.verdict = judge(signals(result, self.ct))
+        return result
 
 
 def register(ct: CTVolume, xray, fiducials=None, options: RegistrationOptions | None = None,

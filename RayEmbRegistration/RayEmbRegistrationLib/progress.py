@@ -10,9 +10,13 @@ recognise one exception type.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator, Optional
 
-__all__ = ["ProgressFn", "CancelFn", "Cancelled", "check_cancel", "sub_progress"]
+__all__ = ["ProgressFn", "CancelFn", "Cancelled", "Terminated", "check_cancel", "sub_progress", "signals_deferred",
+           "terminate_on_sigterm"]
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -20,6 +24,10 @@ CancelFn = Callable[[], bool]
 
 class Cancelled(Exception):
     """The user cancelled (the ``cancel`` callback returned True). Nothing was written."""
+
+
+class Terminated(Cancelled):
+    """The process was asked to stop (SIGTERM); raised by ``terminate_on_sigterm``'s handler."""
 
 
 def check_cancel(cancel: Optional[CancelFn], what: str = "operation") -> None:
@@ -38,3 +46,35 @@ def sub_progress(progress: Optional[ProgressFn], lo: float, hi: float, prefix: s
         progress(lo + (hi - lo) * float(min(max(fraction, 0.0), 1.0)), prefix + message if message else prefix.rstrip(": "))
 
     return sub
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("terminated (SIGTERM)")
+
+
+def terminate_on_sigterm() -> None:
+    """Turn SIGTERM into ``Terminated`` (so ``finally`` blocks clean up, as for Ctrl-C); main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM back for the block (a file move, a native writer) and deliver them when it
+    ends: ``KeyboardInterrupt`` / ``Terminated``. Outside the main thread the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if signal.SIGTERM in caught:
+            raise Terminated("terminated (SIGTERM)")
+        if signal.SIGINT in caught:
+            raise KeyboardInterrupt

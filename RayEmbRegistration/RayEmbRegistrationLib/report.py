@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from .camera import Camera
 from .overlay import overlay_image, to_uint8
 
-__all__ = ["ReportError", "registration_dict", "write_registration", "write_detections",
+__all__ = ["ReportError", "registration_dict", "write_registration", "write_detections", "check_output_dir",
            "write_json_atomic", "save_scene", "CONVENTIONS"]
 
 CONVENTIONS = (
@@ -142,58 +143,107 @@ def save_scene(path: str | Path, result, ct, xray, fiducials=None) -> Path:
     return Path(path)
 
 
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Make sure results can be written to ``out_dir`` before any work starts: it is (or can be made) a folder
+    and a file can be created in it. Raises ``ReportError`` naming the folder and what to do."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder; give a folder for the results.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rayemb-probe-", dir=str(out))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ReportError(f"cannot write results into {out} ({exc.strerror or exc}); choose a folder you can write "
+                          "to with --out.") from None
+    return out
+
+
+def _commit(tmp_dir: Path, out: Path, names: list[str], result_set: tuple[str, ...]) -> dict[str, Path]:
+    """Move the files ``names`` (written in ``tmp_dir``) into ``out`` in that order, and remove the files of
+    ``result_set`` (globs) that this run did not write, so that a re-run replaces the whole result set. Runs with
+    Ctrl-C / SIGTERM held back, so an interruption never leaves half a result set."""
+    from .progress import signals_deferred
+
+    with signals_deferred():
+        new = {out / n for n in names}
+        stale = {p for pattern in result_set for p in out.glob(pattern)} - new
+        moved = {}
+        for n in names[:-1]:
+            os.replace(tmp_dir / n, out / n)
+            moved[n] = out / n
+        for p in stale:
+            p.unlink(missing_ok=True)
+        os.replace(tmp_dir / names[-1], out / names[-1])  # the file that says "done" comes last
+        moved[names[-1]] = out / names[-1]
+    return moved
+
+
+REGISTRATION_SET = ("registration.json", "overlay.png", "scene.mrb")
+DETECTION_SET = ("detections.json", "heatmaps.npz", "heatmap_*.png")
+
+
 def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, scene: bool = True,
                        extra: dict | None = None) -> dict[str, Path]:
     """Write ``registration.json``, ``overlay.png`` and (``scene=True``) ``scene.mrb`` into ``out_dir``.
 
-    All-or-nothing: files are written under temporary names and renamed into place only after all succeeded,
-    ``registration.json`` last. Returns ``{"registration", "overlay", "scene"}`` → paths.
+    All-or-nothing: files are written under a temporary folder and moved into place only after all succeeded,
+    ``registration.json`` last; a previous run's files that this run does not write (``scene.mrb`` with
+    ``scene=False``) are removed; no temporary folder survives, also not Ctrl-C or SIGTERM.
+    Returns ``{"registration", "overlay", "scene"}`` → paths.
     """
     import cv2
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .progress import signals_deferred
+
+    out = check_output_dir(out_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
-    written: dict[str, Path] = {}
     try:
         img = overlay_image(xray.pixels, result.drr, result.landmarks, title=result.headline())
         if not cv2.imwrite(str(tmp_dir / "overlay.png"), img):
             raise ReportError(f"could not write {out / 'overlay.png'}")
-        written["overlay"] = out / "overlay.png"
+        names = ["overlay.png"]
         if scene:
-            save_scene(tmp_dir / "scene.mrb", result, ct, xray, fiducials)
-            written["scene"] = out / "scene.mrb"
-        data = registration_dict(result, ct, xray, extra)
-        (tmp_dir / "registration.json").write_text(json.dumps(data, indent=2))
-        written["registration"] = out / "registration.json"
-        for key in ("overlay", "scene", "registration"):  # registration.json last
-            if key in written:
-                os.replace(tmp_dir / written[key].name, written[key])
+            with signals_deferred():  # an interrupt inside VTK's writer could crash the process
+                save_scene(tmp_dir / "scene.mrb", result, ct, xray, fiducials)
+            names.append("scene.mrb")
+        (tmp_dir / "registration.json").write_text(json.dumps(registration_dict(result, ct, xray, extra), indent=2))
+        names.append("registration.json")
+        moved = _commit(tmp_dir, out, names, REGISTRATION_SET)
     finally:
-        for p in tmp_dir.glob("*"):
-            p.unlink(missing_ok=True)
-        tmp_dir.rmdir()
-    return written
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    keys = {"overlay.png": "overlay", "scene.mrb": "scene", "registration.json": "registration"}
+    return {keys[n]: p for n, p in moved.items()}
 
 
 def write_detections(out_dir: str | Path, result, xray, max_heatmap_pngs: int = 50) -> Path:
     """Write ``detections.json`` (label, RAS, detected pixel, confidence per point, the X-ray's geometry) and, if
     the ``results.DetectionResult`` has heatmaps, ``heatmaps.npz`` + one PNG per point (the first
-    ``max_heatmap_pngs``) into ``out_dir``; ``detections.json`` last. Returns its path."""
+    ``max_heatmap_pngs``) into ``out_dir``; all or nothing, ``detections.json`` last, stale files of an earlier
+    run removed (as ``write_registration``). Returns the path of ``detections.json``."""
     import cv2
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if result.heatmaps is not None:
-        tmp = out / ".heatmaps.tmp.npz"
-        np.savez_compressed(tmp, heatmaps=result.heatmaps, labels=np.array(result.labels),
-                            geometry=json.dumps(result.heatmap_intrinsics.to_dict()))
-        tmp.replace(out / "heatmaps.npz")
-        for i, lab in enumerate(result.labels[:max_heatmap_pngs]):
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in lab) or f"P{i + 1}"
-            cv2.imwrite(str(out / f"heatmap_{i:03d}_{safe}.png"),
-                        cv2.applyColorMap(to_uint8(result.heatmaps[i]), cv2.COLORMAP_INFERNO))
-    d = result.to_dict()
-    d["xray"] = {"size": [xray.intrinsics.width, xray.intrinsics.height], "geometry": xray.intrinsics.to_dict()}
-    d["conventions"] = "pixels (u, v) = (column, row) of the X-ray as stored, integer at pixel centres; RAS mm"
-    return write_json_atomic(d, out / "detections.json")
+    out = check_output_dir(out_dir)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
+    try:
+        names = []
+        if result.heatmaps is not None:
+            np.savez_compressed(tmp_dir / "heatmaps.npz", heatmaps=result.heatmaps, labels=np.array(result.labels),
+                                geometry=json.dumps(result.heatmap_intrinsics.to_dict()))
+            names.append("heatmaps.npz")
+            for i, lab in enumerate(result.labels[:max_heatmap_pngs]):
+                safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in lab) or f"P{i + 1}"
+                name = f"heatmap_{i:03d}_{safe}.png"
+                if not cv2.imwrite(str(tmp_dir / name), cv2.applyColorMap(to_uint8(result.heatmaps[i]), cv2.COLORMAP_INFERNO)):
+                    raise ReportError(f"could not write {out / name}")
+                names.append(name)
+        d = result.to_dict()
+        d["xray"] = {"size": [xray.intrinsics.width, xray.intrinsics.height], "geometry": xray.intrinsics.to_dict()}
+        d["conventions"] = "pixels (u, v) = (column, row) of the X-ray as stored, integer at pixel centres; RAS mm"
+        (tmp_dir / "detections.json").write_text(json.dumps(_clean(d), indent=2))
+        names.append("detections.json")
+        moved = _commit(tmp_dir, out, names, DETECTION_SET)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return moved["detections.json"]

@@ -131,6 +131,7 @@ class RegistrationResult:
         pnp_rmse_px: RMS reprojection error of the PnP inliers.
         pnp_hypotheses: the competing PnP poses, if more than one.
         depth_search: the refinement's start-depth search, if it ran.
+        verdict: ``verdict.Verdict`` — whether to trust the result (accepted / uncertain / rejected) and why.
     """
 
     initial: Camera
@@ -151,10 +152,12 @@ class RegistrationResult:
     options: Any = field(default=None, repr=False)
     pnp_hypotheses: list[PnPHypothesis] = field(default_factory=list)
     depth_search: DepthSearchSummary | None = None
+    verdict: Any = None  # verdict.Verdict: accepted / uncertain / rejected, with reasons
 
     def headline(self) -> str:
-        """One line: final stage, PnP inliers, similarity gain (``overlay.png``'s title, the Slicer status)."""
-        text = f"final: {self.final_stage}; inliers {self.inliers}/{self.n_correspondences}"
+        """One line: verdict, final stage, PnP inliers, similarity gain (``overlay.png``'s title, the Slicer status)."""
+        text = f"{self.verdict.status.upper()}; " if self.verdict is not None else ""
+        text += f"final: {self.final_stage}; inliers {self.inliers}/{self.n_correspondences}"
         if self.similarity_after is not None:
             text += f"; NCC {self.similarity_before:.3f} -> {self.similarity_after:.3f}"
         if self.depth_search is not None and self.depth_search.corrected:
@@ -164,6 +167,8 @@ class RegistrationResult:
     def summary_lines(self) -> list[str]:
         """What the CLI prints after a registration: stages, PnP, similarity, timings, warnings."""
         lines = [f"final pose from stage '{self.final_stage}' (initial: {self.initial_method})"]
+        if self.verdict is not None:
+            lines.append(f"  verdict: {self.verdict.line()}")
         if self.initial_method == "rayemb":
             lines.append(f"  PnP: {self.inliers}/{self.n_correspondences} inliers, {self.pnp_rmse_px:.2f} px RMS")
         if self.similarity_after is not None:
@@ -185,5 +190,8 @@ class RegistrationResult:
 
     def to_json_fields(self) -> dict[str, Any]:
         """The typed sub-results as plain dicts (for ``registration.json``)."""
-        return {"pnp_hypotheses": [asdict(h) for h in self.pnp_hypotheses],
-                "depth_search": asdict(self.depth_search) if self.depth_search is not None else {}}
+        d = {"pnp_hypotheses": [asdict(h) for h in self.pnp_hypotheses],
+             "depth_search": asdict(self.depth_search) if self.depth_search is not None else {}}
+        if self.verdict is not None:
+            d["verdict"] = self.verdict.to_dict()
+        return d

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from RayEmbRegistrationLib.options import (DetectionOptions, RefineOptions, RegistrationOptions, schedule_iterations,
+from RayEmbRegistrationLib.options import (DetectionOptions, OptionsError, RefineOptions, RegistrationOptions,
+                                           schedule_iterations,
                                            schedule_levels, schedule_lrs)
 
 
@@ -25,8 +26,49 @@ def test_refinement_schedule_is_the_default_and_scales():
 
 def test_cli_levels_use_the_same_rule():
     o = RefineOptions().with_levels([32, 64])
-    assert o.levels == (32, 64) and o.lr_mm == schedule_lrs(2) and o.iterations == RefineOptions().iterations
-    assert RefineOptions().with_levels(None, [5, 3]).iterations == (5, 3)
+    assert o.levels == (32, 64) and o.lr_mm == schedule_lrs(2) and o.iterations == (60, 40)  # counts kept per level
+    assert RefineOptions().with_levels(None, [5, 3, 2]).iterations == (5, 3, 2)
+    with pytest.raises(OptionsError, match="one per level"):  # two counts for three levels is a mistake
+        RefineOptions().with_levels(None, [5, 3])
+
+
+@pytest.mark.parametrize("changes, field", [
+    (dict(refine=dict(levels=())), "refine.levels"), (dict(refine=dict(levels=(0,))), "refine.levels"),
+    (dict(refine=dict(levels=(5000,))), "refine.levels"),
+    (dict(refine=dict(levels=(32, 64), iterations=(1, 2, 3))), "refine.iterations"),
+    (dict(refine=dict(iterations=(0, 1, 1))), "refine.iterations"),
+    (dict(pnp=dict(ransac_threshold_px=0)), "pnp.ransac_threshold_px"),
+    (dict(pnp=dict(ransac_threshold_px=-1.0)), "pnp.ransac_threshold_px"),
+    (dict(pnp=dict(ransac_threshold_px=float("nan"))), "pnp.ransac_threshold_px"),
+    (dict(detection=dict(n_bone_keep=0)), "detection.n_bone_keep"),
+    (dict(detection=dict(n_bone_keep=-3)), "detection.n_bone_keep"),
+    (dict(detection=dict(n_bone_candidates=0)), "detection.n_bone_candidates"),
+    (dict(detection=dict(n_templates=3)), "detection.n_templates"), (dict(device="gpu"), "device"),
+    (dict(seed=-1), "seed"),
+])
+def test_invalid_values_are_refused_never_replaced(changes, field):
+    with pytest.raises(OptionsError) as e:
+        RegistrationOptions().replace(**changes)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_template_counts_match_the_templates_table():
+    from RayEmbRegistrationLib.options import TEMPLATE_COUNTS
+    from RayEmbRegistrationLib.templates import inference_template_angles
+
+    for n in TEMPLATE_COUNTS:
+        assert len(inference_template_angles(n)) == n
+    with pytest.raises(ValueError):
+        inference_template_angles(3)
+
+
+def test_ransac_threshold_is_defined_at_the_reference_resolution():
+    from RayEmbRegistrationLib.camera import Intrinsics
+    from RayEmbRegistrationLib.options import PnPOptions
+
+    p = PnPOptions(ransac_threshold_px=10.0)
+    assert p.threshold_px(Intrinsics.deepfluoro(256)) == 10.0
+    assert p.threshold_px(Intrinsics.deepfluoro(1536)) == 60.0  # the same detector, 6× finer pixels
 
 
 def test_options_are_frozen_and_replace_changes_sub_trees():

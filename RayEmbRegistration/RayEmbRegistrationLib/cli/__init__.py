@@ -2,8 +2,9 @@
 
 Owns: ``main``: the parser assembled from one module per subcommand, errors → message + exit status.
 
-``main`` — building the parser from the subcommand modules and turning errors into one clear message and
-the exit status of ``common`` (0 ok, 2 bad input / registration impossible, 3 no usable network, 130 cancelled)."""
+``main`` builds the parser from the subcommand modules and turns errors into one clear message on stderr and the
+exit status of ``common`` (0 ok, 2 bad input / registration impossible, 3 no usable network, 4 registration
+rejected, 130 interrupted, 143 terminated)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from typing import Sequence
 
 from . import demo, detect, evaluate, register, render, training
-from .common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_NO_MODEL, CLIError
+from .common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_NO_MODEL, EXIT_TERMINATED, CLIError
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -37,20 +38,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rayemb``; returns the exit status."""
     args = build_parser().parse_args(argv)
     from ..errors import ModelUnavailable
-    from ..progress import Cancelled
+    from ..model import ModelFileError
+    from ..progress import Cancelled, Terminated, terminate_on_sigterm
 
+    terminate_on_sigterm()
     try:
         return int(args.func(args) or 0)
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, ModelFileError) as exc:
         print(f"rayemb {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_NO_MODEL
+    except Terminated as exc:
+        print(f"rayemb {args.command}: {exc}; nothing half written", file=sys.stderr)
+        return EXIT_TERMINATED
     except Cancelled as exc:
         print(f"rayemb {args.command}: cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED
     except KeyboardInterrupt:
-        print(f"rayemb {args.command}: interrupted", file=sys.stderr)
+        print(f"rayemb {args.command}: interrupted; nothing half written", file=sys.stderr)
         return EXIT_CANCELLED
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:
+        what = f"{exc.strerror} ({exc.filename})" if exc.strerror and exc.filename else str(exc)
+        print(f"rayemb {args.command}: error: {what}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
         print(f"rayemb {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -18,13 +18,24 @@ import numpy as np
 
 from ..options import DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
 
-__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_CANCELLED", "CLIError", "Progress", "set_threads",
+__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_REJECTED", "EXIT_CANCELLED", "EXIT_TERMINATED", "FLAGS",
+           "CLIError", "Progress", "set_threads",
            "read_json_option", "read_pose", "read_geometry", "add_common", "options_from_args"]
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_NO_MODEL = 3
-EXIT_CANCELLED = 130
+# The exit status of every command (README, "Exit status"):
+EXIT_OK = 0             # done; for register: the result is accepted or uncertain (registration.json says which)
+EXIT_BAD_INPUT = 2      # bad input or an impossible registration: the message names what is wrong and what to do
+EXIT_NO_MODEL = 3       # no usable network (missing, corrupt or mismatching weights)
+EXIT_REJECTED = 4       # register: the result was rejected by its verdict (outputs written, marked rejected)
+EXIT_CANCELLED = 130    # interrupted (Ctrl-C / SIGINT); nothing half written
+EXIT_TERMINATED = 143   # terminated (SIGTERM); nothing half written
+
+#: the CLI flag of each field of the options tree (so that an error names what the user typed)
+FLAGS = {
+    "detection.n_bone_candidates": "--bone-candidates", "detection.n_bone_keep": "--bone-keep",
+    "pnp.ransac_threshold_px": "--ransac-threshold", "refine.levels": "--refine-levels",
+    "refine.iterations": "--refine-iterations", "device": "--device", "seed": "--seed",
+}
 
 
 class CLIError(ValueError):
@@ -32,14 +43,18 @@ class CLIError(ValueError):
 
 
 class Progress:
-    """tqdm bar driven by ``progress(fraction, message)`` callbacks (``progress.ProgressFn``)."""
+    """Progress on stderr driven by ``progress(fraction, message)`` callbacks (``progress.ProgressFn``): a tqdm bar
+    on a terminal, else (a log file, CI) one line per 10 %."""
 
     def __init__(self, desc: str, enable: bool = True) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=desc, disable=not enable, leave=False, file=sys.stderr,
+        self.desc, self.enable = desc, enable
+        self.tty = enable and sys.stderr.isatty()
+        self.bar = tqdm(total=1000, desc=desc, disable=not self.tty, leave=False, file=sys.stderr,
                         bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {postfix}")
         self.n = 0
+        self.decile = -1
 
     def __call__(self, fraction: float, message: str = "") -> None:
         k = int(round(1000 * min(max(fraction, 0.0), 1.0)))
@@ -48,6 +63,9 @@ class Progress:
             self.n = k
         if message:
             self.bar.set_postfix_str(message[:60], refresh=False)
+        if self.enable and not self.tty and k // 100 > self.decile:
+            self.decile = k // 100
+            print(f"{self.desc}: {10 * self.decile:3d}%  {message}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -127,7 +145,8 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--bone-keep", type=int, default=None, metavar="N",
                    help=f"most confident bone points given to PnP (default {D.n_bone_keep}, as in the paper)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
-                   help=f"RANSAC inlier threshold in pixels of the X-ray as given (default {N.ransac_threshold_px:g})")
+                   help="RANSAC inlier threshold in pixels of the X-ray resampled to 256 px on its longer side (the "
+                        f"same on any image size of the detector; default {N.ransac_threshold_px:g})")
     p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
                    help=f"coarse-to-fine DRR grid sizes, longer side in px (default {_levels(R)}; steps "
                         f"{R.lr_mm[0]:g} → {R.lr_mm[-1]:g} mm)")
@@ -138,21 +157,29 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
 
 
 def options_from_args(args) -> RegistrationOptions:
-    """``RegistrationOptions`` from the arguments of ``add_common`` (unset arguments keep the defaults)."""
+    """``RegistrationOptions`` from the arguments of ``add_common`` (unset arguments keep the defaults; a given
+    value is never replaced: an invalid one is a ``CLIError`` naming the flag, the value and the valid range)."""
+    from ..options import OptionsError
+
     det, pnp, ref = {}, {}, {}
     if getattr(args, "no_bone_points", False):
         det["auto_bone_points"] = False
-    if getattr(args, "bone_candidates", None):
+    if getattr(args, "bone_candidates", None) is not None:
         det["n_bone_candidates"] = args.bone_candidates
-    if getattr(args, "bone_keep", None):
+    if getattr(args, "bone_keep", None) is not None:
         det["n_bone_keep"] = args.bone_keep
-    if getattr(args, "ransac_threshold", None):
+    if getattr(args, "ransac_threshold", None) is not None:
         pnp["ransac_threshold_px"] = args.ransac_threshold
     if getattr(args, "no_refine", False):
         ref["enabled"] = False
     if getattr(args, "no_depth_search", False):
         ref["depth_search"] = False
-    o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
-    o = o.replace(detection=det, pnp=pnp, refine=ref)
-    refine = o.refine.with_levels(getattr(args, "refine_levels", None), getattr(args, "refine_iterations", None))
-    return o.replace(refine=refine)
+    try:
+        o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
+        o = o.replace(detection=det, pnp=pnp, refine=ref)
+        levels, its = getattr(args, "refine_levels", None), getattr(args, "refine_iterations", None)
+        return o.replace(refine=o.refine.with_levels(levels, its))
+    except OptionsError as exc:
+        flag = FLAGS.get(exc.field, exc.field)
+        given = " ".join(str(x) for x in exc.value) if isinstance(exc.value, tuple) else exc.value
+        raise CLIError(f"{flag} {given}: {exc.valid}.") from None

@@ -36,12 +36,13 @@ def run(args) -> int:
     from ..errors import ModelUnavailable, RegistrationError
     from ..evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors
     from ..pipeline import Registrar
-    from ..report import write_json_atomic, write_registration
+    from ..report import check_output_dir, write_json_atomic, write_registration
     from ..resources import RESOURCES, bundled_model_for
     from ..simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
     from ..volume import load_ct
     from ..xray import XRayImage, save_xray
 
+    out = check_output_dir(args.out)  # before any work
     set_threads()
     ct_path = Path(args.ct)
     ct = load_ct(ct_path)
@@ -49,8 +50,6 @@ def run(args) -> int:
     intr = Intrinsics.deepfluoro(args.size)
     T_true = sample_visible_pose(ct, intr, rng)
     pixels = simulate_xray(ct, intr, T_true, rng)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_xray(pixels, intr, out / "xray.tif")
     write_json_atomic({"camera_from_world": T_true, "note": "ground truth of the simulated X-ray (not given to the pipeline)"},
                       out / "truth.json")

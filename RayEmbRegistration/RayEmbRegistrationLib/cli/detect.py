@@ -29,10 +29,11 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     from ..fiducials import load_fiducials
     from ..pipeline import Registrar
-    from ..report import write_detections
+    from ..report import check_output_dir, write_detections
     from ..volume import load_ct
     from ..xray import load_xray
 
+    check_output_dir(args.out)  # before any work
     set_threads()
     ct = load_ct(args.ct)
     xray = load_xray(args.xray, geometry=args.geometry)

