@@ -16,6 +16,12 @@ table this data gives (see the README, "Registration verdict").
 
 Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
+    .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...]
+
+``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) and prints the
+calibration table: per kind of case, how many successes / failures were accepted, uncertain, rejected (an error
+exit counts as rejected), and the two figures the verdict must meet — of failures, the share not accepted
+(target ≥ 99 %); of successes, the share accepted (target ≥ 90 %).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
 from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.generate import resolve_ct_path  # noqa: E402
-from RayEmbRegistrationLib.verdict import signals  # noqa: E402
+from RayEmbRegistrationLib.verdict import judge, signals  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
 
@@ -53,15 +59,56 @@ def cts(shared: Path) -> dict[str, Path]:
     return out
 
 
+def _value(v: str):
+    if v in ("True", "False"):
+        return v == "True"
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def table(paths) -> int:
+    """Print the calibration table of the recorded cases under the current rule."""
+    rows = [{k: _value(v) for k, v in r.items()} for p in paths for r in csv.DictReader(open(p))]
+    out = {}
+    for r in rows:
+        status = "rejected" if r.get("error") else judge(r).status
+        key = (r["kind"], "success" if r["success"] else "failure")
+        out.setdefault(key, {"accepted": 0, "uncertain": 0, "rejected": 0})[status] += 1
+    print("| kind | truth | n | accepted | uncertain | rejected (or error) |")
+    print("|---|---|---|---|---|---|")
+    for (kind, truth), c in sorted(out.items()):
+        print(f"| {kind} | {truth} | {sum(c.values())} | {c['accepted']} | {c['uncertain']} | {c['rejected']} |")
+    tot = {t: {s: sum(c[s] for (k, tt), c in out.items() if tt == t) for s in ("accepted", "uncertain", "rejected")}
+           for t in ("success", "failure")}
+    nf, ns = sum(tot["failure"].values()), sum(tot["success"].values())
+    geo = {s: sum(c[s] for (k, tt), c in out.items() if tt == "failure" and k != "wrong_sdd") for s in tot["failure"]}
+    ng = sum(geo.values())
+    print(f"\nfailures not accepted: {100 * (nf - tot['failure']['accepted']) / max(1, nf):.1f} % of {nf} "
+          f"(without the wrong-SDD cases: {100 * (ng - geo['accepted']) / max(1, ng):.1f} % of {ng}); "
+          f"successes accepted: {100 * tot['success']['accepted'] / max(1, ns):.1f} % of {ns}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--table", nargs="+", default=None, metavar="CSV", help="only print the table of recorded cases")
+    ap.add_argument("--out")
     ap.add_argument("--n", type=int, default=8, help="match cases per CT and network")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     a = ap.parse_args()
+    if a.table:
+        return table(a.table)
+    if not a.out:
+        ap.error("--out is required (or --table CSV ...)")
     import torch
 
     torch.set_num_threads(a.threads)
@@ -112,7 +159,7 @@ def main() -> int:
             e = pose_errors(res.final.camera_from_world, T, pts, intr)
             by_construction = kind in ("mirrored", "wrong_ct")
             row.update(error="", mtre_mm=e["mtre_mm"], success=(not by_construction) and e["mtre_mm"] <= 10.0,
-                       seconds=time.perf_counter() - t, **signals(res, vols[target]))
+                       seconds=time.perf_counter() - t, **signals(res, vols[target], xray))
         rows.append(row)
         print(f"{k + 1}/{len(jobs)} {kind:9s} {shows:>6s}->{target:<6s} {net:16s} mTRE {row['mtre_mm']:8.2f} "
               f"{'OK ' if row['success'] else 'bad'} {row.get('error', '')[:60]}", flush=True)

@@ -308,6 +308,8 @@ class Camera:
             raise GeometryError("camera_from_world contains NaN or infinity.")
         if not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or np.linalg.det(R) < 0:
             raise GeometryError("camera_from_world must be a rigid transform (orthonormal rotation, det +1).")
+        if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0]):
+            raise GeometryError(f"camera_from_world's last row must be [0, 0, 0, 1], got {T[3].tolist()}.")
         object.__setattr__(self, "camera_from_world", T)
 
     @property

@@ -25,12 +25,14 @@ from .initial_pose import GivenPose, InitialPose, RayEmbPnP
 from .options import RegistrationOptions
 from .plausibility import carm_disagreement, is_in_view, overlap_problem
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
-from .results import DepthSearchSummary, DetectionResult, RegistrationResult
+from .results import DETECTED, NOT_SEEN, OUTSIDE_CT, DepthSearchSummary, DetectionResult, RegistrationResult
 from .verdict import judge, signals
 from .volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
 
+#: the smallest CT (voxels along each axis) a registration accepts
+MIN_CT_VOXELS = 8
 # Progress ranges of register()'s three stages.
 _INITIAL, _REFINE = (0.0, 0.42), (0.42, 0.97)
 
@@ -109,8 +111,13 @@ class Registrar:
 
     # --- checks ----------------------------------------------------------------------------------------------
     def check_inputs(self, xray) -> None:
-        """``RegistrationError`` for an X-ray without geometry, a blank X-ray, or a CT without bone."""
+        """``RegistrationError`` for a tiny CT, an X-ray without geometry, a blank X-ray, or a CT without bone."""
         ct = self.ct
+        if min(ct.shape) < MIN_CT_VOXELS:
+            raise RegistrationError(
+                f"CT '{ct.name}' has only {ct.shape} voxels; a registration needs at least {MIN_CT_VOXELS} voxels "
+                "along each axis (is this the CT volume, or a thumbnail / a single slice?)."
+            )
         if xray is None or getattr(xray, "intrinsics", None) is None:
             raise RegistrationError("the X-ray has no detector geometry; give --geometry JSON (source_to_detector_mm, "
                                     "pixel_spacing_mm).")
@@ -144,9 +151,14 @@ class Registrar:
         check_cancel(cancel, "detection")
         d = det.detect(xray.pixels, xray.intrinsics, ras, heatmaps=heatmaps, progress=sub_progress(progress, 0.5, 1.0),
                        cancel=cancel, fast=self.options.detection.fast)
-        return DetectionResult(labels=labels, ras=ras, uv=d.uv, confidence=d.confidence, heatmaps=d.heatmaps,
+        # A point outside the CT, or one no template view sees, has no subspace to match: no pixel, confidence 0.
+        status = np.where(~self.ct.contains(ras), OUTSIDE_CT, np.where(d.confidence > 0, DETECTED, NOT_SEEN))
+        found = status == DETECTED
+        uv = np.where(found[:, None], d.uv, np.nan)
+        conf = np.where(found, d.confidence, 0.0)
+        return DetectionResult(labels=labels, ras=ras, uv=uv, confidence=conf, heatmaps=d.heatmaps,
                                heatmap_intrinsics=d.net_intrinsics if heatmaps else None,
-                               seconds=time.perf_counter() - t0)
+                               seconds=time.perf_counter() - t0, status=status.tolist())
 
     # --- register --------------------------------------------------------------------------------------------
     def register(self, xray, fiducials=None, initial_camera_from_world=None, progress: ProgressFn | None = None,
@@ -230,7 +242,7 @@ class Registrar:
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
             initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
-        result.verdict = judge(signals(result, self.ct))
+        result.verdict = judge(signals(result, self.ct, xray))
         return result
 
 

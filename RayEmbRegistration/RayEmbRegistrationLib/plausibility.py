@@ -69,5 +69,5 @@ def carm_disagreement(camera: Camera, carm) -> str | None:
     ang = math.degrees(math.acos(float(np.clip(axis @ camera.principal_axis_ras, -1, 1))))
     if ang <= CARM_WARNING_DEG:
         return None
-    return (f"the registered viewing direction differs by {ang:.0f}° from the DICOM C-arm angles "
+    return (f"the registered viewing direction differs by {ang:.0f}° from the C-arm angles recorded with the X-ray "
             f"(primary {carm.primary_deg:g}°, secondary {carm.secondary_deg:g}°); check the result.")

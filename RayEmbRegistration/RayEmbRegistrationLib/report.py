@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .camera import Camera
-from .overlay import overlay_image, to_uint8
+from .overlay import heatmap_image, overlay_image
 
 __all__ = ["ReportError", "registration_dict", "write_registration", "write_detections", "check_output_dir",
            "write_json_atomic", "save_scene", "CONVENTIONS"]
@@ -200,7 +200,8 @@ def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, sc
     out = check_output_dir(out_dir)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
     try:
-        img = overlay_image(xray.pixels, result.drr, result.landmarks, title=result.headline())
+        img = overlay_image(xray.pixels, result.drr, result.landmarks, title=result.headline(),
+                            verdict=getattr(result.verdict, "status", None))
         if not cv2.imwrite(str(tmp_dir / "overlay.png"), img):
             raise ReportError(f"could not write {out / 'overlay.png'}")
         names = ["overlay.png"]
@@ -235,7 +236,10 @@ def write_detections(out_dir: str | Path, result, xray, max_heatmap_pngs: int = 
             for i, lab in enumerate(result.labels[:max_heatmap_pngs]):
                 safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in lab) or f"P{i + 1}"
                 name = f"heatmap_{i:03d}_{safe}.png"
-                if not cv2.imwrite(str(tmp_dir / name), cv2.applyColorMap(to_uint8(result.heatmaps[i]), cv2.COLORMAP_INFERNO)):
+                peak = (xray.intrinsics.scale_pixels(result.uv[i], result.heatmap_intrinsics)
+                        if result.status[i] == "detected" else None)  # the detection on the map's grid
+                picture = heatmap_image(result.heatmaps[i], peak, f"{lab} ({result.status[i]})")
+                if not cv2.imwrite(str(tmp_dir / name), picture):
                     raise ReportError(f"could not write {out / name}")
                 names.append(name)
         d = result.to_dict()

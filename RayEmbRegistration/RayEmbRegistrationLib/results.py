@@ -19,7 +19,7 @@ import numpy as np
 
 from .camera import Camera, Intrinsics
 
-__all__ = ["Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
+__all__ = ["DETECTED", "OUTSIDE_CT", "NOT_SEEN", "Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
 
 
 def _floats(a) -> list:
@@ -56,10 +56,15 @@ class Landmark:
         }
 
 
+#: per-point status of a detection: found at a pixel, outside the CT (no pixel), seen by no template view (no pixel)
+DETECTED, OUTSIDE_CT, NOT_SEEN = "detected", "outside_ct", "not_seen"
+
+
 @dataclass
 class DetectionResult:
-    """``Registrar.detect``: per point label, RAS (N, 3), detected pixels (N, 2), confidence (N,), heatmaps
-    (N, h, w) at network size (or None) on the grid ``heatmap_intrinsics``, wall time."""
+    """``Registrar.detect``: per point label, RAS (N, 3), detected pixels (N, 2; NaN where ``status`` is not
+    ``"detected"``), confidence (N,; 0 there), ``status`` (N,) (``DETECTED`` | ``OUTSIDE_CT`` | ``NOT_SEEN``),
+    heatmaps (N, h, w) at network size (or None) on the grid ``heatmap_intrinsics``, wall time."""
 
     labels: list[str]
     ras: np.ndarray
@@ -68,12 +73,18 @@ class DetectionResult:
     heatmaps: np.ndarray | None = None
     heatmap_intrinsics: Intrinsics | None = None
     seconds: float = 0.0
+    status: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            self.status = [DETECTED] * len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "points": [
-                {"label": l, "ras": r.tolist(), "detected_px": u.tolist(), "confidence": float(c)}
-                for l, r, u, c in zip(self.labels, self.ras, self.uv, self.confidence)
+                {"label": l, "ras": _floats(r), "status": st, "detected_px": _floats(u) if st == DETECTED else None,
+                 "confidence": float(c)}
+                for l, r, u, c, st in zip(self.labels, self.ras, self.uv, self.confidence, self.status)
             ],
             "seconds": self.seconds,
         }

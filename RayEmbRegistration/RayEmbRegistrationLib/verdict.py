@@ -19,14 +19,49 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
+__all__ = ["signals", "footprint_similarity", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
 
 ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
 
 
-def signals(result, ct) -> dict[str, Any]:
-    """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` (plain floats / ints / bools)."""
+def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: float = 0.5) -> float:
+    """Multiscale NCC (``0.5 · NCC + 0.5 · mean local NCC``) of the X-ray and the DRR inside the CT's footprint.
+
+    The plain similarity averages in every tile of the image, also those where the CT casts no shadow (a small
+    crop of the spine, a head that fills half the detector): there the DRR is flat and the tile counts as
+    "no correlation", so a correct pose of a small CT scores lower than a wrong pose of a large one. Here only
+    pixels where the DRR shows the CT (above 5 % of its maximum) count, and only tiles that are at least
+    ``min_share`` inside it. ``drr`` (h, w) is on a coarser grid of the same detector as ``xray_pixels``.
+    """
+    from .refine import downsample_image
+
+    d = np.asarray(drr, dtype=np.float64)
+    h, w = d.shape
+    x = downsample_image(xray_pixels, w, h).astype(np.float64)
+    mask = d > 0.05 * max(float(d.max()), 1e-9)
+    if mask.sum() < 16:
+        return math.nan
+
+    def ncc(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
+    p = max(5, int(round(w / 10)))
+    local = []
+    for i in range(0, h - p + 1, p):
+        for j in range(0, w - p + 1, p):
+            m = mask[i:i + p, j:j + p]
+            if m.mean() >= min_share:
+                local.append(ncc(x[i:i + p, j:j + p][m], d[i:i + p, j:j + p][m]))
+    g = ncc(x[mask], d[mask])
+    return 0.5 * g + 0.5 * (float(np.mean(local)) if local else g)
+
+
+def signals(result, ct, xray=None) -> dict[str, Any]:
+    """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` and its ``xray`` (plain floats / ints /
+    bools)."""
     pts = ct.sample_bone_points(_AGREEMENT_POINTS, np.random.default_rng(_AGREEMENT_SEED))
     moved = np.linalg.norm(result.initial.to_camera(pts) - result.final.to_camera(pts), axis=1)
     inl = [lm.confidence for lm in result.landmarks if lm.inlier]
@@ -36,6 +71,8 @@ def signals(result, ct) -> dict[str, Any]:
         "initial_method": result.initial_method,
         "refined": result.final_stage == "refined",
         "similarity": math.nan if after is None else float(after),
+        "footprint_similarity": (footprint_similarity(xray.pixels, result.drr)
+                                 if xray is not None and result.drr is not None else math.nan),
         "similarity_gain": math.nan if after is None or before is None else float(after - before),
         "inliers": int(result.inliers),
         "inlier_share": float(result.inliers) / max(1, int(result.n_correspondences)),

@@ -114,6 +114,11 @@ class CTVolume:
         ras = np.asarray(ras, dtype=np.float64).reshape(-1, 3)
         return ras @ M[:3, :3].T + M[:3, 3]
 
+    def contains(self, ras: np.ndarray) -> np.ndarray:
+        """(N,) bool: RAS points (N, 3) inside the volume's voxel grid (its outer voxel edges included)."""
+        ijk = self.ras_to_ijk_points(ras)
+        return ((ijk >= -0.5) & (ijk <= np.asarray(self.shape) - 0.5)).all(axis=1)
+
     # --- derived volumes ------------------------------------------------------------------------------------
     def resampled(self, spacing_mm: float | Sequence[float]) -> "CTVolume":
         """The same physical box on a grid of about ``spacing_mm`` voxels (along the same i, j, k axes).

@@ -206,7 +206,10 @@ def _read_plain(path: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     if ext in _CV2_EXT:
         import cv2
 
-        a = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            a = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            a = None
         if a is None:
             raise XRayError(f"Cannot decode image {path} (corrupt or not a {ext} file).")
         return _to_gray(a, path, notes), ext[1:]
@@ -306,6 +309,8 @@ def load_xray(
     path = Path(path)
     if not path.is_file():
         raise XRayError(f"X-ray file not found: {path}.")
+    if path.stat().st_size == 0:
+        raise XRayError(f"X-ray file {path} is empty (0 bytes); the copy or export failed — take the file again.")
     notes: list[str] = []
     user, geometry_source = _geometry_dict(geometry, path, notes)
     user_dict = user if isinstance(user, dict) else {}

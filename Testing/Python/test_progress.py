@@ -33,3 +33,25 @@ def test_training_generation_and_finetune_honour_cancel(sample_ct, tmp_path):
         generate([sample_ct], tmp_path / "d", n_variants=1, n_queries=1, size=32, voxel_mm=6.0, n_points=16,
                  bar=False, cancel=lambda: True)
     assert not list((tmp_path / "d").glob("shard_*.npz"))
+
+
+@pytest.mark.parametrize("sig, exc", [("SIGINT", KeyboardInterrupt), ("SIGTERM", "Terminated")])
+def test_signals_are_held_back_inside_a_critical_block(sig, exc):
+    import os
+    import signal
+
+    from RayEmbRegistrationLib.progress import Terminated, signals_deferred, terminate_on_sigterm
+
+    exc = Terminated if exc == "Terminated" else exc
+    old = signal.getsignal(signal.SIGTERM)
+    terminate_on_sigterm()
+    try:
+        done = []
+        with pytest.raises(exc):
+            with signals_deferred():
+                os.kill(os.getpid(), getattr(signal, sig))
+                done.append("the block ran to its end")
+        assert done == ["the block ran to its end"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    finally:
+        signal.signal(signal.SIGTERM, old)

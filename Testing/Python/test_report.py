@@ -53,3 +53,26 @@ def test_write_registration_all_or_nothing(sample_ct, result, tmp_path):
         write_registration(tmp_path, broken, sample_ct, xray, scene=True)
     assert not (tmp_path / "registration.json").exists()
     assert not list(tmp_path.glob(".rayemb-tmp-*"))
+
+
+def test_rerun_replaces_the_whole_result_set(sample_ct, result, tmp_path):
+    """A --no-scene re-run must not leave the previous X-ray's scene.mrb beside the new result."""
+    xray, res = result
+    write_registration(tmp_path, res, sample_ct, xray, scene=True)
+    assert (tmp_path / "scene.mrb").is_file()
+    (tmp_path / "notes.txt").write_text("mine")  # not ours: never touched
+    paths = write_registration(tmp_path, res, sample_ct, xray, scene=False)
+    assert set(paths) == {"registration", "overlay"} and not (tmp_path / "scene.mrb").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob(".rayemb-tmp-*"))
+
+
+def test_output_folder_errors_name_the_folder(tmp_path):
+    from RayEmbRegistrationLib.report import ReportError, check_output_dir
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ReportError, match="is a file"):
+        check_output_dir(f)
+    with pytest.raises(ReportError, match="cannot write results into"):
+        check_output_dir(f / "sub")
+    assert check_output_dir(tmp_path / "new" / "dir").is_dir()

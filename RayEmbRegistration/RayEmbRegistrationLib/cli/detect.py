@@ -41,7 +41,8 @@ def run(args) -> int:
     with Progress("detect", not args.quiet) as bar:
         res = Registrar(ct, options_from_args(args)).detect(xray, pts, heatmaps=args.heatmaps, progress=bar)
     path = write_detections(args.out, res, xray)
-    for lab, uv, c in zip(res.labels, res.uv, res.confidence):
-        print(f"{lab:>12s}: u {uv[0]:8.2f}  v {uv[1]:8.2f}  confidence {c:.3f}")
+    for lab, uv, c, st in zip(res.labels, res.uv, res.confidence, res.status):
+        where = f"u {uv[0]:8.2f}  v {uv[1]:8.2f}" if st == "detected" else f"not detected ({st.replace('_', ' ')})"
+        print(f"{lab:>12s}: {where}  confidence {c:.3f}")
     print(f"wrote {path}")
     return 0

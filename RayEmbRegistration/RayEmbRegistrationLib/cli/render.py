@@ -62,6 +62,16 @@ def run(args) -> int:
                            f"{intr.source_to_detector_mm:g} mm).")
         T = carm_camera_from_world(prim, sec, sid, ct.center_ras)
         carm = CarmAngles(prim, sec, sid)
+    from ..camera import Camera, GeometryError
+    from ..plausibility import check_overlap
+
+    try:
+        cam = Camera(intr, T)  # a rigid camera_from_world or a clear error
+    except (GeometryError, ValueError) as exc:
+        raise CLIError(f"--pose {args.pose}: {exc}") from None
+    check_overlap(ct, cam, "pose given to render")  # a DRR of nothing would be all zeros
+    if not args.bone_multiplier > 0:
+        raise CLIError(f"--bone-multiplier {args.bone_multiplier:g}: it must be > 0 (1 = physical).")
     r = DRRRenderer(ct, intr, backend=args.backend, bone_multiplier=args.bone_multiplier,
                     device=resolve_device(args.device))
     img = r.render_numpy(T)

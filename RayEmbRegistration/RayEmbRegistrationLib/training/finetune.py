@@ -23,7 +23,7 @@ import torch
 from ..model import load_model
 from ..progress import CancelFn, ProgressFn, sub_progress
 from ..resources import BUNDLED_MODEL
-from ..volume import CTVolume, load_ct
+from ..volume import BONE_HU, CTVolume, load_ct
 from .data import ShardSet
 from .generate import POSE_CENTERS, generate
 from .train import evaluate, train
@@ -46,6 +46,13 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     Returns the report dict: localisation error on held-out poses before/after (``train.summarize`` fields),
     timings, and the path of the fine-tuned weights.
     """
+    if not (isinstance(seconds, (int, float)) and seconds > 0 and seconds < 7 * 24 * 3600):
+        raise ValueError(f"--seconds {seconds!r}: the training time budget must be > 0 (and under a week).")
+    for name, v in (("--queries", n_train_queries), ("--eval-queries", n_eval_queries)):
+        if int(v) < 1:
+            raise ValueError(f"{name} {v}: give at least 1 DRR.")
+    if not (isinstance(lr, (int, float)) and 0 < lr < 1):
+        raise ValueError(f"--lr {lr!r}: the learning rate must be in (0, 1).")
     if threads:
         torch.set_num_threads(int(threads))
     t0 = time.time()
@@ -54,6 +61,9 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     base = load_model(model_path, device=device)
     cfg = base.config
     vol = ct if isinstance(ct, CTVolume) else load_ct(ct)
+    if not (vol.hu >= BONE_HU).any():  # checked before anything is written
+        raise ValueError(f"CT '{vol.name}' has no bone (no voxel ≥ {BONE_HU:g} HU, max {float(vol.hu.max()):.0f}); "
+                         "fine-tuning learns bone landmarks. Is the CT in Hounsfield units?")
     # held-out poses (other seed, plain CT) and training poses of the same CT
     generate([vol], out / "data_eval", n_variants=1, n_queries=n_eval_queries, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
              seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=bar,
@@ -114,6 +124,7 @@ def finetune_main(args: argparse.Namespace) -> int:
                  pose_center=args.pose_center, log=lambda m: print(m, flush=True))
     print(json.dumps({k: r[k] for k in ("ct", "seconds_train", "steps")} | {
         "before_median_px": r["before"]["median_px"], "after_median_px": r["after"]["median_px"]}))
+    print(f"fine-tuned weights: {r['finetuned_model']} (use them with: rayemb register --model {r['finetuned_model']} ...)")
     return 0
 
 
