@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
-
 from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER  # noqa: E402
 from RayEmbRegistrationLib.evaluate import pose_errors  # noqa: E402
 from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
@@ -40,9 +39,8 @@ from RayEmbRegistrationLib.plausibility import overlap_problem  # noqa: E402
 from RayEmbRegistrationLib.refine import Refiner, perturbation_numpy  # noqa: E402
 from RayEmbRegistrationLib.simulate import simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
-
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 
 
 def schedules() -> dict[str, RefineOptions]:

@@ -159,7 +159,7 @@ def main() -> int:
             e = pose_errors(res.final.camera_from_world, T, pts, intr)
             by_construction = kind in ("mirrored", "wrong_ct")
             row.update(error="", mtre_mm=e["mtre_mm"], success=(not by_construction) and e["mtre_mm"] <= 10.0,
-                       seconds=time.perf_counter() - t, **signals(res, vols[target], xray))
+                       seconds=time.perf_counter() - t, **signals(res, vols[target], xray, reg.refiner()))
         rows.append(row)
         print(f"{k + 1}/{len(jobs)} {kind:9s} {shows:>6s}->{target:<6s} {net:16s} mTRE {row['mtre_mm']:8.2f} "
               f"{'OK ' if row['success'] else 'bad'} {row.get('error', '')[:60]}", flush=True)

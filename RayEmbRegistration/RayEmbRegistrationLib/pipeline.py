@@ -242,7 +242,7 @@ class Registrar:
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
             initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
-        result.verdict = judge(signals(result, self.ct, xray))
+        result.verdict = judge(signals(result, self.ct, xray, self.refiner()))
         return result
 
 

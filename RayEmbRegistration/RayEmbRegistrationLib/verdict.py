@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "footprint_similarity", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
+__all__ = ["signals", "footprint_similarity", "depth_tolerance_mm", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
 
 ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
@@ -59,9 +59,40 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     return 0.5 * g + 0.5 * (float(np.mean(local)) if local else g)
 
 
-def signals(result, ct, xray=None) -> dict[str, Any]:
+#: relative depth steps (of the CT centre's distance from the source) of the depth profile, and the similarity drop
+#: that counts as "the image changed"
+DEPTH_STEPS = (-0.06, -0.04, -0.02, -0.01, 0.0, 0.01, 0.02, 0.04, 0.06)
+DEPTH_EPSILON = 0.005
+
+
+def depth_tolerance_mm(refiner, xray, camera) -> float:
+    """How far (mm) the CT can slide along the viewing ray of its centre before the image similarity drops by
+    ``DEPTH_EPSILON``: the registration's depth uncertainty as the image sees it.
+
+    An X-ray constrains depth (magnification) only weakly — least for a small CT or a far source — and a wrong
+    depth gives an almost identical image. The similarity on the finest refinement grid is sampled at the depth
+    steps ``DEPTH_STEPS`` and a parabola is fitted; ``inf`` when it does not curve downwards (flat, or the pose
+    is not at the optimum).
+    """
+    T0 = np.asarray(camera.camera_from_world, dtype=np.float64)
+    c_cam = T0[:3, :3] @ refiner.centre_ras + T0[:3, 3]
+    if not c_cam[2] > 0:
+        return math.inf
+    steps = np.asarray(DEPTH_STEPS)
+    poses = np.repeat(T0[None], len(steps), 0)
+    poses[:, :3, 3] += steps[:, None] * c_cam[None]
+    sims = refiner.similarity(xray.pixels, xray.intrinsics, poses)
+    dz = steps * c_cam[2]
+    a, b, _ = np.polyfit(dz, sims, 2)
+    if not a < 0:
+        return math.inf
+    offset = -b / (2 * a)  # where the fitted optimum lies (mm from the final depth)
+    return float(abs(offset) + math.sqrt(DEPTH_EPSILON / -a))
+
+
+def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
     """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` and its ``xray`` (plain floats / ints /
-    bools)."""
+    bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance."""
     pts = ct.sample_bone_points(_AGREEMENT_POINTS, np.random.default_rng(_AGREEMENT_SEED))
     moved = np.linalg.norm(result.initial.to_camera(pts) - result.final.to_camera(pts), axis=1)
     inl = [lm.confidence for lm in result.landmarks if lm.inlier]
@@ -80,6 +111,8 @@ def signals(result, ct, xray=None) -> dict[str, Any]:
         "pnp_to_final_mm": float(moved.mean()),
         "inlier_confidence": float(np.median(inl)) if inl else math.nan,
         "depth_corrected": bool(ds is not None and ds.corrected),
+        "depth_tolerance_mm": (depth_tolerance_mm(refiner, xray, result.final)
+                               if refiner is not None and xray is not None else math.nan),
         "warnings": len(result.warnings),
     }
 

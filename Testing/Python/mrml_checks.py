@@ -476,6 +476,22 @@ def check_detection_outputs_points_and_table(app, ct, cameras, drr):
     assert app.scene.GetNumberOfNodes() == n and out2["table"] is out["table"]
 
 
+def check_registration_outputs_carry_the_verdict(app, ct, cameras, drr):
+    """A rejected registration's nodes say so (name and attribute), so it never looks like a success."""
+    from RayEmbRegistrationLib.verdict import Verdict
+
+    cam0, cam1 = cameras
+    xr = mrml.xray_to_volume_node(app.scene, drr, cam0.intrinsics, "xr")
+    res = SimpleNamespace(initial=cam1, refined=None, final=cam1, landmarks=[], drr=None,
+                          verdict=Verdict("rejected", ("the DRR does not match",)))
+    out = mrml.write_registration_outputs(app.scene, xr, res)
+    assert out["transform"].GetName().endswith("[REJECTED]")
+    assert all(n.GetAttribute(mrml.ATTR_VERDICT) == "rejected: the DRR does not match" for n in out.values())
+    res.verdict = Verdict("accepted")
+    out = mrml.write_registration_outputs(app.scene, xr, res)
+    assert out["transform"].GetName() == "xr camera (final)" and out["table"].GetAttribute(mrml.ATTR_VERDICT) == "accepted"
+
+
 def run_check(check, **fixtures):
     """Call ``check`` with the fixtures its signature names (``app``, ``ct``, ``cameras``, ``drr``, ``tmp_path``)."""
     import inspect

@@ -192,13 +192,21 @@ def test_xray_of_another_anatomy_is_never_accepted(inputs, shared_data, tmp_path
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_run_leaves_nothing_half_written(inputs, tmp_path, sig, status):
+    """A real ``rayemb register`` process stopped mid-run (once its progress shows the work has begun)."""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "RayEmbRegistrationLib.cli", *map(str, _register(inputs, tmp_path))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    time.sleep(6.0)  # loading, templates, detection or refinement
+    cmd = [sys.executable, "-m", "RayEmbRegistrationLib.cli", *map(str, _register(inputs, tmp_path))]
+    cmd.remove("--quiet")  # progress lines on stderr (not a terminal: one line per 10 %) tell when work runs
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    seen, t0 = [], time.time()
+    while time.time() - t0 < 120:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if not line or "register:" in line and "%" in line and not line.startswith("register:   0%"):
+            break
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
     assert proc.returncode == status, (proc.returncode, err[-2000:])
     assert "Traceback" not in err and "nothing half written" in err
     left = [p.name for p in out.iterdir()] if out.exists() else []

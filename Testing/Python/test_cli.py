@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics
-
 from RayEmbRegistrationLib.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
 from RayEmbRegistrationLib.render import DRRRenderer

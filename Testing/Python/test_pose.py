@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics, rotation_matrix
-
 from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.pose import (
     HAS_MAGSAC,

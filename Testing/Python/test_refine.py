@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics
-
 from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.options import RefineOptions
 from RayEmbRegistrationLib.progress import Cancelled

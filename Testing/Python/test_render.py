@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics
-
 from RayEmbRegistrationLib.carm import MILD_SAMPLER, carm_camera_from_world
 from RayEmbRegistrationLib.render import BACKENDS, DRRRenderer, hu_to_attenuation
 from RayEmbRegistrationLib.volume import CTVolume, load_ct

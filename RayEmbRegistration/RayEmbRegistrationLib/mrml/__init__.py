@@ -45,6 +45,7 @@ from .app import HeadlessSlicerApp, headless_scene, load_scene_mrb, save_scene_m
 from .inputs import (markups_node_to_fiducials, markups_node_to_points_2d, missing_geometry, read_xray_geometry,
                      transform_node_to_camera, volume_node_to_ct, volume_node_to_xray)
 from .nodes import (ATTR_CARM, ATTR_INTRINSICS, ATTR_KEY, ATTR_MATRIX, ATTR_PIXEL_SPACING, ATTR_PRINCIPAL_POINT,
+                    ATTR_VERDICT,
                     ATTR_ROLE, ATTR_SDD, MRMLAdapterError, array_from_volume_node, find_output_node, scene_transaction)
 from .outputs import (FRUSTUM_COLORS, camera_to_transform_node, ct_to_volume_node, fiducials_to_markups_node,
                       frustum_model_node, frustum_polydata, overlay_to_volume_node, points_2d_to_markups_node,
@@ -54,7 +55,7 @@ from .table import RESULT_COLUMNS, LandmarkRow, results_table_node, table_node_t
 
 __all__ = [
     "MRMLAdapterError", "ATTR_ROLE", "ATTR_KEY", "ATTR_SDD", "ATTR_PIXEL_SPACING", "ATTR_PRINCIPAL_POINT",
-    "ATTR_INTRINSICS", "ATTR_MATRIX", "ATTR_CARM", "FRUSTUM_COLORS", "RESULT_COLUMNS", "LandmarkRow",
+    "ATTR_INTRINSICS", "ATTR_MATRIX", "ATTR_CARM", "ATTR_VERDICT", "FRUSTUM_COLORS", "RESULT_COLUMNS", "LandmarkRow",
     "array_from_volume_node", "ct_to_volume_node", "volume_node_to_ct", "xray_to_volume_node", "xray_ijk_to_ras",
     "volume_node_to_xray", "read_xray_geometry", "missing_geometry", "fiducials_to_markups_node",
     "markups_node_to_fiducials", "camera_to_transform_node", "transform_node_to_camera", "frustum_polydata",

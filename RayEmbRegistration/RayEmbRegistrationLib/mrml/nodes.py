@@ -16,6 +16,7 @@ import numpy as np
 from ..camera import GeometryError
 
 ATTR_CARM = "RayEmb.CarmAngles"  # JSON of carm.CarmAngles on X-ray nodes, when known
+ATTR_VERDICT = "RayEmb.Verdict"  # "accepted" / "uncertain: …" / "rejected: …" on a registration's output nodes
 
 
 ATTR_ROLE = "RayEmb.Role"

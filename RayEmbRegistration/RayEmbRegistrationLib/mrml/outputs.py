@@ -16,6 +16,7 @@ import numpy as np
 from ..camera import Camera, Intrinsics
 from ..volume import CTVolume
 from .nodes import (ATTR_CARM, ATTR_INTRINSICS, ATTR_MATRIX, ATTR_PIXEL_SPACING, ATTR_PRINCIPAL_POINT, ATTR_SDD,
+                    ATTR_VERDICT,
                     MRMLAdapterError, _check_points, _node_label, _ensure_display, _fmt, _get_or_add, _matrix_to_vtk, _set_control_points,
                     _set_image, _vtk, _xray_grid, find_output_node, scene_transaction)
 from .table import LandmarkRow, results_table_node
@@ -312,6 +313,12 @@ def write_registration_outputs(scene, xray_node, result: Any, key: str | None = 
         out["points.detected"] = points_2d_to_markups_node(scene, det, labels, xray_node, "detected", key, f"{base} detected")
         out["points.reprojected"] = points_2d_to_markups_node(scene, rep, labels, xray_node, "reprojected", key, f"{base} reprojected")
         out["table"] = results_table_node(scene, rows, f"{base} landmarks", key)
+        verdict = getattr(result, "verdict", None)
+        if verdict is not None:  # a rejected pose is kept for inspection, but never looks like a success
+            tag = "" if verdict.status == "accepted" else f" [{verdict.status.upper()}]"
+            out["transform"].SetName(f"{base} camera (final){tag}")
+            for node in out.values():
+                node.SetAttribute(ATTR_VERDICT, verdict.line())
     return out
 
 
