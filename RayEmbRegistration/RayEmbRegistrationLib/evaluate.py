@@ -28,7 +28,8 @@ __all__ = ["pose_errors", "run_benchmark", "summarise", "SUMMARY_COLUMNS", "METH
 
 METHODS = ("RayEmb initial", "RayEmb refined", "intensity-only start", "intensity-only (refined)")
 SUMMARY_COLUMNS = ("method", "n", "success_10mm_%", "GFR@10mm_%", "GFR@5mm_%", "mTRE_p25_mm", "mTRE_p50_mm",
-                   "mTRE_p95_mm", "mPD_p50_mm", "runtime_p50_s", "detection_p50_s", "pnp_p50_s", "refine_p50_s")
+                   "mTRE_p95_mm", "mPD_p50_mm", "runtime_p50_s", "detection_p50_s", "pnp_p50_s", "refine_p50_s",
+                   "accepted_%", "accepted_failures")
 #: bone points (this seed) over which the mTRE of every case is measured
 EVAL_POINTS, EVAL_POINTS_SEED = 500, 12345
 
@@ -69,6 +70,9 @@ def summarise(rows: list[dict], method: str) -> dict:
            "mTRE_p25_mm": pct(m, 25) if len(m) else math.nan, "mTRE_p50_mm": pct(m, 50) if len(m) else math.nan,
            "mTRE_p95_mm": pct(m, 95) if len(m) else math.nan,
            "mPD_p50_mm": pct(mpd[np.isfinite(mpd)], 50), "runtime_p50_s": pct(rt[np.isfinite(rt)], 50)}
+    judged = [x for x in r if x.get("verdict")]
+    out["accepted_%"] = 100 * float(np.mean([x["verdict"] == "accepted" for x in judged])) if judged else math.nan
+    out["accepted_failures"] = sum(1 for x in judged if x["verdict"] == "accepted" and not x["mtre_mm"] <= 10)
     for stage in ("detector_setup", "detection", "pnp", "refine"):
         v = np.array([x.get(f"{stage}_s", math.nan) for x in r], dtype=float)
         out[f"{stage}_p50_s"] = pct(v[np.isfinite(v)], 50)

@@ -227,7 +227,7 @@ class Registrar:
             elif rr.improved:
                 # The optimiser drifted to a pose that cannot have produced this X-ray: keep the (plausible) start.
                 warnings.append(f"the refinement was rejected ({problem}); the final pose is the {init.method} pose.")
-        carm_warning = carm_disagreement(final, getattr(xray, "carm", None))
+        carm_warning = carm_disagreement(final, getattr(xray, "carm", None), self.refiner().centre_ras)
         if carm_warning:
             warnings.append(carm_warning)
         for lm in init.landmarks:

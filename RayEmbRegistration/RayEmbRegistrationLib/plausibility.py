@@ -23,6 +23,8 @@ __all__ = ["overlap_problem", "check_overlap", "is_in_view", "carm_disagreement"
 
 #: a registered viewing direction more than this far from the DICOM C-arm angles gets a warning
 CARM_WARNING_DEG = 30.0
+#: ... and a registered source-to-CT distance more than this fraction away from the recorded source-to-isocentre one
+SID_WARNING_FRACTION = 0.2
 
 
 def overlap_problem(ct: CTVolume, camera: Camera, what: str = "pose") -> str | None:
@@ -60,14 +62,24 @@ def is_in_view(ct: CTVolume, camera: Camera) -> bool:
     return overlap_problem(ct, camera) is None
 
 
-def carm_disagreement(camera: Camera, carm) -> str | None:
-    """A warning when ``camera``'s viewing direction differs by more than ``CARM_WARNING_DEG`` from the recorded
-    ``carm.CarmAngles`` (a warning, not an error: table and patient need not be aligned with the C-arm's axes)."""
+def carm_disagreement(camera: Camera, carm, centre_ras=None) -> str | None:
+    """A warning when the pose disagrees with the recorded ``carm.CarmAngles``: its viewing direction by more than
+    ``CARM_WARNING_DEG``, or (with ``centre_ras``, the CT's bone centre, and a recorded source-to-isocentre
+    distance) its source-to-CT distance by more than ``SID_WARNING_FRACTION`` — the one way a wrong
+    source-to-detector distance shows (the image alone cannot tell it: the depth compensates). A warning, not an
+    error: table and patient need not be aligned with the C-arm's axes, nor the isocentre with the bone centre."""
     if carm is None:
         return None
+    problems = []
     axis = carm_camera_from_world(carm.primary_deg, carm.secondary_deg, 1000.0)[2, :3]
     ang = math.degrees(math.acos(float(np.clip(axis @ camera.principal_axis_ras, -1, 1))))
-    if ang <= CARM_WARNING_DEG:
-        return None
-    return (f"the registered viewing direction differs by {ang:.0f}° from the C-arm angles recorded with the X-ray "
-            f"(primary {carm.primary_deg:g}°, secondary {carm.secondary_deg:g}°); check the result.")
+    if ang > CARM_WARNING_DEG:
+        problems.append(f"the registered viewing direction differs by {ang:.0f}° from the C-arm angles recorded with "
+                        f"the X-ray (primary {carm.primary_deg:g}°, secondary {carm.secondary_deg:g}°)")
+    sid = getattr(carm, "source_to_isocenter_mm", None)
+    if sid and centre_ras is not None:
+        d = float(camera.depth(np.asarray(centre_ras, dtype=np.float64)[None])[0])
+        if abs(d - sid) > SID_WARNING_FRACTION * sid:
+            problems.append(f"the CT lies {d:.0f} mm from the source but the X-ray records a source-to-isocentre "
+                            f"distance of {sid:.0f} mm (is the source-to-detector distance right?)")
+    return "; ".join(problems) + "; check the result." if problems else None

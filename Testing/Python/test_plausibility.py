@@ -36,3 +36,14 @@ def test_carm_disagreement_warns_only_beyond_30_degrees(sample_ct):
     axis = carm_camera_from_world(-40, 0, 1000.0)[2, :3]
     expected = np.degrees(np.arccos(np.clip(axis @ cam.principal_axis_ras, -1, 1)))
     assert f"{expected:.0f}°" in w
+
+
+def test_recorded_source_distance_reveals_a_wrong_depth(sample_ct):
+    """A wrong source-to-detector distance is compensated by a wrong depth (the image hardly changes); a recorded
+    source-to-isocentre distance is what shows it."""
+    c = sample_ct.center_ras
+    cam = Camera(INTR, carm_camera_from_world(0, 0, 700, c))
+    assert carm_disagreement(cam, CarmAngles(0.0, 0.0, 720.0), c) is None
+    w = carm_disagreement(cam, CarmAngles(0.0, 0.0, 950.0), c)
+    assert w is not None and "700 mm from the source" in w and "950 mm" in w
+    assert carm_disagreement(cam, CarmAngles(0.0, 0.0, None), c) is None

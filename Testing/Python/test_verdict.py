@@ -1,0 +1,54 @@
+"""The registration verdict (``verdict.py``): its rule on hand-made signals, and its signals on real DRRs."""
+
+import math
+
+import numpy as np
+import pytest
+
+from RayEmbRegistrationLib.verdict import ACCEPTED, REJECTED, UNCERTAIN, VerdictRule, footprint_similarity, judge
+
+GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_similarity=0.97, inliers=300,
+            depth_tolerance_mm=10.0, warnings=0)
+
+
+@pytest.mark.parametrize("changes, status, words", [
+    ({}, ACCEPTED, None),
+    ({"footprint_similarity": 0.70}, REJECTED, "does not match the X-ray"),
+    ({"footprint_similarity": 0.85}, UNCERTAIN, "below 0.92"),
+    ({"depth_tolerance_mm": 45.0}, UNCERTAIN, "depth only to ±45 mm"),
+    ({"depth_tolerance_mm": math.inf}, UNCERTAIN, "depth"),
+    ({"inliers": 12}, UNCERTAIN, "only 12 PnP inliers"),
+    ({"warnings": 1}, UNCERTAIN, "warnings"),
+    ({"refined": False, "similarity": math.nan, "footprint_similarity": math.nan}, UNCERTAIN, "not refined"),
+    ({"footprint_similarity": math.nan, "similarity": 0.5}, REJECTED, "similarity 0.500"),
+    ({"initial_method": "given", "inliers": 0}, ACCEPTED, None),
+])
+def test_rule(changes, status, words):
+    v = judge({**GOOD, **changes})
+    assert v.status == status, v
+    assert (not v.reasons) if words is None else any(words in r for r in v.reasons), v.reasons
+    assert v.line().startswith(status) and v.to_dict()["status"] == status
+
+
+def test_rule_thresholds_are_the_documented_ones():
+    r = VerdictRule()
+    assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers) == (0.92, 0.80, 30.0, 20)
+
+
+def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():
+    rng = np.random.default_rng(0)
+    drr = np.zeros((64, 64))
+    drr[16:48, 16:48] = rng.random((32, 32)) + 1.0  # a small CT in the middle of the detector
+    xray = np.kron(drr, np.ones((2, 2)))  # the same detector, 2× finer
+    outside = np.kron(drr, np.ones((2, 2))) == 0
+    xray = xray + np.where(outside, rng.normal(0, 0.3, xray.shape), rng.normal(0, 0.02, xray.shape))
+    fs = footprint_similarity(xray, drr)
+    from RayEmbRegistrationLib.similarity import multiscale_ncc
+    import torch
+
+    from RayEmbRegistrationLib.refine import downsample_image
+
+    plain = float(multiscale_ncc(torch.as_tensor(drr[None]), torch.as_tensor(downsample_image(xray, 64, 64)[None]))[0])
+    assert fs > 0.9 and fs > plain + 0.1  # the empty background no longer dilutes the correlation
+    assert footprint_similarity(rng.random((128, 128)), drr) < 0.3  # another image: no correlation
+    assert math.isnan(footprint_similarity(xray, np.zeros((64, 64))))
