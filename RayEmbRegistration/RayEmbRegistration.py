@@ -442,7 +442,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         from packaging.requirements import Requirement
 
         missing = []
-        for req, _ in cls._requirements():
+        for req, _noDeps in cls._requirements():
             try:
                 importlib.metadata.version(Requirement(req).name)
             except importlib.metadata.PackageNotFoundError:

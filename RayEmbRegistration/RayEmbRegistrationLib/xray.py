@@ -20,7 +20,6 @@ Conventions (see ``docs/io.md``):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

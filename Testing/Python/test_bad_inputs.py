@@ -211,3 +211,17 @@ def test_interrupted_run_leaves_nothing_half_written(inputs, tmp_path, sig, stat
     assert "Traceback" not in err and "nothing half written" in err
     left = [p.name for p in out.iterdir()] if out.exists() else []
     assert "registration.json" not in left and not any(n.startswith(".rayemb-tmp") for n in left), left
+
+
+def test_missing_or_corrupt_network_is_exit_3(inputs, tmp_path, capsys):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    for model in (tmp_path / "none.safetensors", bad):
+        rc, err = _run(_register(inputs, tmp_path, "--geometry", inputs["geometry"], "--model", model), inputs, capsys,
+                       tmp_path / "out")
+        assert rc == 3 and ("network" in err.lower() or "model" in err.lower()), (rc, err)
+
+
+def test_training_commands_refuse_missing_data(inputs, tmp_path, capsys):
+    rc, err = _run(["train", "--data", tmp_path / "nothing", "--out", tmp_path / "run", "--steps", "1"], inputs, capsys)
+    assert rc == 2 and "Traceback" not in err and not (tmp_path / "run" / "model.safetensors").exists(), err

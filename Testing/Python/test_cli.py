@@ -14,7 +14,7 @@ from RayEmbRegistrationLib.camera import Camera, Intrinsics
 from RayEmbRegistrationLib.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
 from RayEmbRegistrationLib.render import DRRRenderer
-from RayEmbRegistrationLib.xray import XRayImage, load_xray
+from RayEmbRegistrationLib.xray import load_xray
 
 SUBCOMMANDS = ["register", "detect", "render", "demo", "evaluate", "generate", "train", "finetune"]
 

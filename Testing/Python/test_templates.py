@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from RayEmbRegistrationLib.model import load_model, save_model

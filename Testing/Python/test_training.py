@@ -175,3 +175,26 @@ def test_finetune_reports_before_and_after_within_budget(lumbar, tmp_path):
     tuned = load_model(rep["finetuned_model"])  # sha256 manifest written with it
     assert tuned.sha256 != load_model(base).sha256
     assert (tmp_path / "ft" / "finetune_report.json").exists()
+
+
+def test_resume_from_a_checkpoint_is_bit_for_bit(tiny_data, tmp_path):
+    """``rayemb train --resume CKPT``: two CPU steps in one go equal one step, a checkpoint copied elsewhere (as if
+    committed), and one more step resumed from it — exactly, weights and optimiser state."""
+    import shutil
+
+    kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, bar=False, val_every=10**9, seed=3,
+              log=lambda m: None, ckpt_every=1, threads=1)
+    train(tiny_data, tmp_path / "straight", steps=2, **kw)
+    train(tiny_data, tmp_path / "first", steps=2, max_minutes=1e-9, **kw)  # stops after step 1
+    committed = tmp_path / "committed.pt"
+    shutil.copyfile(tmp_path / "first" / "last.pt", committed)
+    train(tiny_data, tmp_path / "second", steps=2, resume_from=committed, **{**kw, "seed": 99})  # the seed comes along
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "second" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 2 and b["seed"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["opt"]["state"].values(), b["opt"]["state"].values()):
+        assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        train(tiny_data, tmp_path / "x", steps=2, resume_from=tmp_path / "missing.pt", **kw)

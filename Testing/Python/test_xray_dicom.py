@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import GeometryError, Intrinsics
+from RayEmbRegistrationLib.camera import GeometryError
 from RayEmbRegistrationLib.xray import XRayError, load_xray
 from RayEmbRegistrationLib.carm import CarmAngles
 from RayEmbRegistrationLib.xray_dicom import read_carm_angles
-from test_xray import GEOM, _sha, line_integral_phantom  # noqa: F401  (shared helpers)
+from test_xray import _sha, line_integral_phantom  # the shared helpers of the X-ray tests
 
 
 def write_dicom(path: Path, stored: np.ndarray, modality: str = "XA", photometric: str = "MONOCHROME2", **tags) -> Path:

@@ -151,13 +151,17 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
           config: ModelConfig | None = None, resume: bool = True, max_minutes: float | None = None,
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
-          log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> dict:
+          log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+          resume_from: str | Path | None = None) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
     ``model.safetensors`` (+ ``.json``, ``.sha256``; the latest weights) and ``metrics.jsonl``.
     ``refresh_every`` > 0 picks up shards that a concurrent ``generate`` adds (then the batch stream depends on
     timing; leave 0 for exactly reproducible runs).
+    ``resume_from``: a checkpoint (a ``last.pt``, e.g. one committed to the repository) to continue exactly —
+    weights, optimiser, schedule, step and data seed — into ``out_dir``; the run is then the same, bit for bit, as
+    if it had never stopped (the batch of step k depends only on the seed and k).
     ``bar``: a tqdm bar on stderr; ``progress(fraction, message)``: the fraction of the step count or, with
     ``max_minutes``, of the time budget, whichever is further; ``cancel()``: checked before every step
     (``progress.Cancelled``; the last checkpoint stays as it was).
@@ -207,14 +211,21 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
     step = 0
     ck = out / "last.pt"
-    if resume and ck.exists():
-        state = torch.load(ck, map_location="cpu", weights_only=True)
+    source = Path(resume_from) if resume_from is not None else (ck if resume and ck.exists() else None)
+    if source is not None and not source.is_file():
+        raise ValueError(f"--resume {source}: no such checkpoint (a last.pt written by 'rayemb train').")
+    if source is not None:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        if "seed" in state and int(state["seed"]) != seed:
+            if rank == 0:
+                log(f"the checkpoint was trained with --seed {state['seed']}: continuing with it (not {seed})")
+            seed = int(state["seed"])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step = int(state["step"])
         if rank == 0:
-            log(f"resumed from {ck} at step {step}")
+            log(f"resumed from {source} at step {step}")
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -229,7 +240,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             return
         tmp = out / "last.pt.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                    "config": json.dumps(cfg.to_dict())}, tmp)
+                    "seed": seed, "config": json.dumps(cfg.to_dict())}, tmp)
         tmp.replace(ck)
         save_model(model, out / "model.safetensors", metadata={"step": step, "train_seconds": time.time() - t_start, **summary})
 
@@ -312,6 +323,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if OUT/last.pt exists")
+    p.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue this checkpoint (a last.pt, e.g. a committed one) exactly, writing into --out")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
     p.add_argument("--val-every", type=int, default=200)
     p.add_argument("--ckpt-every", type=int, default=50)
@@ -328,7 +341,7 @@ def train_main(args: argparse.Namespace) -> int:
               n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
               device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
               val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init, refresh_every=args.refresh_every,
-              dump_rank_weights=args.dump_rank_weights,
+              dump_rank_weights=args.dump_rank_weights, resume_from=args.resume,
               log=lambda m: print(m, flush=True))
     if s:
         print(json.dumps(s))
