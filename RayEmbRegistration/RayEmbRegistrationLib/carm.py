@@ -25,8 +25,10 @@ __all__ = [
     "CarmAngles",
     "carm_camera_from_world",
     "PoseSampler",
+    "ClinicalSampler",
     "RAYEMB_SAMPLER",
     "MILD_SAMPLER",
+    "CLINICAL_SAMPLER",
 ]
 
 
@@ -159,3 +161,29 @@ RAYEMB_SAMPLER = PoseSampler()
 
 
 MILD_SAMPLER = PoseSampler(rot_std=(0.05, 0.05, 0.05), trans_mean=(0.0, 0.0, 350.0), trans_std=(10.0, 10.0, 20.0))
+
+
+@dataclass(frozen=True)
+class ClinicalSampler:
+    """C-arm poses of real intra-operative use, uniform over: primary angle (LAO/RAO) ``±primary_deg``, secondary
+    angle (cranial/caudal) ``±secondary_deg``, detector roll ``±roll_deg``, source-to-isocentre distance
+    ``source_to_isocenter_mm`` (close-ups to the usual ~700 mm); the isocentre is the given point (e.g. a random
+    bone voxel: the X-ray may show any part of the CT)."""
+
+    primary_deg: float = 45.0
+    secondary_deg: float = 30.0
+    roll_deg: float = 20.0
+    source_to_isocenter_mm: tuple[float, float] = (450.0, 900.0)
+
+    def sample(self, n: int, isocenter_ras: Sequence[float], rng: np.random.Generator | int | None = None) -> np.ndarray:
+        """``n`` poses about ``isocenter_ras``; ``camera_from_world`` (n, 4, 4) float64."""
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        out = np.empty((n, 4, 4))
+        for k in range(n):
+            a, b, g = (rng.uniform(-x, x) for x in (self.primary_deg, self.secondary_deg, self.roll_deg))
+            d = rng.uniform(*self.source_to_isocenter_mm)
+            out[k] = carm_camera_from_world(a, b, d, isocenter_ras, inplane_deg=g)
+        return out
+
+
+CLINICAL_SAMPLER = ClinicalSampler()

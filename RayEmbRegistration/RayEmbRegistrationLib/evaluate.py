@@ -104,8 +104,9 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
 
 
 def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int = 256, seed: int = 0,
-                  quiet: bool = False) -> list[str]:
-    """For each CT, ``n`` X-rays simulated at random ``RAYEMB_SAMPLER`` poses (DeepFluoro-like ``size``²),
+                  quiet: bool = False, poses: str = "rayemb") -> list[str]:
+    """For each CT, ``n`` X-rays simulated at random poses (``simulate.sample_visible_pose(poses=…)``: ``"rayemb"``
+    around the CT centre, or ``"clinical"`` C-arm use about random bone voxels; DeepFluoro-like ``size``²),
     registered by RayEmb (initial, refined) and by the intensity-only baseline (refinement from a perturbed
     true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines."""
     from tqdm import tqdm
@@ -129,7 +130,7 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
         registrar = Registrar(ct, options)
         refiner = registrar.refiner()
         for case in tqdm(range(n), desc=f"evaluate {Path(ct_path).name}", file=sys.stderr, disable=quiet):
-            T = sample_visible_pose(ct, intr, rng)
+            T = sample_visible_pose(ct, intr, rng, poses=poses)
             xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim_r), intr, f"case{case}")
             start = perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
             jobs = [("intensity-only baseline", baseline_opt, start)]
@@ -161,7 +162,8 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             w = csv.DictWriter(f, fieldnames=list(summary[0]))
             w.writeheader()
             w.writerows(summary)
-    md = [f"Simulated benchmark: {n} random RAYEMB_SAMPLER poses per CT ({', '.join(Path(c).name for c in ct_paths)}), "
+    where = "RAYEMB_SAMPLER poses" if poses == "rayemb" else "clinical C-arm poses (carm.CLINICAL_SAMPLER)"
+    md = [f"Simulated benchmark: {n} random {where} per CT ({', '.join(Path(c).name for c in ct_paths)}), "
           f"DeepFluoro-like {size}² X-rays (simulate.simulate_xray), seed {seed}. mTRE over {EVAL_POINTS} fixed bone "
           "points in the camera frame; mPD = mean projection distance at the detector. Intensity-only start = true pose "
           f"perturbed by N(0, {BASELINE_ROT_STD_RAD} rad) rotations about the bone centre and N(0, {BASELINE_TRANS_STD_MM}) mm.", "",

@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .camera import Camera, Intrinsics
-from .carm import RAYEMB_SAMPLER, PoseSampler
+from .carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER, PoseSampler
 from .errors import RegistrationError
 from .plausibility import is_in_view
 from .volume import CTVolume
 
-__all__ = ["simulate_xray", "sample_visible_pose", "perturbed_start", "BASELINE_ROT_STD_RAD", "BASELINE_TRANS_STD_MM"]
+__all__ = ["POSE_SETS", "simulate_xray", "sample_visible_pose", "perturbed_start", "BASELINE_ROT_STD_RAD", "BASELINE_TRANS_STD_MM"]
 
 # The intensity-only baseline's start: the true pose perturbed by rotations N(0, 0.05 rad) about the camera axes
 # through the bone centre and translations N(0, 10/10/20 mm) (u, v, depth) — the magnitudes of carm.MILD_SAMPLER.
@@ -56,13 +56,24 @@ def simulate_xray(ct: CTVolume, intrinsics: Intrinsics, camera_from_world, rng: 
     return out.astype(np.float32)
 
 
+#: the pose distributions of the benchmark and the demo (``--poses``)
+POSE_SETS = ("rayemb", "clinical")
+
+
 def sample_visible_pose(ct: CTVolume, intrinsics: Intrinsics, rng: np.random.Generator,
-                        sampler: PoseSampler | None = None, tries: int = 1000) -> np.ndarray:
-    """A ``sampler`` pose (default ``RAYEMB_SAMPLER`` around the CT centre) at which the CT is in view
-    (``plausibility.is_in_view``, the pipeline's own rule); (4, 4) camera_from_world."""
+                        sampler: PoseSampler | None = None, tries: int = 1000, poses: str = "rayemb") -> np.ndarray:
+    """A random pose at which the CT is in view (``plausibility.is_in_view``, the pipeline's own rule); (4, 4)
+    camera_from_world. ``poses="rayemb"``: ``sampler`` (default ``RAYEMB_SAMPLER``) around the CT centre, as the
+    RayEmb/DiffPose benchmarks; ``"clinical"``: ``carm.CLINICAL_SAMPLER`` (LAO/RAO ±45°, cranial/caudal ±30°, roll
+    ±20°, source-to-isocentre 450–900 mm) about a random bone voxel — the poses of real C-arm use."""
+    if poses not in POSE_SETS:
+        raise ValueError(f"poses must be one of {POSE_SETS}, got {poses!r}")
     sampler = sampler or RAYEMB_SAMPLER
     for _ in range(tries):
-        T = sampler.sample(1, ct.center_ras, rng)[0]
+        if poses == "clinical":
+            T = CLINICAL_SAMPLER.sample(1, ct.sample_bone_points(1, rng)[0], rng)[0]
+        else:
+            T = sampler.sample(1, ct.center_ras, rng)[0]
         if is_in_view(ct, Camera(intrinsics, T)):
             return T
     raise RegistrationError(f"could not sample a pose at which CT '{ct.name}' is in view ({tries} tries)")

@@ -46,3 +46,19 @@ def test_samplers_are_deterministic_and_match_their_distribution():
     ref = carm_camera_from_world(0, 0, 1020 - 350, iso)
     ang = np.degrees(np.arccos(np.clip(np.einsum("nij,ij->n", mild[:, :3, :3], ref[:3, :3]) / 2 - 0.5, -1, 1)))
     assert np.median(ang) < 10
+
+
+def test_clinical_sampler_covers_real_carm_use():
+    from RayEmbRegistrationLib.carm import CLINICAL_SAMPLER
+
+    iso = np.array([5.0, -3.0, 20.0])
+    T = CLINICAL_SAMPLER.sample(300, iso, rng=0)
+    np.testing.assert_array_equal(T, CLINICAL_SAMPLER.sample(300, iso, rng=0))
+    src = np.array([Camera(INTR, t).source_ras for t in T])
+    d = np.linalg.norm(src - iso, axis=1)
+    assert d.min() >= 450 - 1e-6 and d.max() <= 900 + 1e-6 and d.max() - d.min() > 350
+    for t in T[:20]:
+        np.testing.assert_allclose(Camera(INTR, t).project(iso[None])[0], INTR.principal_point_px, atol=1e-6)
+    axes = np.array([Camera(INTR, t).principal_axis_ras for t in T])
+    lateral = np.degrees(np.arcsin(np.abs(axes[:, 0])))  # the beam's tilt toward the patient's left/right
+    assert lateral.max() > 35 and lateral.max() <= 45 + 1e-6

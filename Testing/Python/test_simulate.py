@@ -37,3 +37,13 @@ def test_visible_poses_and_baseline_starts_see_the_ct(sample_ct):
         assert is_in_view(sample_ct, Camera(intr, T))
         S = perturbed_start(sample_ct, intr, T, sample_ct.center_ras, 100.0, rng)
         assert is_in_view(sample_ct, Camera(intr, S)) and not np.allclose(S, T)
+
+
+def test_clinical_poses_see_the_ct_from_varied_distances(sample_ct):
+    intr = Intrinsics.deepfluoro(64)
+    rng = np.random.default_rng(1)
+    T = [sample_visible_pose(sample_ct, intr, rng, poses="clinical") for _ in range(8)]
+    assert all(is_in_view(sample_ct, Camera(intr, t)) for t in T)
+    assert len({round(float(np.linalg.norm(Camera(intr, t).source_ras - sample_ct.center_ras))) for t in T}) == 8
+    with pytest.raises(ValueError, match="poses must be one of"):
+        sample_visible_pose(sample_ct, intr, rng, poses="random")

@@ -198,3 +198,43 @@ def test_resume_from_a_checkpoint_is_bit_for_bit(tiny_data, tmp_path):
         assert all(torch.equal(sa[n], sb[n]) for n in sa)
     with pytest.raises(ValueError, match="no such checkpoint"):
         train(tiny_data, tmp_path / "x", steps=2, resume_from=tmp_path / "missing.pt", **kw)
+
+
+def test_drr_stream_renders_fresh_queries_with_exact_projections(sample_ct, tmp_path):
+    """On-the-fly data: every batch renews queries (new poses), the batch format is ShardSet's, and each query's
+    points land where its projection matrix says (the DRR of a one-voxel bright spot would put it there)."""
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    torch.set_num_threads(1)
+    s = DRRStream([sample_ct], size=32, voxel_mm=6.0, pool=3, renew=1, n_points=64, poses="clinical", seed=0)
+    before = s.shards[0]["query_P"].copy()
+    b = s.batch(np.random.default_rng(1), n_queries=2, n_templates=4, n_points=10)
+    assert s.rendered == 1 and not np.allclose(before, s.shards[0]["query_P"])
+    assert b["query"].shape == (2, 32, 32) and b["templates"].shape == (4, 32, 32) and b["valid"].shape == (2, 10)
+    assert b["valid"].any()
+    q = b["query_idx"][0]
+    P = s.shards[0]["query_P"][q]
+    X = s.shards[0]["points"].astype(np.float64)
+    uv = project_points(P, X)
+    got = b["uv_query"][0][b["valid"][0]].numpy()
+    assert all(np.isclose(uv, g).all(1).any() for g in got)  # every labelled pixel is a true projection
+    out = train(s, tmp_path / "run", steps=3, batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG,
+                bar=False, val_every=10**9, ckpt_every=10**9, log=lambda m: None)
+    assert out == {} and s.rendered == 1 + 3  # one renewal per training step
+    with pytest.raises(ValueError, match="poses must be one of"):
+        DRRStream([sample_ct], size=32, poses="random")
+
+
+def test_finetune_on_the_fly_reports_progress_and_renders_no_cached_training_set(lumbar, tmp_path):
+    from RayEmbRegistrationLib.model import save_model
+    from RayEmbRegistrationLib.training.finetune import finetune
+
+    torch.manual_seed(0)
+    base = tmp_path / "base.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=S, voxel_mm=5.0)), base)
+    seen = []
+    rep = finetune(lumbar, tmp_path / "ft", model_path=base, seconds=3.0, n_eval_queries=2, bar=False,
+                   log=lambda m: None, on_the_fly=True, poses="clinical", progress=lambda f, m: seen.append(f))
+    assert rep["data"] == "on the fly (clinical poses)" and rep["steps"] >= 1
+    assert not (tmp_path / "ft" / "data_train").exists() and (tmp_path / "ft" / "data_eval").exists()
+    assert seen and seen == sorted(seen) and seen[-1] == 1.0  # monotone progress to the end

@@ -24,6 +24,10 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--n", type=int, default=20, help="random poses per CT")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--size", type=int, default=256, help="simulated X-ray size (pixels, square)")
+    p.add_argument("--poses", choices=("rayemb", "clinical"), default="rayemb",
+                   help="rayemb: RAYEMB_SAMPLER around the CT centre (the RayEmb/DiffPose benchmark, comparable with "
+                        "earlier figures); clinical: LAO/RAO ±45°, cranial/caudal ±30°, roll ±20°, source-to-isocentre "
+                        "450–900 mm about random bone voxels (real C-arm use)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -35,7 +39,7 @@ def run(args) -> int:
     check_output_dir(args.out)  # before any work
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
-                       quiet=args.quiet)
+                       quiet=args.quiet, poses=args.poses)
     out = Path(args.out)
     print("\n".join(md))
     print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")

@@ -26,6 +26,7 @@ from ..resources import BUNDLED_MODEL
 from ..volume import BONE_HU, CTVolume, load_ct
 from .data import ShardSet
 from .generate import POSE_CENTERS, generate
+from .stream import STREAM_POSES
 from .train import evaluate, train
 
 __all__ = ["finetune", "add_finetune_args", "finetune_main"]
@@ -34,13 +35,15 @@ __all__ = ["finetune", "add_finetune_args", "finetune_main"]
 def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queries: int = 48, n_variants: int = 1,
              n_eval_queries: int = 12, lr: float = 3e-4, seed: int = 0, device: str = "cpu", threads: int | None = None,
              bar: bool = True, log=print, pose_center: str = "centroid", progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None) -> dict:
+             cancel: CancelFn | None = None, on_the_fly: bool = False, poses: str = "clinical") -> dict:
     """Fine-tune ``model_path`` (None → bundled) on DRRs of ``ct`` (path or ``CTVolume``) for ``seconds``.
 
     ``pose_center`` (``generate.POSE_CENTERS``): training and held-out poses are centred on the bone centroid
     ("centroid", default) or on random bone voxels ("anywhere": views over the whole CT). Measured on the sample
     CT (docs/network.md): +75 min "anywhere" on top of the bundled model lowered its error on "anywhere" poses
     (7.9 → 5.8 px) but registration success on the CT-centred benchmark fell from 95 % to 80 % (n = 20).
+    ``on_the_fly``: train on DRRs rendered while training runs (``stream.DRRStream``, ``poses`` as there) instead
+    of a cached set of ``n_train_queries`` DRRs.
     ``bar``: tqdm bars; ``progress`` / ``cancel`` (``progress.py``): rendering 0–20 %, training 22–95 % (time
     budget), evaluation the rest; cancelling raises ``progress.Cancelled``.
     Returns the report dict: localisation error on held-out poses before/after (``train.summarize`` fields),
@@ -68,10 +71,17 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     generate([vol], out / "data_eval", n_variants=1, n_queries=n_eval_queries, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
              seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=bar,
              pose_center=pose_center, progress=sub_progress(progress, 0.0, 0.05, "held-out DRRs: "), cancel=cancel)
-    generate([vol], out / "data_train", n_variants=n_variants, n_queries=n_train_queries, size=cfg.image_size,
-             voxel_mm=cfg.voxel_mm, seed=seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,
-             bar=bar, pose_center=pose_center, progress=sub_progress(progress, 0.05, 0.2, "training DRRs: "),
-             cancel=cancel)
+    if on_the_fly:
+        from .stream import DRRStream
+
+        train_data = DRRStream([vol], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses=poses,
+                               template_bone_multiplier=cfg.template_bone_multiplier)
+    else:
+        generate([vol], out / "data_train", n_variants=n_variants, n_queries=n_train_queries, size=cfg.image_size,
+                 voxel_mm=cfg.voxel_mm, seed=seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,
+                 bar=bar, pose_center=pose_center, progress=sub_progress(progress, 0.05, 0.2, "training DRRs: "),
+                 cancel=cancel)
+        train_data = out / "data_train"
     t_render = time.time() - t0
     ev = ShardSet(out / "data_eval")
     if progress:
@@ -79,7 +89,7 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     before = evaluate(base, ev, device, max_queries=n_eval_queries)
     log(f"before: median {before['median_px']:.2f}px ({before['median_mm']:.2f} mm), p90 {before['p90_px']:.1f}px")
     t1 = time.time()
-    train(out / "data_train", out / "run", steps=100000, lr=lr, seed=seed, device=device, resume=False,
+    train(train_data, out / "run", steps=100000, lr=lr, seed=seed, device=device, resume=False,
           max_minutes=seconds / 60.0, val_every=10**9, ckpt_every=10**9, init_weights=str(model_path),
           bar=bar, log=log, progress=sub_progress(progress, 0.22, 0.95), cancel=cancel)
     if progress:
@@ -92,7 +102,8 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
     report = {
         "ct": vol.name, "base_model": str(model_path), "base_sha256": base.sha256,
         "finetuned_model": str(out / "run" / "model.safetensors"), "finetuned_sha256": tuned.sha256,
-        "pose_center": pose_center, "seconds_budget": seconds, "seconds_render": t_render, "seconds_train": t_train,
+        "pose_center": pose_center, "data": f"on the fly ({poses} poses)" if on_the_fly else "cached",
+        "seconds_budget": seconds, "seconds_render": t_render, "seconds_train": t_train,
         "steps": steps,
         "eval_queries": n_eval_queries, "before": before, "after": after,
     }
@@ -115,13 +126,18 @@ def add_finetune_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--pose-center", choices=POSE_CENTERS, default="centroid",
                    help="centre training poses on the bone centroid (default) or on random bone voxels ('anywhere')")
+    p.add_argument("--on-the-fly", action="store_true",
+                   help="train on DRRs rendered while training runs (new poses every step) instead of a cached set")
+    p.add_argument("--poses", choices=STREAM_POSES, default="clinical",
+                   help="with --on-the-fly: the training poses (clinical C-arm use, or RAYEMB_SAMPLER)")
     return p
 
 
 def finetune_main(args: argparse.Namespace) -> int:
     r = finetune(args.ct, args.out, model_path=args.model, seconds=args.seconds, n_train_queries=args.queries,
                  n_eval_queries=args.eval_queries, lr=args.lr, seed=args.seed, device=args.device, threads=args.threads,
-                 pose_center=args.pose_center, log=lambda m: print(m, flush=True))
+                 pose_center=args.pose_center, log=lambda m: print(m, flush=True), on_the_fly=args.on_the_fly,
+                 poses=args.poses)
     print(json.dumps({k: r[k] for k in ("ct", "seconds_train", "steps")} | {
         "before_median_px": r["before"]["median_px"], "after_median_px": r["after"]["median_px"]}))
     print(f"fine-tuned weights: {r['finetuned_model']} (use them with: rayemb register --model {r['finetuned_model']} ...)")
