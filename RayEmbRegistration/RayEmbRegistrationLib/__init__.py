@@ -29,6 +29,7 @@ ScriptedLoadableModule (enforced by ``Testing/Python/test_slicer_module_static.p
     initial_pose    where the initial pose comes from (GivenPose, RayEmbPnP)
     pipeline        Registrar(ct, options, model): caches per CT; detect(), register()
     verdict         accepted / uncertain / rejected, from calibrated signals
+    prepare         the pre-operative step: a prepared-CT folder (weights, templates, readiness)
     simulate        simulated X-rays at known poses
     evaluate        the simulated benchmark and its metrics
     overlay         overlay.png and display images

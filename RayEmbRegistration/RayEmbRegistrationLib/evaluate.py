@@ -104,11 +104,12 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
 
 
 def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int = 256, seed: int = 0,
-                  quiet: bool = False, poses: str = "rayemb") -> list[str]:
+                  quiet: bool = False, poses: str = "rayemb", prepared: str | None = None) -> list[str]:
     """For each CT, ``n`` X-rays simulated at random poses (``simulate.sample_visible_pose(poses=…)``: ``"rayemb"``
     around the CT centre, or ``"clinical"`` C-arm use about random bone voxels; DeepFluoro-like ``size``²),
     registered by RayEmb (initial, refined) and by the intensity-only baseline (refinement from a perturbed
-    true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines."""
+    true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines. ``prepared``: a
+    prepared-CT folder (or ``"auto"``: each CT's own, by content hash) whose weights and templates RayEmb uses."""
     from tqdm import tqdm
 
     from .pipeline import Registrar
@@ -127,7 +128,12 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
         rng = np.random.default_rng(seed)
         eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
         sim_r = DRRRenderer(ct, intr)
-        registrar = Registrar(ct, options)
+        ct_options = options
+        if prepared:
+            from .prepare import use_prepared
+
+            ct_options = use_prepared(options, ct, prepared)
+        registrar = Registrar(ct, ct_options)
         refiner = registrar.refiner()
         for case in tqdm(range(n), desc=f"evaluate {Path(ct_path).name}", file=sys.stderr, disable=quiet):
             T = sample_visible_pose(ct, intr, rng, poses=poses)
@@ -135,7 +141,7 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             start = perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
             jobs = [("intensity-only baseline", baseline_opt, start)]
             if rayemb_missing is None:
-                jobs.insert(0, ("rayemb", options, None))
+                jobs.insert(0, ("rayemb", ct_options, None))
             for name, opt, given in jobs:
                 common = {"ct": Path(ct_path).name, "case": case}
                 registrar.options = opt

@@ -97,6 +97,7 @@ class DetectionOptions:
 
     Attributes:
         n_templates: template views per CT (``templates.inference_template_angles``).
+        template_cache: folder of cached inference templates (a prepared-CT folder's ``templates/``), or None.
         auto_bone_points: also detect automatically sampled bone points (HU ≥ 350) of the CT.
         n_bone_candidates: how many bone points are detected (paper: 10 000); None → 10 000 on CUDA, 2 000 on CPU.
         n_bone_keep: how many of them, the most confident, go to PnP (paper: 600).
@@ -106,6 +107,7 @@ class DetectionOptions:
     """
 
     n_templates: int = 4
+    template_cache: str | None = None
     auto_bone_points: bool = True
     n_bone_candidates: int | None = None
     n_bone_keep: int = 600

@@ -89,10 +89,11 @@ class Registrar:
         from .detect import LandmarkDetector
 
         model = self.model()
-        key = (id(model), self.device, self.options.detection.n_templates)
+        o = self.options.detection
+        key = (id(model), self.device, o.n_templates)
         if key not in self._detectors:
-            self._detectors[key] = LandmarkDetector(model, self.ct, device=self.device,
-                                                    n_templates=self.options.detection.n_templates, progress=progress)
+            self._detectors[key] = LandmarkDetector(model, self.ct, device=self.device, n_templates=o.n_templates,
+                                                    cache_dir=o.template_cache, progress=progress)
         return self._detectors[key]
 
     def refiner(self):

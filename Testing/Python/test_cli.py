@@ -159,3 +159,28 @@ def test_demo_and_evaluate_through_main(tmp_path, capsys):
     rows = (ev / "cases.csv").read_text().splitlines()
     assert len(rows) == 1 + 4  # header + RayEmb initial/refined + baseline start/refined
     assert "| RayEmb refined |" in (ev / "summary.md").read_text() and (ev / "mtre.png").is_file()
+
+
+def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_ct, tmp_path, capsys):
+    from RayEmbRegistrationLib.model import ModelConfig, build_model, save_model
+
+    torch.manual_seed(0)
+    w = tmp_path / "tiny.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), w)
+    prep = tmp_path / "prepared"
+    assert main(["prepare", "--ct", str(sample_ct_path), "--out", str(prep), "--minutes", "0.3", "--model", str(w),
+                 "--self-check", "1", "--device", "cpu", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"prepared-CT folder: {prep}" in text and "self-check:" in text and (prep / "readiness.png").is_file()
+    geo = tmp_path / "g.json"
+    geo.write_text(json.dumps(Intrinsics.deepfluoro(64).to_dict()))
+    img = tmp_path / "x.tif"
+    assert main(["render", "--ct", str(sample_ct_path), "--carm-angles", "0", "0", "700", "--geometry", str(geo),
+                 "--out", str(img)]) == 0
+    pts = tmp_path / "p.csv"
+    c = sample_ct.center_ras
+    pts.write_text(f"label,r,a,s\na,{c[0]},{c[1]},{c[2]}\n")
+    base = ["detect", "--ct", str(sample_ct_path), "--xray", str(img), "--points", str(pts), "--quiet", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "d"), "--prepared", str(prep)]) == 0
+    assert main([*base, "--out", str(tmp_path / "e"), "--prepared", str(prep), "--model", str(w)]) == 2
+    assert "not both" in capsys.readouterr().err

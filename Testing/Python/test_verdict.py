@@ -14,7 +14,7 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
 @pytest.mark.parametrize("changes, status, words", [
     ({}, ACCEPTED, None),
     ({"footprint_similarity": 0.70}, REJECTED, "does not match the X-ray"),
-    ({"footprint_similarity": 0.85}, UNCERTAIN, "below 0.92"),
+    ({"footprint_similarity": 0.85}, UNCERTAIN, "below 0.93"),
     ({"depth_tolerance_mm": 45.0}, UNCERTAIN, "depth only to ±45 mm"),
     ({"depth_tolerance_mm": math.inf}, UNCERTAIN, "depth"),
     ({"inliers": 12}, UNCERTAIN, "only 12 PnP inliers"),
@@ -32,7 +32,7 @@ def test_rule(changes, status, words):
 
 def test_rule_thresholds_are_the_documented_ones():
     r = VerdictRule()
-    assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers) == (0.92, 0.80, 30.0, 20)
+    assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers) == (0.93, 0.80, 25.0, 20)
 
 
 def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():

@@ -131,6 +131,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--model", default=None, metavar="PATH",
                    help="network weights (.safetensors written by 'rayemb train'); default: the bundled model")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (bone points, RANSAC, simulation)")
+    p.add_argument("--prepared", default=None, metavar="DIR",
+                   help="a prepared-CT folder ('rayemb prepare'): its weights and templates; 'auto' finds the CT's own "
+                        "in the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if not registration:
         return

@@ -28,6 +28,7 @@ def add_parser(sub, formatter) -> None:
 
 def run(args) -> int:
     from ..fiducials import load_fiducials
+    from .prepare import apply_prepared
     from ..pipeline import Registrar
     from ..report import check_output_dir, write_detections
     from ..volume import load_ct
@@ -39,7 +40,8 @@ def run(args) -> int:
     xray = load_xray(args.xray, geometry=args.geometry)
     pts = load_fiducials(args.points)
     with Progress("detect", not args.quiet) as bar:
-        res = Registrar(ct, options_from_args(args)).detect(xray, pts, heatmaps=args.heatmaps, progress=bar)
+        res = Registrar(ct, apply_prepared(args, ct, options_from_args(args))).detect(xray, pts, heatmaps=args.heatmaps,
+                                                                                      progress=bar)
     path = write_detections(args.out, res, xray)
     for lab, uv, c, st in zip(res.labels, res.uv, res.confidence, res.status):
         where = f"u {uv[0]:8.2f}  v {uv[1]:8.2f}" if st == "detected" else f"not detected ({st.replace('_', ' ')})"

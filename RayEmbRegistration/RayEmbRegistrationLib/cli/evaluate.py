@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_common, options_from_args, set_threads
+from .common import CLIError, add_common, options_from_args, set_threads
 
 __all__ = ["add_parser", "run"]
 
@@ -37,9 +37,11 @@ def run(args) -> int:
     from ..report import check_output_dir
 
     check_output_dir(args.out)  # before any work
+    if args.prepared and args.model:
+        raise CLIError("give --model or --prepared, not both (a prepared folder brings its own weights).")
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
-                       quiet=args.quiet, poses=args.poses)
+                       quiet=args.quiet, poses=args.poses, prepared=args.prepared)
     out = Path(args.out)
     print("\n".join(md))
     print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")

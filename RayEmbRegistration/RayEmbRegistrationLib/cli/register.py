@@ -34,6 +34,7 @@ def add_parser(sub, formatter) -> None:
 
 def run(args) -> int:
     from ..fiducials import load_fiducials
+    from .prepare import apply_prepared
     from ..pipeline import Registrar
     from ..report import check_output_dir, write_registration
     from ..volume import load_ct
@@ -47,7 +48,7 @@ def run(args) -> int:
     fids = load_fiducials(args.fiducials) if args.fiducials else None
     t_load = time.perf_counter() - t
     with Progress("register", not args.quiet) as bar:
-        result = Registrar(ct, options_from_args(args)).register(xray, fids, progress=bar)
+        result = Registrar(ct, apply_prepared(args, ct, options_from_args(args))).register(xray, fids, progress=bar)
     result.timings_s = {"load": t_load, **result.timings_s}
     paths = write_registration(args.out, result, ct, xray, fids, scene=not args.no_scene)
     print("\n".join(result.summary_lines()))

@@ -1,0 +1,73 @@
+"""``rayemb prepare``: the pre-operative step for one CT, into a prepared-CT folder.
+
+Owns: the ``prepare`` command (its arguments, a progress bar with elapsed and remaining time; the work is
+``prepare.prepare``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from .common import Progress, set_threads
+
+__all__ = ["add_parser", "run", "apply_prepared"]
+
+
+def add_parser(sub, formatter) -> None:
+    p = sub.add_parser("prepare", help="prepare a CT before surgery (fine-tune, templates, readiness)",
+                       formatter_class=formatter,
+                       description="Fine-tune the network on DRRs of this CT rendered on the fly at clinical C-arm poses, "
+                                   "cache its templates and self-check it on simulated X-rays, within --minutes. "
+                                   "Writes a prepared-CT folder (model.safetensors, templates/, readiness.json, "
+                                   "readiness.png), complete or not at all; register/detect/evaluate take it with "
+                                   "--prepared DIR (or --prepared auto: found by the CT's content hash).")
+    p.add_argument("--ct", required=True, help="the patient's CT (NIfTI, NRRD or DICOM series folder)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="the prepared-CT folder (default: the cache, $RAYEMB_CACHE or ~/.cache/rayemb/prepared/<hash>)")
+    p.add_argument("--minutes", type=float, default=10.0, help="time budget for the whole step")
+    p.add_argument("--model", default=None, metavar="PATH", help="weights to start from (default: the bundled model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--self-check", type=int, default=6, metavar="N", help="simulated X-rays of the self-check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..device import resolve_device
+    from ..prepare import prepare
+    from ..volume import load_ct
+
+    set_threads()
+    ct = load_ct(args.ct)
+    t0, budget = time.time(), 60.0 * args.minutes
+    with Progress("prepare", not args.quiet) as bar:
+        def progress(f, m=""):
+            el = time.time() - t0
+            bar(f, f"{m} | {el / 60:.1f} of {budget / 60:g} min, ~{max(0.0, budget - el) / 60:.1f} left")
+
+        prep = prepare(ct, args.out, minutes=args.minutes, model_path=args.model, device=resolve_device(args.device),
+                       n_selfcheck=args.self_check, seed=args.seed, progress=progress,
+                       log=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
+    r = prep.readiness
+    sc = r["self_check"]
+    print(f"prepared-CT folder: {prep.path}")
+    print(f"  held-out 2D error: median {r['heldout_before']['median_px']:.2f} -> {r['heldout_after']['median_px']:.2f} px"
+          f" (network grid), share <= 3 px {100 * r['heldout_after']['within_3px']:.0f} %")
+    print(f"  self-check: {sc['success_10mm_%']:.0f} % of {sc['n']} simulated X-rays within 10 mm, median mTRE "
+          f"{sc['mtre_p50_mm']:.2f} mm, {sc['runtime_p50_s']:.1f} s each; accepted {sc['accepted_%']:.0f} %")
+    print(f"  {r['minutes_spent']:.1f} of {r['minutes_budget']:g} min{'; ' + r['interrupted'] if r['interrupted'] else ''}")
+    print(f"use it with: rayemb register --prepared {prep.path} ...")
+    return 0
+
+
+def apply_prepared(args, ct, options):
+    """``--prepared DIR|auto`` → ``prepare.use_prepared`` (and never together with ``--model``)."""
+    from ..prepare import use_prepared
+    from .common import CLIError
+
+    if not getattr(args, "prepared", None):
+        return options
+    if args.model:
+        raise CLIError("give --model or --prepared, not both (a prepared folder brings its own weights).")
+    return use_prepared(options, ct, args.prepared)

@@ -1,0 +1,264 @@
+"""The pre-operative step: a prepared-CT folder — the network fine-tuned on this CT, its templates, its readiness.
+
+Owns: ``prepare`` (fine-tuning on DRRs rendered on the fly within a time budget, the template cache, the
+readiness self-check) and the prepared-CT folder contract: complete or absent, found by the CT's content hash.
+
+Folder (``PreparedCT``): ``model.safetensors`` (+ ``.json`` config, ``.sha256``), ``templates/`` (the inference
+templates of this CT for these weights), ``readiness.json`` + ``readiness.png``: held-out localisation error
+before/after (median, p90, share ≤ 3 px at the network grid), and an end-to-end self-check — N simulated X-rays of
+this CT at clinical C-arm poses registered by the real pipeline (success = mTRE ≤ 10 mm, median mTRE, runtime,
+verdicts). Everything is written into a hidden temporary folder beside the target and renamed into place at the
+end; Ctrl-C (or ``cancel``) during training stops it, keeps the weights of the last checkpoint and still completes
+the folder; a Ctrl-C after that, a cancel after a finished training, or any error leaves no folder at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .progress import CancelFn, Cancelled, ProgressFn, sub_progress
+
+__all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "READINESS"]
+
+READINESS = "readiness.json"
+#: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
+#: the time one self-check registration is expected to take on a 2-core CPU (s)
+_CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
+
+
+def prepared_cache_dir() -> Path:
+    """Where prepared-CT folders go by default: ``$RAYEMB_CACHE`` or ``~/.cache/rayemb``, then ``prepared/``."""
+    return Path(os.environ.get("RAYEMB_CACHE") or Path.home() / ".cache" / "rayemb") / "prepared"
+
+
+@dataclass(frozen=True)
+class PreparedCT:
+    """A complete prepared-CT folder (see the module docstring)."""
+
+    path: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path / "templates"
+
+    @property
+    def readiness(self) -> dict:
+        return json.loads((self.path / READINESS).read_text())
+
+    @classmethod
+    def open(cls, path, ct=None) -> "PreparedCT":
+        """The folder at ``path``; ``ValueError`` if it is not a complete prepared folder, or (with ``ct``) was
+        prepared for another CT (by content hash)."""
+        p = cls(Path(path))
+        if not (p.path / READINESS).is_file() or not p.model_path.is_file():
+            raise ValueError(f"--prepared {p.path}: not a prepared-CT folder (no {READINESS} / model.safetensors); "
+                             "make one with 'rayemb prepare --ct CT --out DIR'.")
+        if ct is not None:
+            from .templates import ct_hash
+
+            want = p.readiness.get("ct_sha256")
+            if want != ct_hash(ct):
+                raise ValueError(f"--prepared {p.path} was prepared for another CT ({p.readiness.get('ct', '?')}); "
+                                 "prepare this CT, or give the folder made for it.")
+        return p
+
+
+def find_prepared(ct, root: Path | None = None) -> PreparedCT | None:
+    """The prepared folder of ``ct`` in the cache (``prepared_cache_dir()`` or ``root``), by content hash."""
+    from .templates import ct_hash
+
+    d = Path(root or prepared_cache_dir()) / ct_hash(ct)[:16]
+    return PreparedCT.open(d, ct) if (d / READINESS).is_file() else None
+
+
+def use_prepared(options, ct, prepared):
+    """``options`` (``RegistrationOptions``) that use the weights and templates of the prepared folder
+    ``prepared`` (a path, or ``"auto"``: ``find_prepared(ct)``), checked to belong to ``ct``."""
+    prep = find_prepared(ct) if str(prepared) == "auto" else PreparedCT.open(prepared, ct)
+    if prep is None:
+        raise ValueError(f"--prepared auto: no prepared folder for CT '{ct.name}' in {prepared_cache_dir()}; run "
+                         "'rayemb prepare --ct CT' first.")
+    return options.replace(model_path=str(prep.model_path), detection={"template_cache": str(prep.templates_dir)})
+
+
+def _plot(path: Path, before: dict, after: dict, checks: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    keys = ("median_px", "p90_px", "top25_median_px")
+    x = np.arange(len(keys))
+    ax[0].bar(x - 0.2, [before.get(k, np.nan) for k in keys], 0.4, label="before")
+    ax[0].bar(x + 0.2, [after.get(k, np.nan) for k in keys], 0.4, label="after")
+    ax[0].set_xticks(x, ["median", "p90", "top-25 % conf."])
+    ax[0].set_ylabel("2D error on held-out DRRs (px @ network grid)")
+    ax[0].legend()
+    m = np.array([c["mtre_mm"] for c in checks], dtype=float)
+    ax[1].semilogy(np.arange(1, len(m) + 1), np.where(np.isfinite(m), m, 1e3), "o")
+    ax[1].axhline(10, color="grey", ls="--", lw=0.8)
+    ax[1].set_xlabel("self-check X-ray")
+    ax[1].set_ylabel("mTRE (mm; 1000 = failed)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: str = "cpu", n_selfcheck: int = 6,
+            seed: int = 0, progress: ProgressFn | None = None, cancel: CancelFn | None = None, log=print) -> PreparedCT:
+    """Prepare ``ct`` (``CTVolume``) in at most ``minutes``: fine-tune ``model_path`` (None → the bundled general
+    network) on DRRs of it rendered on the fly at clinical poses, cache its templates, self-check, and write the
+    folder ``out_dir`` (None → ``prepared_cache_dir()/<ct hash>``) all or nothing. Returns the ``PreparedCT``."""
+    from .camera import Intrinsics
+    from .detect import LandmarkDetector
+    from .evaluate import pose_errors
+    from .model import load_model
+    from .options import RegistrationOptions
+    from .pipeline import Registrar
+    from .report import _clean
+    from .resources import BUNDLED_MODEL
+    from .simulate import sample_visible_pose, simulate_xray
+    from .templates import ct_hash
+    from .training.data import ShardSet
+    from .training.generate import generate
+    from .training.stream import DRRStream
+    from .training.train import evaluate, train
+    from .volume import BONE_HU
+    from .xray import XRayImage
+
+    if not (isinstance(minutes, (int, float)) and 0 < minutes <= 24 * 60):
+        raise ValueError(f"--minutes {minutes!r}: the time budget must be > 0 and at most a day.")
+    if int(n_selfcheck) < 1:
+        raise ValueError(f"--self-check {n_selfcheck}: give at least 1 X-ray.")
+    if not (ct.hu >= BONE_HU).any():
+        raise ValueError(f"CT '{ct.name}' has no bone (no voxel ≥ {BONE_HU:g} HU); RayEmb registers bone. "
+                         "Is the CT in Hounsfield units?")
+    t0 = time.time()
+    budget = 60.0 * minutes
+    digest = ct_hash(ct)
+    out = Path(out_dir) if out_dir is not None else prepared_cache_dir() / digest[:16]
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the prepared CT.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base_path = Path(model_path) if model_path else BUNDLED_MODEL
+    base = load_model(base_path, device=device)
+    cfg = base.config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.rayemb-tmp-", dir=str(out.parent)))
+    try:
+        # 1. held-out DRRs (other seed) and the error before
+        generate([ct], tmp / "heldout", n_variants=1, n_queries=8, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
+                 seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
+                 pose_center="anywhere", progress=sub_progress(progress, 0.0, 0.05, "held-out DRRs: "), cancel=cancel)
+        heldout = ShardSet(tmp / "heldout")
+        before = evaluate(base, heldout, device, max_queries=8)
+        log(f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.1f} px")
+        # 2. training on the fly within the budget left for it
+        stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses="clinical",
+                           template_bone_multiplier=cfg.template_bone_multiplier)
+        reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
+        train_s = max(5.0, budget - reserve - (time.time() - t0))
+        interrupted = ""
+        try:
+            train(stream, tmp / "run", steps=10**7, lr=3e-4, seed=seed, device=device, resume=False,
+                  max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
+                  log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
+        except (KeyboardInterrupt, Cancelled) as exc:
+            interrupted = f"training stopped early ({type(exc).__name__}); the weights of the last checkpoint are used"
+            log(interrupted)
+            cancel = None  # the user stopped the training: the rest (bounded by the budget) completes the folder
+        run_model = tmp / "run" / "model.safetensors"
+        weights = run_model if run_model.is_file() else base_path
+        tuned = load_model(weights, device=device)
+        after = evaluate(tuned, heldout, device, max_queries=8)
+        log(f"after:  median {after['median_px']:.2f} px, p90 {after['p90_px']:.1f} px")
+        for suffix in ("", ".sha256"):
+            shutil.copyfile(str(weights) + suffix, tmp / f"model.safetensors{suffix}")
+        shutil.copyfile(weights.with_suffix(".json"), tmp / "model.json")
+        # 3. templates of this CT for these weights (cached in the folder), then the self-check
+        if progress:
+            progress(0.75, "templates and self-check")
+        model = load_model(tmp / "model.safetensors", device=device)
+        LandmarkDetector(model, ct, device=device, cache_dir=tmp / "templates")
+        intr = Intrinsics.deepfluoro(256)
+        rng = np.random.default_rng(seed + 104729)
+        registrar = Registrar(ct, RegistrationOptions(device=device, model_path=str(tmp / "model.safetensors")),
+                              model=model)
+        registrar.options = registrar.options.replace(detection={"template_cache": str(tmp / "templates")})
+        pts = ct.sample_bone_points(500, np.random.default_rng(12345))
+        checks = []
+        for k in range(int(n_selfcheck)):
+            spent = time.time() - t0
+            last = checks[-1]["seconds"] if checks else 0.0
+            if checks and spent + last > budget:  # the budget is honoured: fewer self-check X-rays
+                log(f"self-check cut to {len(checks)} X-rays by the {minutes:g}-minute budget")
+                break
+            T = sample_visible_pose(ct, intr, rng, poses="clinical")
+            x = XRayImage(simulate_xray(ct, intr, T, rng), intr, f"self-check {k + 1}")
+            t = time.perf_counter()
+            try:
+                res = registrar.register(x, cancel=cancel)
+            except Cancelled:
+                raise
+            except ValueError as exc:
+                checks.append({"mtre_mm": math.inf, "seconds": time.perf_counter() - t, "verdict": "error",
+                               "error": str(exc)[:120]})
+            else:
+                e = pose_errors(res.final.camera_from_world, T, pts, intr)
+                checks.append({"mtre_mm": e["mtre_mm"], "seconds": time.perf_counter() - t,
+                               "verdict": res.verdict.status})
+            if progress:
+                progress(0.75 + 0.25 * (k + 1) / n_selfcheck, f"self-check {k + 1}/{n_selfcheck}")
+        m = np.array([c["mtre_mm"] for c in checks])
+        ok = m <= 10.0
+        readiness = {
+            "format": "rayemb-prepared/1", "ct": ct.name, "ct_sha256": digest,
+            "base_model": str(base_path), "base_sha256": base.sha256, "model_sha256": model.sha256,
+            "minutes_budget": minutes, "minutes_spent": None, "interrupted": interrupted,
+            "training": {"poses": "clinical (carm.CLINICAL_SAMPLER), rendered on the fly", "fresh_drrs": stream.rendered,
+                         "steps": json.loads((tmp / "model.json").read_text()).get("metadata", {}).get("step", 0)},
+            "heldout_before": before, "heldout_after": after,
+            "self_check": {"n": len(checks), "success_10mm_%": 100.0 * float(ok.mean()),
+                           "mtre_p50_mm": float(np.median(m)), "runtime_p50_s": float(np.median([c["seconds"] for c in checks])),
+                           "accepted_%": 100.0 * float(np.mean([c["verdict"] == "accepted" for c in checks])),
+                           "cases": checks},
+        }
+        readiness["minutes_spent"] = (time.time() - t0) / 60.0
+        title = (f"{ct.name}: held-out median {before['median_px']:.1f} → {after['median_px']:.1f} px; self-check "
+                 f"{ok.sum()}/{len(ok)} ≤ 10 mm, median mTRE {np.median(m):.2f} mm")
+        _plot(tmp / "readiness.png", before, after, checks, title)
+        (tmp / READINESS).write_text(json.dumps(_clean(readiness), indent=2))
+        for d in ("heldout", "run"):
+            shutil.rmtree(tmp / d, ignore_errors=True)
+        # 4. all or nothing: the complete folder replaces any earlier one
+        from .progress import signals_deferred
+
+        with signals_deferred():
+            old = None
+            if out.exists():
+                old = out.with_name(f".{out.name}.rayemb-old-{os.getpid()}")
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        log(f"prepared {out} in {readiness['minutes_spent']:.1f} min: {title}")
+        if progress:
+            progress(1.0, "prepared")
+        return PreparedCT(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

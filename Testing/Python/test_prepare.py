@@ -1,0 +1,117 @@
+"""The pre-operative step (``prepare.py``) on the real sample CT with a tiny network and a tiny budget: the folder
+contract (complete or absent), the budget, cancel, the hash lookup, the readiness report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from RayEmbRegistrationLib.model import ModelConfig, build_model, save_model
+from RayEmbRegistrationLib.options import RegistrationOptions
+from RayEmbRegistrationLib.prepare import PreparedCT, find_prepared, prepare, use_prepared
+from RayEmbRegistrationLib.progress import Cancelled
+from RayEmbRegistrationLib.volume import CTVolume
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def prepared(sample_ct, tiny_weights, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("prep") / "pelvis"
+    seen = []
+    prep = prepare(sample_ct, out, minutes=0.4, model_path=tiny_weights, n_selfcheck=2,
+                   progress=lambda f, m: seen.append((f, m)), log=lambda m: None)
+    return prep, seen
+
+
+def test_the_folder_is_complete_and_reports_readiness(prepared, sample_ct):
+    prep, seen = prepared
+    p = prep.path
+    assert {f.name for f in p.iterdir()} >= {"model.safetensors", "model.safetensors.sha256", "model.json",
+                                             "templates", "readiness.json", "readiness.png"}
+    assert len(list((p / "templates").glob("templates_*.npz"))) == 1
+    assert not list(p.parent.glob(".*rayemb-tmp*"))  # no temporary folder left
+    r = json.loads((p / "readiness.json").read_text())
+    for k in ("median_px", "p90_px", "within_3px"):
+        assert np.isfinite(r["heldout_before"][k]) and np.isfinite(r["heldout_after"][k])
+    sc = r["self_check"]
+    assert 1 <= sc["n"] <= 2 and 0 <= sc["success_10mm_%"] <= 100 and len(sc["cases"]) == sc["n"]
+    assert r["training"]["fresh_drrs"] > 0 and r["training"]["steps"] >= 1 and r["model_sha256"] != r["base_sha256"]
+    assert r["minutes_spent"] * 60 <= r["minutes_budget"] * 60 + 15  # the budget (and a little fixed overhead)
+    fr = [f for f, _ in seen]
+    assert all(b >= a - 1e-9 for a, b in zip(fr, fr[1:])), [(round(f, 3), m[:30]) for f, m in seen if True][:60]
+    assert fr == sorted(fr) and fr[-1] == 1.0 and any(m.startswith("fine-tuning") for _, m in seen)
+
+
+def test_the_folder_is_found_by_the_cts_content_and_refuses_another_ct(prepared, sample_ct, monkeypatch):
+    prep, _ = prepared
+    o = use_prepared(RegistrationOptions(), sample_ct, prep.path)
+    assert o.model_path == str(prep.model_path) and o.detection.template_cache == str(prep.templates_dir)
+    other = CTVolume(sample_ct.hu + 1.0, sample_ct.ijk_to_ras, "other")
+    with pytest.raises(ValueError, match="prepared for another CT"):
+        PreparedCT.open(prep.path, other)
+    # the cache: <root>/<first 16 hex of the CT hash>
+    from RayEmbRegistrationLib.templates import ct_hash
+
+    root = prep.path.parent / "cache"
+    (root).mkdir()
+    import shutil
+
+    shutil.copytree(prep.path, root / ct_hash(sample_ct)[:16])
+    monkeypatch.setenv("RAYEMB_CACHE", str(prep.path.parent / "cache_parent"))
+    assert find_prepared(sample_ct, root).path == root / ct_hash(sample_ct)[:16]
+    assert find_prepared(other, root) is None
+    with pytest.raises(ValueError, match="no prepared folder"):
+        use_prepared(RegistrationOptions(), other, "auto")
+
+
+def test_the_registrar_uses_the_folders_templates(prepared, sample_ct):
+    from RayEmbRegistrationLib.pipeline import Registrar
+
+    prep, _ = prepared
+    r = Registrar(sample_ct, use_prepared(RegistrationOptions(device="cpu"), sample_ct, prep.path))
+    before = {f: f.stat().st_mtime_ns for f in prep.templates_dir.iterdir()}
+    det = r.detector()
+    assert det.templates.images.shape[-1] == 64
+    assert {f: f.stat().st_mtime_ns for f in prep.templates_dir.iterdir()} == before  # read, not rebuilt
+
+
+def test_cancel_before_training_leaves_no_folder(sample_ct, tiny_weights, tmp_path):
+    out = tmp_path / "p"
+    with pytest.raises(Cancelled):
+        prepare(sample_ct, out, minutes=0.2, model_path=tiny_weights, n_selfcheck=1, cancel=lambda: True,
+                log=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob(".*rayemb-tmp*"))
+
+
+def test_cancel_during_training_keeps_the_weights_and_completes_the_folder(sample_ct, tiny_weights, tmp_path):
+    state = {"training": 0}
+
+    def progress(f, m):
+        if m.startswith("fine-tuning"):
+            state["training"] += 1
+
+    out = tmp_path / "p"
+    prep = prepare(sample_ct, out, minutes=0.3, model_path=tiny_weights, n_selfcheck=1, progress=progress,
+                   cancel=lambda: state["training"] >= 3, log=lambda m: None)
+    r = prep.readiness
+    assert "stopped early" in r["interrupted"] and (out / "model.safetensors").is_file()
+
+
+def test_bad_budget_and_ct_without_bone(sample_ct, tiny_weights, tmp_path):
+    with pytest.raises(ValueError, match="--minutes"):
+        prepare(sample_ct, tmp_path / "a", minutes=0, model_path=tiny_weights)
+    soft = CTVolume(np.clip(sample_ct.hu, None, 100.0), sample_ct.ijk_to_ras, "soft")
+    with pytest.raises(ValueError, match="no bone"):
+        prepare(soft, tmp_path / "b", minutes=1, model_path=tiny_weights)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
