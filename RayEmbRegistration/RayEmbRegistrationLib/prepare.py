@@ -154,6 +154,9 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
     out = Path(out_dir) if out_dir is not None else prepared_cache_dir() / digest[:16]
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the prepared CT.")
+    if out.is_dir() and any(out.iterdir()) and not (out / READINESS).is_file():
+        raise ValueError(f"--out {out} is a folder with other files in it; a prepared CT replaces its whole folder, "
+                         "so give a new or empty folder (or an earlier prepared-CT folder).")
     out.parent.mkdir(parents=True, exist_ok=True)
     base_path = Path(model_path) if model_path else BUNDLED_MODEL
     base = load_model(base_path, device=device)

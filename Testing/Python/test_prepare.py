@@ -115,3 +115,9 @@ def test_bad_budget_and_ct_without_bone(sample_ct, tiny_weights, tmp_path):
     with pytest.raises(ValueError, match="no bone"):
         prepare(soft, tmp_path / "b", minutes=1, model_path=tiny_weights)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("precious")
+    with pytest.raises(ValueError, match="other files in it"):
+        prepare(sample_ct, mine, minutes=1, model_path=tiny_weights)
+    assert (mine / "thesis.docx").read_text() == "precious"
