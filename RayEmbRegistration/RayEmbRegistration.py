@@ -125,6 +125,8 @@ class RayEmbRegistrationParameterNode:
         means "take it from the X-ray node" (its RayEmb.* attributes / spacing), see mrml.volume_node_to_xray.
     logTransform: the X-ray holds raw intensities (bone dark): convert to line integrals.
     modelSource/modelFile/finetunedModelFile, device, autoBonePoints, refine, iterations, resolution: options.
+    prepareMinutes, preparedFolder: the budget of "Prepare this CT" and the prepared-CT folder it made
+        (``modelSource == "prepared"`` registers with that folder's weights and templates).
     overlayOpacity: opacity of the DRR / heatmap overlay in the slice views.
     """
 
@@ -138,7 +140,7 @@ class RayEmbRegistrationParameterNode:
     principalPointU: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
     principalPointV: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
     logTransform: bool = False
-    modelSource: Annotated[str, Choice(["bundled", "fine-tuned", "file"])] = "bundled"
+    modelSource: Annotated[str, Choice(["bundled", "prepared", "fine-tuned", "file"])] = "bundled"
     modelFile: pathlib.Path
     finetunedModelFile: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -147,6 +149,8 @@ class RayEmbRegistrationParameterNode:
     iterations: Annotated[int, WithinRange(1, 5000)] = 60
     resolution: Annotated[int, WithinRange(32, 1024)] = 96
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    prepareMinutes: Annotated[int, WithinRange(1, 240)] = 10
+    preparedFolder: pathlib.Path
 
 
 #
@@ -235,6 +239,8 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
+        self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
+        self._prepareProcess = None
 
         self.ui.fiducialsPlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.fiducialsPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
@@ -307,7 +313,9 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             button.enabled = ok
             button.toolTip = tip if ok else _("Select a CT and an X-ray with its geometry")
         self.ui.finetuneButton.enabled = bool(p.ctVolume)
+        self.ui.prepareButton.enabled = bool(p.ctVolume) or self._prepareProcess is not None
         self.ui.modelPathLineEdit.enabled = p.modelSource == "file"
+        self.ui.preparedFolderLineEdit.enabled = p.modelSource == "prepared"
         self.ui.principalPointUSpinBox.enabled = not p.principalPointAtCentre
         self.ui.principalPointVSpinBox.enabled = not p.principalPointAtCentre
 
@@ -392,6 +400,57 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             done, path = self._runWithProgress(_("Fine-tuning on this CT"), self.logic.finetune)
             if done:
                 self.ui.statusLabel.text = _("Fine-tuned model saved: {path}").format(path=path)
+
+    # --- "Prepare this CT": rayemb prepare in a separate process (qt.QProcess), Slicer stays responsive -------
+    def onPrepareButton(self) -> None:
+        if self._prepareProcess is not None:  # second press: stop the training early (the folder is still completed)
+            self._prepareProcess.terminate()
+            self.ui.readinessLabel.text = _("Stopping: the training stops early, then the self-check completes the folder.")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the preparation."), waitCursor=True):
+            if not self._ensureDependencies():
+                return
+            program, arguments, env, outDir = self.logic.prepareCommand(self._parameterNode)
+            proc = qt.QProcess()
+            environment = qt.QProcessEnvironment.systemEnvironment()
+            for key, value in env.items():
+                environment.insert(key, value)
+            proc.setProcessEnvironment(environment)
+            proc.setProgram(program)
+            proc.setArguments(arguments)
+            proc.connect("readyReadStandardError()", lambda: self._onPrepareOutput(proc))
+            proc.connect("finished(int,QProcess::ExitStatus)", lambda code, status: self._onPrepareFinished(proc, code, outDir))
+            self._prepareProcess = proc
+            self.ui.prepareButton.text = _("Stop preparing")
+            self.ui.prepareProgressBar.value = 0
+            self.ui.prepareProgressBar.visible = True
+            self.ui.readinessLabel.text = _("Preparing this CT in the background ({minutes} min)…").format(
+                minutes=self._parameterNode.prepareMinutes)
+            proc.start()
+
+    def _onPrepareOutput(self, proc) -> None:
+        from RayEmbRegistrationLib.cli.common import parse_progress_line
+
+        text = bytes(proc.readAllStandardError().data()).decode("utf-8", "replace")
+        for line in text.splitlines():
+            parsed = parse_progress_line(line)
+            if parsed is not None:
+                _desc, fraction, message = parsed
+                self.ui.prepareProgressBar.value = int(1000 * fraction)
+                self.ui.readinessLabel.text = message
+            elif line.strip():
+                logging.info(f"rayemb prepare: {line}")
+
+    def _onPrepareFinished(self, proc, exitCode: int, outDir: str) -> None:
+        self._prepareProcess = None
+        self.ui.prepareButton.text = _("Prepare this CT")
+        self.ui.prepareProgressBar.visible = False
+        with slicer.util.tryWithErrorDisplay(_("Preparation failed."), waitCursor=False):
+            if exitCode != 0:
+                rest = bytes(proc.readAllStandardError().data()).decode("utf-8", "replace")
+                raise RuntimeError(f"rayemb prepare exited with status {exitCode}: {rest.strip()[-500:]}")
+            self.ui.readinessLabel.text = self.logic.usePrepared(self._parameterNode, outDir)
+        self._checkCanApply()
 
     def _showResults(self) -> None:
         outputs = self.logic.outputs
@@ -607,15 +666,50 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         """The ``pipeline.Registrar`` for ``p.ctVolume`` with the GUI's options (kept while the CT is unchanged)."""
         from RayEmbRegistrationLib import mrml
         from RayEmbRegistrationLib.pipeline import Registrar
+        from RayEmbRegistrationLib.prepare import use_prepared
 
         if not p.ctVolume or not p.xrayVolume:
             raise ValueError("Select a CT volume and an X-ray volume.")
         ct = mrml.volume_node_to_ct(p.ctVolume)
         options = self.registrationOptions(p)
+        if p.modelSource == "prepared":  # the folder's weights and templates, checked to belong to this CT
+            options = use_prepared(options, ct, str(p.preparedFolder) if str(p.preparedFolder) not in ("", ".") else "auto")
         if self._registrar is None or not self._registrar.matches(ct):
             self._registrar = Registrar(ct, options)
         self._registrar.options = options
         return self._registrar
+
+    def prepareCommand(self, p):
+        """``(program, arguments, environment, outDir)`` of ``rayemb prepare`` for ``p.ctVolume``: the CT is written
+        to a temporary NIfTI (the node is not modified), the folder goes to the prepared-CT cache under the CT's
+        content hash (so ``--prepared auto`` and this module find it again)."""
+        import shutil
+
+        from RayEmbRegistrationLib import mrml
+        from RayEmbRegistrationLib.prepare import prepare_command, prepared_cache_dir
+        from RayEmbRegistrationLib.templates import ct_hash
+        from RayEmbRegistrationLib.volume import save_ct
+
+        if not p.ctVolume:
+            raise ValueError("Select the CT volume to prepare.")
+        ct = mrml.volume_node_to_ct(p.ctVolume)
+        ctPath = os.path.join(slicer.app.temporaryPath, f"RayEmbPrepare-{ct_hash(ct)[:16]}.nii.gz")
+        save_ct(ct, ctPath)
+        outDir = str(prepared_cache_dir() / ct_hash(ct)[:16])
+        base = self.modelPath(p) if p.modelSource in ("file",) else None
+        python = shutil.which("PythonSlicer") or sys.executable
+        cmd = prepare_command(ctPath, outDir, p.prepareMinutes, python, model=base, device=p.device)
+        env = {"PYTHONPATH": os.pathsep.join([MODULE_DIR] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
+        return cmd[0], cmd[1:], env, outDir
+
+    def usePrepared(self, p, outDir: str) -> str:
+        """Select the prepared folder ``outDir`` for registrations of this CT; returns its readiness summary."""
+        from RayEmbRegistrationLib.prepare import PreparedCT
+
+        prep = PreparedCT.open(outDir)
+        p.preparedFolder = pathlib.Path(outDir)
+        p.modelSource = "prepared"
+        return "\n".join(prep.summary_lines())
 
     # --- actions (usable without the GUI) -------------------------------------------------------------------
     def register(self, p, progress=None, cancel=None):

@@ -27,7 +27,8 @@ import numpy as np
 
 from .progress import CancelFn, Cancelled, ProgressFn, sub_progress
 
-__all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "READINESS"]
+__all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "prepare_command",
+           "READINESS"]
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
@@ -57,6 +58,24 @@ class PreparedCT:
     @property
     def readiness(self) -> dict:
         return json.loads((self.path / READINESS).read_text())
+
+    def summary_lines(self) -> list[str]:
+        """What the CLI prints and the Slicer panel shows about the folder (from ``readiness.json``)."""
+        r = self.readiness
+        b, a, sc = r["heldout_before"], r["heldout_after"], r["self_check"]
+
+        def f(v, spec: str) -> str:  # a non-finite figure (every self-check failed) is null in the JSON
+            return "—" if v is None else format(v, spec)
+
+        lines = [f"prepared-CT folder: {self.path}",
+                 f"  held-out 2D error: median {f(b.get('median_px'), '.2f')} -> {f(a.get('median_px'), '.2f')} px "
+                 f"(network grid), share <= 3 px {f(100 * (a.get('within_3px') or 0), '.0f')} %",
+                 f"  self-check: {f(sc['success_10mm_%'], '.0f')} % of {sc['n']} simulated X-rays within 10 mm, median "
+                 f"mTRE {f(sc['mtre_p50_mm'], '.2f')} mm, {f(sc['runtime_p50_s'], '.1f')} s each; accepted "
+                 f"{f(sc['accepted_%'], '.0f')} %",
+                 f"  {f(r['minutes_spent'], '.1f')} of {r['minutes_budget']:g} min"
+                 + (f"; {r['interrupted']}" if r.get("interrupted") else "")]
+        return lines
 
     @classmethod
     def open(cls, path, ct=None) -> "PreparedCT":
@@ -92,6 +111,16 @@ def use_prepared(options, ct, prepared):
         raise ValueError(f"--prepared auto: no prepared folder for CT '{ct.name}' in {prepared_cache_dir()}; run "
                          "'rayemb prepare --ct CT' first.")
     return options.replace(model_path=str(prep.model_path), detection={"template_cache": str(prep.templates_dir)})
+
+
+def prepare_command(ct_path, out_dir, minutes: float, python: str, model=None, device: str = "auto") -> list[str]:
+    """The ``rayemb prepare`` command line (program first) that runs the step in a separate process — what the
+    Slicer module starts with ``qt.QProcess`` so that Slicer stays responsive. Its stderr carries one progress
+    line per 10 % (``cli.common.parse_progress_line`` reads them); SIGTERM stops the training early and still
+    completes the folder."""
+    cmd = [str(python), "-m", "RayEmbRegistrationLib.cli", "prepare", "--ct", str(ct_path), "--out", str(out_dir),
+           "--minutes", f"{float(minutes):g}", "--device", device]
+    return cmd + (["--model", str(model)] if model else [])
 
 
 def _plot(path: Path, before: dict, after: dict, checks: list[dict], title: str) -> None:

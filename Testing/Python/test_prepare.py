@@ -121,3 +121,42 @@ def test_bad_budget_and_ct_without_bone(sample_ct, tiny_weights, tmp_path):
     with pytest.raises(ValueError, match="other files in it"):
         prepare(sample_ct, mine, minutes=1, model_path=tiny_weights)
     assert (mine / "thesis.docx").read_text() == "precious"
+
+
+def test_separate_process_reports_progress_and_stops_early_on_sigterm(sample_ct_path, tiny_weights, tmp_path):
+    """What the Slicer module does with qt.QProcess: run ``prepare_command`` in a child process, read its progress
+    lines (``parse_progress_line``), press Stop (SIGTERM) during the training — the training stops early and the
+    folder is still completed (exit 0)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from RayEmbRegistrationLib.cli.common import parse_progress_line
+    from RayEmbRegistrationLib.prepare import prepare_command
+
+    out = tmp_path / "prepared"
+    cmd = prepare_command(sample_ct_path, out, 0.5, sys.executable, model=tiny_weights, device="cpu")
+    cmd += ["--self-check", "1"]
+    assert cmd[1:5] == ["-m", "RayEmbRegistrationLib.cli", "prepare", "--ct"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen, t0, stopped = [], time.time(), False
+    while time.time() - t0 < 180:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        p = parse_progress_line(line)
+        if p is not None:
+            seen.append(p)
+            if not stopped and p[2].startswith("fine-tuning"):
+                proc.send_signal(signal.SIGTERM)
+                stopped = True
+    out_text, _ = proc.communicate(timeout=180)
+    assert stopped and proc.returncode == 0, (proc.returncode, seen[-3:])
+    assert all(d == "prepare" and 0 <= f <= 1 for d, f, _ in seen)
+    r = json.loads((out / "readiness.json").read_text())
+    assert "stopped early" in r["interrupted"] and "prepared-CT folder" in out_text
+    assert parse_progress_line("register:  40%  refine") == ("register", 0.4, "refine")
+    assert parse_progress_line("some other line") is None

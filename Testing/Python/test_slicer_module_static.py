@@ -189,7 +189,7 @@ def test_ui_is_a_valid_designer_file(ui_root):
     names = [w.get("name") for w in ui_root.iter("widget")]
     assert len(names) == len(set(names)), "duplicate widget names"
     declared = {c.find("class").text for c in ui_root.iter("customwidget")}
-    qt_std = {"QWidget", "QLabel", "QCheckBox", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QPushButton", "QLineEdit"}
+    qt_std = {"QWidget", "QProgressBar", "QLabel", "QCheckBox", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QPushButton", "QLineEdit"}
     for w in ui_root.iter("widget"):
         cls = w.get("class")
         assert cls in qt_std or cls in declared, f"{w.get('name')}: class {cls} is neither Qt nor declared"

@@ -19,7 +19,7 @@ import numpy as np
 from ..options import DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_REJECTED", "EXIT_CANCELLED", "EXIT_TERMINATED", "FLAGS",
-           "CLIError", "Progress", "set_threads",
+           "CLIError", "Progress", "parse_progress_line", "set_threads",
            "read_json_option", "read_pose", "read_geometry", "add_common", "options_from_args"]
 
 # The exit status of every command (README, "Exit status"):
@@ -75,6 +75,17 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def parse_progress_line(line: str) -> tuple[str, float, str] | None:
+    """``(desc, fraction, message)`` of a progress line that ``Progress`` writes off a terminal
+    (``"prepare:  40%  message"``), or None for any other line (a parent process reads a child's progress so)."""
+    import re
+
+    m = re.match(r"^(\w+):\s+(\d{1,3})%\s*(.*)$", line.rstrip("\n"))
+    if not m:
+        return None
+    return m.group(1), min(int(m.group(2)), 100) / 100.0, m.group(3)
 
 
 def set_threads() -> None:

@@ -49,19 +49,7 @@ def run(args) -> int:
         prep = prepare(ct, args.out, minutes=args.minutes, model_path=args.model, device=resolve_device(args.device),
                        n_selfcheck=args.self_check, seed=args.seed, progress=progress,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
-    r = prep.readiness
-    sc = r["self_check"]
-
-    def f(v, spec: str) -> str:  # readiness.json stores a non-finite figure (every self-check failed) as null
-        return "—" if v is None else format(v, spec)
-
-    print(f"prepared-CT folder: {prep.path}")
-    before, after = r["heldout_before"], r["heldout_after"]
-    print(f"  held-out 2D error: median {f(before.get('median_px'), '.2f')} -> {f(after.get('median_px'), '.2f')} px"
-          f" (network grid), share <= 3 px {f(100 * (after.get('within_3px') or 0), '.0f')} %")
-    print(f"  self-check: {f(sc['success_10mm_%'], '.0f')} % of {sc['n']} simulated X-rays within 10 mm, median mTRE "
-          f"{f(sc['mtre_p50_mm'], '.2f')} mm, {f(sc['runtime_p50_s'], '.1f')} s each; accepted {f(sc['accepted_%'], '.0f')} %")
-    print(f"  {r['minutes_spent']:.1f} of {r['minutes_budget']:g} min{'; ' + r['interrupted'] if r['interrupted'] else ''}")
+    print("\n".join(prep.summary_lines()))
     print(f"use it with: rayemb register --prepared {prep.path} ...")
     return 0
 
