@@ -188,7 +188,8 @@ class Registrar:
         return result
 
     def _refine(self, xray, init: InitialPose, progress, cancel):
-        """Refinement stage → (refined RefineResult or None, DepthSearchSummary or None, warnings, seconds)."""
+        """Refinement stage → (RefineResult or None, DepthSearchSummary or None, (similarity before, after),
+        warnings, seconds); all None / empty when refinement is off."""
         o = self.options.refine
         if not o.enabled:
             return None, None, (None, None), [], 0.0

@@ -228,9 +228,8 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         LandmarkDetector(model, ct, device=device, cache_dir=tmp / "templates")
         intr = Intrinsics.deepfluoro(256)
         rng = np.random.default_rng(seed + 104729)
-        registrar = Registrar(ct, RegistrationOptions(device=device, model_path=str(tmp / "model.safetensors")),
-                              model=model)
-        registrar.options = registrar.options.replace(detection={"template_cache": str(tmp / "templates")})
+        options = RegistrationOptions(device=device, model_path=str(tmp / "model.safetensors"))
+        registrar = Registrar(ct, options.replace(detection={"template_cache": str(tmp / "templates")}), model=model)
         pts = ct.sample_bone_points(500, np.random.default_rng(12345))
         checks = []
         for k in range(int(n_selfcheck)):
@@ -244,9 +243,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
             t = time.perf_counter()
             try:
                 res = registrar.register(x, cancel=cancel)
-            except Cancelled:
-                raise
-            except ValueError as exc:
+            except ValueError as exc:  # a refused registration is a self-check failure (Cancelled passes through)
                 checks.append({"mtre_mm": math.inf, "seconds": time.perf_counter() - t, "verdict": "error",
                                "error": str(exc)[:120]})
             else:

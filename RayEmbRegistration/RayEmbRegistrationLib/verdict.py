@@ -3,10 +3,11 @@
 Owns: the signals a registration offers about its own correctness, and the calibrated rule that turns them into
 a verdict.
 
-Signals (``signals``), all available without the truth: the final image similarity (multiscale NCC of the X-ray
-and the DRR at the final pose, finest refinement grid) and its gain over the initial pose, the PnP inlier count
-and share and their reprojection error, the agreement of the PnP pose with the refined pose (mean 3D distance of
-bone points between the two, camera frame), the detections' confidence, and whether the refinement ran.
+Signals (``signals``), all available without the truth: the footprint similarity (NCC of the X-ray and the final
+DRR inside the CT's projection) and the depth tolerance, which the rule reads with the PnP inliers, the warnings
+and whether the refinement ran; and, recorded for calibration but not used by the rule (they did not separate
+successes from failures: ``benchmarks/calibrate_verdict.py``), the plain similarity and its gain, the inlier share
+and reprojection error, the PnP-to-refined pose change and the detections' confidence.
 The thresholds of ``VerdictRule`` come from ``benchmarks/calibrate_verdict.py`` (simulated X-rays of several CTs,
 deliberate mismatches included); the calibration table is in the README.
 """
@@ -34,7 +35,10 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     pixels where the DRR shows the CT (above 5 % of its maximum) count, and only tiles that are at least
     ``min_share`` inside it. ``drr`` (h, w) is on a coarser grid of the same detector as ``xray_pixels``.
     """
+    import torch
+
     from .refine import downsample_image
+    from .similarity import ncc as _ncc
 
     d = np.asarray(drr, dtype=np.float64)
     h, w = d.shape
@@ -43,10 +47,8 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     if mask.sum() < 16:
         return math.nan
 
-    def ncc(a, b):
-        a, b = a - a.mean(), b - b.mean()
-        den = np.sqrt((a * a).sum() * (b * b).sum())
-        return float((a * b).sum() / den) if den > 1e-12 else 0.0
+    def ncc(a, b):  # the project's one NCC (similarity.ncc) on the pixels inside the footprint
+        return float(_ncc(torch.as_tensor(a), torch.as_tensor(b))[0])
 
     p = max(5, int(round(w / 10)))
     local = []
