@@ -45,7 +45,7 @@ from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
 from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
-from RayEmbRegistrationLib.training.generate import resolve_ct_path  # noqa: E402
+from RayEmbRegistrationLib.training.cts import resolve_ct_path  # noqa: E402
 from RayEmbRegistrationLib.verdict import judge, signals  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402

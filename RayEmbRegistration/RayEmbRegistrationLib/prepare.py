@@ -28,12 +28,16 @@ import numpy as np
 from .progress import CancelFn, Cancelled, ProgressFn, sub_progress
 
 __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "prepare_command",
-           "READINESS"]
+           "READINESS", "TRAINING"]
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
 #: the time one self-check registration is expected to take on a 2-core CPU (s)
 _CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
+#: the fine-tuning recipe (``benchmarks/bench_prepare.py`` measures the alternatives; docs/network.md):
+#: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step, points / templates /
+#: queries per step
+TRAINING = {"lr": 3e-4, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4}
 
 
 def prepared_cache_dir() -> Path:
@@ -201,12 +205,14 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         log(f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.1f} px")
         # 2. training on the fly within the budget left for it
         stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses="clinical",
+                           pool=TRAINING["pool"], renew=TRAINING["renew"],
                            template_bone_multiplier=cfg.template_bone_multiplier)
         reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
         train_s = max(5.0, budget - reserve - (time.time() - t0))
         interrupted = ""
         try:
-            train(stream, tmp / "run", steps=10**7, lr=3e-4, seed=seed, device=device, resume=False,
+            train(stream, tmp / "run", steps=10**7, lr=TRAINING["lr"], batch_queries=TRAINING["batch"],
+                  n_templates=TRAINING["templates"], n_points=TRAINING["points"], seed=seed, device=device, resume=False,
                   max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
                   log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
         except (KeyboardInterrupt, Cancelled) as exc:

@@ -13,6 +13,7 @@ import torch
 from RayEmbRegistrationLib.camera import Camera, Intrinsics
 from RayEmbRegistrationLib.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
+from RayEmbRegistrationLib.cli.common import EXIT_BAD_INPUT
 from RayEmbRegistrationLib.render import DRRRenderer
 from RayEmbRegistrationLib.xray import load_xray
 
@@ -184,3 +185,17 @@ def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_c
     assert main([*base, "--out", str(tmp_path / "d"), "--prepared", str(prep)]) == 0
     assert main([*base, "--out", str(tmp_path / "e"), "--prepared", str(prep), "--model", str(w)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_train_takes_cached_data_or_cts_and_checks_the_hold_out(tmp_path, capsys):
+    """``rayemb train``: exactly one of --data / --ct; --hold-out names a training CT and needs --ct all."""
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "a")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "d", "--ct", "all", "--out", str(tmp_path / "b")])
+    assert main(["train", "--ct", "all", "--hold-out", "pelvis", "--out", str(tmp_path / "c")]) == EXIT_BAD_INPUT
+    assert "not a training CT" in capsys.readouterr().err
+    assert main(["train", "--ct", "lumbar_spine_tptbox", "--hold-out", "cxr", "--out", str(tmp_path / "d")]) == EXIT_BAD_INPUT
+    assert "--ct all" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abcd")

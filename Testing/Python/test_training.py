@@ -238,3 +238,54 @@ def test_finetune_on_the_fly_reports_progress_and_renders_no_cached_training_set
     assert rep["data"] == "on the fly (clinical poses)" and rep["steps"] >= 1
     assert not (tmp_path / "ft" / "data_train").exists() and (tmp_path / "ft" / "data_eval").exists()
     assert seen and seen == sorted(seen) and seen[-1] == 1.0  # monotone progress to the end
+
+
+def test_variant_stream_state_depends_only_on_seed_and_step(lumbar):
+    """The general network's on-the-fly data: synthetic patients replaced every few steps, and the live set at
+    step k rebuilt from scratch equals the one reached by stepping there (what an exact resume needs)."""
+    from RayEmbRegistrationLib.training.stream import VariantStream
+    from RayEmbRegistrationLib.volume import load_ct
+
+    ct = load_ct(lumbar)
+    kw = dict(size=32, voxel_mm=6.0, slots=2, variant_every=2, queries=2, n_points=64, seed=4)
+    walked = VariantStream([ct, ct], **kw)
+    for k in range(6):
+        walked.at_step(k)
+    assert [s["generation"] for s in walked.shards] == [2, 3] and list(walked.generations(5)) == [2, 3]
+    jumped = VariantStream([ct, ct], **kw)
+    jumped.at_step(5)
+    assert jumped.rendered < walked.rendered  # only the live generations were made
+    for a, b in zip(walked.shards, jumped.shards):
+        for key in ("templates", "queries", "query_P", "template_P", "points"):
+            assert np.array_equal(a[key], b[key]), key
+    b = walked.batch(np.random.default_rng(0), n_queries=2, n_templates=4, n_points=10)
+    assert b["query"].shape == (2, 32, 32) and b["templates"].shape == (4, 32, 32) and b["valid"].any()
+    other = VariantStream([ct, ct], **{**kw, "seed": 5})
+    other.at_step(5)
+    assert not np.array_equal(other.shards[0]["queries"], walked.shards[0]["queries"])
+
+
+def test_training_on_the_fly_resumes_bit_for_bit(lumbar, tmp_path):
+    """``rayemb train --ct``: two CPU steps in one go equal one step + a resume from the copied checkpoint."""
+    import shutil
+
+    from RayEmbRegistrationLib.training.stream import VariantStream
+    from RayEmbRegistrationLib.volume import load_ct
+
+    ct = load_ct(lumbar)
+    stream = lambda: VariantStream([ct], size=S, voxel_mm=5.0, slots=1, variant_every=1, queries=2, n_points=64)  # noqa: E731
+    kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, bar=False, val_every=10**9, seed=3,
+              log=lambda m: None, ckpt_every=1, threads=1)
+    train(stream(), tmp_path / "straight", steps=2, **kw)
+    train(stream(), tmp_path / "first", steps=2, max_minutes=1e-9, **kw)
+    shutil.copyfile(tmp_path / "first" / "last.pt", tmp_path / "committed.pt")
+    logs = []
+    train(stream(), tmp_path / "second", steps=2, resume_from=tmp_path / "committed.pt", **{**kw, "log": logs.append})
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "second" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 2 and a["data"] == b["data"] and "VariantStream" in a["data"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not any("other data" in m for m in logs)
+    other = VariantStream([ct], size=S, voxel_mm=5.0, slots=1, variant_every=1, queries=3, n_points=64)
+    train(other, tmp_path / "third", steps=3, resume_from=tmp_path / "committed.pt", **{**kw, "log": logs.append})
+    assert any("other data" in m for m in logs)  # a resume on other data says so

@@ -1,10 +1,7 @@
-"""Training augmentations: new anatomy from a CT (volume) and DRR → real X-ray appearance (image).
+"""Image augmentation for training: DRR → real X-ray appearance.
 
-Owns: the augmentations of training volumes and images.
-
-``augment_volume`` (random crop, axis flips, scale/shear of the ijk→RAS affine about the volume centre,
-HU jitter; a new ``CTVolume``, the input is never modified) and ``augment_images`` (contrast, gamma,
-inversion, blur, noise, collimation edges on network inputs in [0, 1]).
+Owns: ``augment_images`` (contrast, gamma, inversion, blur, noise, collimation edges on network inputs in
+[0, 1]). New anatomy (volumes) is ``anatomy.py``'s.
 
 All randomness comes from the NumPy ``Generator`` passed in (deterministic given a seed).
 """
@@ -15,40 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..volume import CTVolume
 
-__all__ = ["augment_volume", "augment_images"]
-
-
-def augment_volume(ct: CTVolume, rng: np.random.Generator, crop_min: float = 0.6, scale: float = 0.15,
-                   shear: float = 0.1, hu_scale: float = 0.08, hu_shift: float = 40.0) -> CTVolume:
-    """A new anatomy from ``ct``: crop, flips, affine scale/shear (about the crop's centre), HU jitter."""
-    hu = ct.hu
-    A = ct.ijk_to_ras.copy()
-    # random crop (index box), each axis keeps a fraction in [crop_min, 1]
-    lo = np.zeros(3, int)
-    for ax in range(3):
-        n = hu.shape[ax]
-        keep = max(min(n, 16), int(round(n * rng.uniform(crop_min, 1.0))))
-        lo[ax] = rng.integers(0, n - keep + 1)
-        hu = np.take(hu, np.arange(lo[ax], lo[ax] + keep), axis=ax)
-    A[:3, 3] = A[:3, :3] @ lo + A[:3, 3]
-    # flips: mirror the anatomy along index axes (affine kept → mirrored in RAS)
-    for ax in range(3):
-        if rng.random() < 0.5:
-            hu = np.flip(hu, axis=ax)
-    # scale / shear of the voxel grid about its centre
-    M = np.eye(3) + rng.uniform(-shear, shear, (3, 3)) * (1 - np.eye(3))
-    M = M @ np.diag(rng.uniform(1 - scale, 1 + scale, 3))
-    c_idx = (np.array(hu.shape) - 1) / 2.0
-    c_ras = A[:3, :3] @ c_idx + A[:3, 3]
-    L = A[:3, :3] @ M
-    A2 = np.eye(4)
-    A2[:3, :3] = L
-    A2[:3, 3] = c_ras - L @ c_idx
-    hu = np.ascontiguousarray(hu, dtype=np.float32)
-    hu = hu * np.float32(rng.uniform(1 - hu_scale, 1 + hu_scale)) + np.float32(rng.uniform(-hu_shift, hu_shift))
-    return CTVolume(hu, A2, name=f"{ct.name}_aug")
+__all__ = ["augment_images"]
 
 
 def _gauss_kernel(sigma: float) -> torch.Tensor:

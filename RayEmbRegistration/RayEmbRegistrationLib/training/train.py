@@ -216,6 +216,10 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         raise ValueError(f"--resume {source}: no such checkpoint (a last.pt written by 'rayemb train').")
     if source is not None:
         state = torch.load(source, map_location="cpu", weights_only=True)
+        now = json.dumps(shards.describe()) if hasattr(shards, "describe") else None
+        if rank == 0 and state.get("data") is not None and now is not None and state["data"] != now:
+            log(f"warning: the checkpoint was trained on other data ({state['data']}); continuing on {now} — "
+                "the run is not the one it would have been without the stop")
         if "seed" in state and int(state["seed"]) != seed:
             if rank == 0:
                 log(f"the checkpoint was trained with --seed {state['seed']}: continuing with it (not {seed})")
@@ -240,7 +244,8 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             return
         tmp = out / "last.pt.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                    "seed": seed, "config": json.dumps(cfg.to_dict())}, tmp)
+                    "seed": seed, "config": json.dumps(cfg.to_dict()),
+                    "data": json.dumps(shards.describe()) if hasattr(shards, "describe") else None}, tmp)
         tmp.replace(ck)
         save_model(model, out / "model.safetensors", metadata={"step": step, "train_seconds": time.time() - t_start, **summary})
 
@@ -254,6 +259,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             if n_new and rank == 0:
                 log(f"step {step}: {n_new} new shards ({len(shards.shards)} in all)")
         rng = np.random.default_rng([seed, step, rank])
+        shards.at_step(step)
         b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points)
         xq = augment_images(normalize_image(b["query"]), rng)
         xt = normalize_image(b["templates"])
@@ -308,10 +314,20 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
 
 
 def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--data", nargs="+", required=True, help="folder(s) written by 'rayemb generate'")
-    p.add_argument("--val", nargs="*", default=None, help="validation folder(s) (held-out poses)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", nargs="+", help="folder(s) written by 'rayemb generate' (cached DRRs)")
+    src.add_argument("--ct", nargs="+", help="train on the fly on these CTs ('all' = every training CT of "
+                     "training/cts.py; names of that table or paths), new synthetic anatomy and poses all the time")
+    p.add_argument("--hold-out", nargs="*", default=[], metavar="NAME",
+                   help="with --ct all: leave out every CT of these CTs' patients (leave-one-CT-out)")
+    p.add_argument("--slots", type=int, default=4, help="with --ct: synthetic patients live at a time")
+    p.add_argument("--variant-every", type=int, default=20, help="with --ct: a new synthetic patient every N steps")
+    p.add_argument("--stream-queries", type=int, default=12, help="with --ct: query DRRs per synthetic patient")
+    p.add_argument("--val", nargs="*", default=None,
+                   help="validation folder(s) (held-out poses); with --ct the default is OUT/val, rendered once "
+                        "from the training CTs at clinical poses")
     p.add_argument("--out", required=True, help="run folder: last.pt, model.safetensors, metrics.jsonl")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="steps of the learning-rate schedule (cosine to 0.1×)")
     p.add_argument("--batch", type=int, default=4, help="queries per step (per process)")
     p.add_argument("--templates", type=int, default=4, help="templates per query (T)")
     p.add_argument("--points", type=int, default=40, help="3D points per query")
@@ -335,9 +351,41 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, template_bone_multiplier: float):
+    """``--ct`` → (``stream.VariantStream`` of those CTs, the list of CT specs)."""
+    from ..volume import load_ct
+    from .cts import resolve_ct_path, training_set
+    from .stream import VariantStream
+
+    specs = training_set(args.hold_out) if args.ct == ["all"] else list(args.ct)
+    if args.hold_out and args.ct != ["all"]:
+        raise ValueError("--hold-out works with --ct all (name the CTs yourself otherwise)")
+    cts = [load_ct(resolve_ct_path(c)) for c in specs]
+    return VariantStream(cts, size=size, voxel_mm=voxel_mm, slots=args.slots, variant_every=args.variant_every,
+                         queries=args.stream_queries, template_bone_multiplier=template_bone_multiplier,
+                         seed=args.seed), specs
+
+
 def train_main(args: argparse.Namespace) -> int:
     cfg = ModelConfig(backbone=args.backbone, dim=args.dim, widths=tuple(args.widths))
-    s = train(args.data, args.out, val_data=args.val or None, steps=args.steps, batch_queries=args.batch,
+    data, val = args.data, args.val or None
+    if args.ct:
+        if args.init:
+            from ..model import load_model
+
+            base = load_model(args.init).config
+        else:
+            base = cfg
+        data, specs = stream_from_args(args, base.image_size, base.voxel_mm, base.template_bone_multiplier)
+        if val is None:
+            from .generate import generate
+
+            val_dir = Path(args.out) / "val"
+            generate(specs, val_dir, n_variants=1, n_queries=4, size=base.image_size, voxel_mm=base.voxel_mm,
+                     seed=args.seed + 99991, augment=False, template_bone_multiplier=base.template_bone_multiplier,
+                     pose_center="clinical", threads=args.threads)
+            val = [str(val_dir)]
+    s = train(data, args.out, val_data=val, steps=args.steps, batch_queries=args.batch,
               n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
               device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
               val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init, refresh_every=args.refresh_every,

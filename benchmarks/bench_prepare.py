@@ -1,0 +1,163 @@
+"""Learning curves of patient preparation (``rayemb prepare``'s fine-tuning): accuracy against CPU time.
+
+For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
+clinical C-arm poses, as ``prepare``), stopped at each cumulative training budget of ``--minutes`` (the run then
+continues from its checkpoint with the same data stream, so a curve is one run), and at each stop:
+
+  * held-out 2D error: median / p90 px and share ≤ 3 px at the network grid, on 8 DRRs of the CT at clinical poses
+    (another seed than training; the same DRRs for every configuration and budget);
+  * self-check: ``--n`` simulated 256² X-rays (``simulate.simulate_xray``, clinical poses, the same for every
+    configuration and budget) registered by the real pipeline with these weights: success (mTRE ≤ 10 mm), median
+    mTRE, median seconds per registration, share accepted by the verdict.
+
+The budget 0 row is the base network. Configurations are comma-separated ``key=value`` lists changing
+``prepare.TRAINING`` (``default`` = prepare's recipe): ``lr``, ``pool`` (query DRRs kept), ``renew`` (fresh DRRs per
+step; 0 = a fixed set of ``pool`` DRRs, i.e. cached data), ``points`` (per query), ``templates`` and ``batch``
+(queries) per step.
+
+Usage:
+    .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
+        --minutes 2 5 10 20 --configs default "renew=0" "lr=1e-3"
+Writes OUT/curves.jsonl (one row per configuration and budget) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RayEmbRegistration"))
+
+from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors  # noqa: E402
+from RayEmbRegistrationLib.model import load_model  # noqa: E402
+from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
+from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.prepare import TRAINING  # noqa: E402
+from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
+from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
+from RayEmbRegistrationLib.training.generate import generate  # noqa: E402
+from RayEmbRegistrationLib.training.stream import DRRStream  # noqa: E402
+from RayEmbRegistrationLib.training.train import evaluate, train  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
+
+DEFAULTS = dict(TRAINING)  # prepare's recipe
+
+
+def parse_config(text: str) -> dict:
+    cfg = dict(DEFAULTS)
+    if text != "default":
+        for item in text.split(","):
+            k, _, v = item.partition("=")
+            if k not in DEFAULTS:
+                raise SystemExit(f"--configs {text!r}: unknown key {k!r} (choose from {', '.join(DEFAULTS)})")
+            cfg[k] = type(DEFAULTS[k])(float(v)) if isinstance(DEFAULTS[k], int) else float(v)
+    return cfg
+
+
+def self_check(model_path: Path, ct, xrays, pts, work: Path) -> dict:
+    model = load_model(model_path)
+    opts = RegistrationOptions(model_path=str(model_path))
+    reg = Registrar(ct, opts.replace(detection={"template_cache": str(work / "templates")}), model=model)
+    m, secs, acc = [], [], []
+    for x, T in xrays:
+        t = time.perf_counter()
+        try:
+            r = reg.register(x)
+        except ValueError:
+            m.append(math.inf)
+            acc.append(False)
+        else:
+            m.append(pose_errors(r.final.camera_from_world, T, pts, x.intrinsics)["mtre_mm"])
+            acc.append(r.verdict.status == "accepted")
+        secs.append(time.perf_counter() - t)
+    shutil.rmtree(work / "templates", ignore_errors=True)
+    m = np.array(m)
+    return {"n": len(m), "success_%": 100.0 * float((m <= 10).mean()), "mtre_p50_mm": float(np.median(m)),
+            "runtime_p50_s": float(np.median(secs)), "accepted_%": 100.0 * float(np.mean(acc)),
+            "accepted_failures": int(sum(a and not (e <= 10) for a, e in zip(acc, m)))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ct", default=str(SAMPLE_CT))
+    p.add_argument("--model", default=str(BUNDLED_MODEL), help="base network (default: the bundled general one)")
+    p.add_argument("--out", default=str(REPO / "out" / "bench_prepare"))
+    p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10, 20], help="cumulative training budgets")
+    p.add_argument("--configs", nargs="+", default=["default"])
+    p.add_argument("--n", type=int, default=8, help="self-check X-rays per budget")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ct = load_ct(a.ct)
+    base = load_model(a.model)
+    cfg = base.config
+    generate([ct], out / "heldout", n_variants=1, n_queries=8, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
+             seed=a.seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
+             pose_center="clinical")
+    heldout = ShardSet(out / "heldout")
+    intr = Intrinsics.deepfluoro(256)
+    rng = np.random.default_rng(a.seed + 104729)
+    xrays = []
+    for k in range(a.n):
+        T = sample_visible_pose(ct, intr, rng, poses="clinical")
+        xrays.append((XRayImage(simulate_xray(ct, intr, T, rng), intr, f"check {k + 1}"), T))
+    pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+    rows = []
+    base_row = {"config": "base network", "minutes": 0.0, "steps": 0, "heldout": evaluate(base, heldout, max_queries=8),
+                "self_check": self_check(Path(a.model), ct, xrays, pts, out)}
+    rows.append(base_row)
+    print(json.dumps(base_row), flush=True)
+    for text in a.configs:
+        c = parse_config(text)
+        run = out / f"run_{text.replace('=', '').replace(',', '_')}"
+        shutil.rmtree(run, ignore_errors=True)
+        t = time.time()
+        stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, pool=int(c["pool"]),
+                           renew=int(c["renew"]), seed=a.seed, poses="clinical",
+                           template_bone_multiplier=cfg.template_bone_multiplier)
+        spent = (time.time() - t) / 60.0  # the initial pool and the templates count against the budget
+        for m in sorted(a.minutes):
+            t = time.time()
+            train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
+                  n_points=int(c["points"]), lr=c["lr"], seed=a.seed, resume=True, max_minutes=m - spent,
+                  val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None)
+            spent += (time.time() - t) / 60.0
+            model_path = run / "model.safetensors"
+            step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
+            row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
+                   "heldout": evaluate(load_model(model_path), heldout, max_queries=8),
+                   "self_check": self_check(model_path, ct, xrays, pts, out)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(out / "curves.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {a.threads} CPU thread(s); held-out: "
+          f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
+    print("| configuration | training min | steps | fresh DRRs | held-out median px | p90 px | ≤ 3 px | "
+          "self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        h, s = r["heldout"], r["self_check"]
+        print(f"| {r['config']} | {r['minutes']:.1f} | {r['steps']} | {r.get('fresh_drrs', 0)} | {h['median_px']:.1f} | "
+              f"{h['p90_px']:.1f} | {100 * h['within_3px']:.0f} % | {s['success_%']:.0f} % | {s['mtre_p50_mm']:.2f} | "
+              f"{s['runtime_p50_s']:.1f} | {s['accepted_%']:.0f} % ({s['accepted_failures']}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
