@@ -373,8 +373,12 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Failed to detect landmarks."), waitCursor=True):
             if not self._ensureDependencies():
                 return
-            done, _result = self._runWithProgress(_("Detecting landmarks"), self.logic.detect)
+            done, result = self._runWithProgress(_("Detecting landmarks"), self.logic.detect)
             if done:
+                check = result.pose_check
+                self.ui.statusLabel.text = check.message if check is not None else _("Detected (pixels unverified).")
+                verified = check is not None and check.verified
+                self.ui.statusLabel.setStyleSheet("" if verified else f"color: {self.logic.VERDICT_COLORS['uncertain']};")
                 self._showResults()
 
     def onRegisterButton(self) -> None:

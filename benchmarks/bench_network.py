@@ -1,13 +1,16 @@
-"""Benchmark of the ray-embedding network, leave-one-CT-out on the pelvis CT (never seen in training).
+"""Benchmark of the ray-embedding network(s), leave-one-CT-out on a CT none of them saw (default: the pelvis CT).
 
-Measures, on DRRs of the pelvis CT at random RAYEMB_SAMPLER poses (bone multiplier 1–10, no image augmentation):
+Measures, for every ``--model`` side by side (the first is the baseline), on DRRs of the CT at random poses
+(``--pose-center``: RAYEMB_SAMPLER about the bone centroid, or clinical C-arm poses about random bone voxels;
+bone multiplier 1–10, no image augmentation):
   * 2D localisation error of bone points (HU ≥ 350) at the network size (px) and at the detector (mm):
     median / mean / p90, and the same for the 25 % most confident points; for several template spreads;
   * the same after patient-specific fine-tuning on that CT (before vs after, same held-out poses);
   * CPU inference time: embedding one image + scoring 1,000 points (``LandmarkDetector.detect``).
 
 Usage:
-    .venv/bin/python benchmarks/bench_network.py [--model M.safetensors] [--finetune-seconds 300] [--out out/bench]
+    .venv/bin/python benchmarks/bench_network.py [--model BASELINE NEW ...] [--pose-center clinical]
+        [--finetune-seconds 300] [--out out/bench]
 Writes OUT/bench_network.json and prints a Markdown table.
 """
 
@@ -93,7 +96,8 @@ def row(name, s):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="weights (default: bundled)")
+    p.add_argument("--model", nargs="+", default=[None], help="weights to compare (default: bundled); the first "
+                   "is also timed and fine-tuned")
     p.add_argument("--ct", default=str(DEFAULT_CT), help="held-out CT (default: the pelvis CT)")
     p.add_argument("--out", default=str(REPO / "out" / "bench"))
     p.add_argument("--queries", type=int, default=24, help="held-out query DRRs")
@@ -102,19 +106,29 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-seconds", type=float, default=300.0, help="0 = skip fine-tuning")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--pose-center", choices=("centroid", "clinical"), default="centroid",
+                   help="held-out poses: RAYEMB_SAMPLER about the bone centroid, or clinical C-arm poses")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
-    model = load_model(a.model)
+    models = [load_model(m) for m in a.model]
+    model = models[0]
     cfg = model.config
+    if any(m.config.image_size != cfg.image_size or m.config.voxel_mm != cfg.voxel_mm for m in models):
+        raise SystemExit("--model: the networks to compare must share image size and voxel size")
     ct = load_ct(a.ct)
     generate([ct], out / "eval", n_variants=1, n_queries=a.queries, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
-             seed=a.seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier)
+             seed=a.seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,
+             pose_center=a.pose_center)
     ev = ShardSet(out / "eval")
-    res = {"model": str(model.path), "sha256": model.sha256, "ct": ct.name, "queries": a.queries, "spreads": {}}
+    res = {"model": str(model.path), "sha256": model.sha256, "ct": ct.name, "queries": a.queries,
+           "pose_center": a.pose_center, "spreads": {}, "models": {}}
     for n in a.templates:
         res["spreads"][n] = evaluate(model, ev, max_queries=a.queries, n_points=a.points,
                                      template_angles=inference_template_angles(n))
+    for m in models:
+        res["models"][f"{Path(m.path).parent.name}/{Path(m.path).name} ({m.sha256[:8]})"] = evaluate(
+            m, ev, max_queries=a.queries, n_points=a.points)
     res["end_to_end"] = end_to_end(model, ct, ev, min(8, a.queries), a.points)
     res["timing"] = time_inference(model, ct, [ev.shards[0]["queries"][i].astype(np.float32) for i in range(3)])
     if a.finetune_seconds > 0:
@@ -129,10 +143,12 @@ def main(argv=None) -> int:
             "report_before": rep["before"], "report_after": rep["after"],
         }
     (out / "bench_network.json").write_text(json.dumps(res, indent=2))
-    print(f"\nLeave-one-CT-out on {ct.name}: {a.queries} random-pose DRRs × ≤{a.points} bone points, "
+    print(f"\nLeave-one-CT-out on {ct.name}: {a.queries} DRRs at {a.pose_center} poses × ≤{a.points} bone points, "
           f"{cfg.image_size}² (1 px = {1536 * 0.194 / cfg.image_size:.2f} mm at the detector)\n")
     print("| setting | points | median px | mean px | p90 px | median mm | p90 mm | top-25% median px | ≤3 px |")
     print("|---|---|---|---|---|---|---|---|---|")
+    for name, s in res["models"].items():
+        print(row(f"{name}, 4 templates", s))
     for n, s in res["spreads"].items():
         print(row(f"{n} templates", s))
     if "finetune" in res:

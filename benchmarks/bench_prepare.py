@@ -1,6 +1,7 @@
 """Learning curves of patient preparation (``rayemb prepare``'s fine-tuning): accuracy against CPU time.
 
-For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
+Budgets are CPU-minutes of this process (``time.process_time``; with ``--threads 1`` the same as uncontended wall
+minutes, whatever else runs on the machine). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
 clinical C-arm poses, as ``prepare``), stopped at each cumulative training budget of ``--minutes`` (the run then
 continues from its checkpoint with the same data stream, so a curve is one run), and at each stop:
 
@@ -126,17 +127,18 @@ def main(argv=None) -> int:
         c = parse_config(text)
         run = out / f"run_{text.replace('=', '').replace(',', '_')}"
         shutil.rmtree(run, ignore_errors=True)
-        t = time.time()
+        t = time.process_time()
         stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, pool=int(c["pool"]),
                            renew=int(c["renew"]), seed=a.seed, poses="clinical",
                            template_bone_multiplier=cfg.template_bone_multiplier)
-        spent = (time.time() - t) / 60.0  # the initial pool and the templates count against the budget
+        spent = (time.process_time() - t) / 60.0  # the initial pool and the templates count against the budget
         for m in sorted(a.minutes):
-            t = time.time()
+            t = time.process_time()
             train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
                   n_points=int(c["points"]), lr=c["lr"], seed=a.seed, resume=True, max_minutes=m - spent,
-                  val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None)
-            spent += (time.time() - t) / 60.0
+                  val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
+                  clock=time.process_time)
+            spent += (time.process_time() - t) / 60.0
             model_path = run / "model.safetensors"
             step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
             row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
@@ -146,9 +148,10 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             with open(out / "curves.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-    print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {a.threads} CPU thread(s); held-out: "
+    print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {a.threads} CPU thread(s), budgets in "
+          f"CPU-minutes (process time); held-out: "
           f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
-    print("| configuration | training min | steps | fresh DRRs | held-out median px | p90 px | ≤ 3 px | "
+    print("| configuration | CPU min | steps | fresh DRRs | held-out median px | p90 px | ≤ 3 px | "
           "self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

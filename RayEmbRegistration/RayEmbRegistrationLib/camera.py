@@ -166,6 +166,14 @@ class Intrinsics:
         uv = np.asarray(uv, dtype=np.float64)
         return np.stack([(uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5], axis=-1)
 
+    def contains_pixels(self, uv: np.ndarray) -> np.ndarray:
+        """``(..., 2)`` pixels → ``(...)`` bool: finite and on the image (−0.5 … width − 0.5, the pixels' outer
+        edges, since pixel centres are integers)."""
+        uv = np.asarray(uv, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return (np.isfinite(uv).all(-1) & (uv[..., 0] >= -0.5) & (uv[..., 0] <= self.width - 0.5)
+                    & (uv[..., 1] >= -0.5) & (uv[..., 1] <= self.height - 0.5))
+
     # --- (de)serialisation: the sidecar JSON format ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -52,13 +52,17 @@ class GivenPose:
         return InitialPose(camera=cam, method="given")
 
 
+@dataclass(frozen=True)
 class RayEmbPnP:
     """Detect the fiducials and ``n_bone_candidates`` random bone points, keep the fiducials and the
     ``n_bone_keep`` most confident bone points, and solve PnP (MAGSAC++ RANSAC + LM polish) on them.
 
-    With ``pnp.hypotheses > 1`` and refinement on, the plausible hypotheses each get the coarsest refinement level
-    and the one whose DRR matches the X-ray best wins (the largest consensus is not always the right pose).
+    With ``pnp.hypotheses > 1``, refinement on and ``compare_hypotheses``, the plausible hypotheses each get the
+    coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus is not always
+    the right pose); without, the largest consensus is taken (``Registrar.detect``'s quick pose check).
     """
+
+    compare_hypotheses: bool = True
 
     def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
         from .pose import PoseError, solve_pnp_hypotheses
@@ -99,7 +103,7 @@ class RayEmbPnP:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t
         pnp, ranked = hyps[0], []
-        if len(hyps) > 1 and o.refine.enabled:
+        if len(hyps) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
             coarse, best = registrar.refiner().refine_from_starts(
                 xray.pixels, intr, [h.camera_from_world for h in hyps],

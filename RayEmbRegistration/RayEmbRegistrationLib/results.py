@@ -19,7 +19,7 @@ import numpy as np
 
 from .camera import Camera, Intrinsics
 
-__all__ = ["DETECTED", "OUTSIDE_CT", "NOT_SEEN", "Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
+__all__ = ["DETECTED", "OUTSIDE_CT", "NOT_SEEN", "OUTSIDE_VIEW", "PoseCheck", "Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
 
 
 def _floats(a) -> list:
@@ -56,15 +56,35 @@ class Landmark:
         }
 
 
-#: per-point status of a detection: found at a pixel, outside the CT (no pixel), seen by no template view (no pixel)
-DETECTED, OUTSIDE_CT, NOT_SEEN = "detected", "outside_ct", "not_seen"
+#: per-point status of a detection: found at a pixel, outside the CT (no pixel), seen by no template view (no pixel),
+#: outside the X-ray's field of view at the C-arm pose the other detections agree on (no pixel)
+DETECTED, OUTSIDE_CT, NOT_SEEN, OUTSIDE_VIEW = "detected", "outside_ct", "not_seen", "outside_view"
+
+
+@dataclass(frozen=True)
+class PoseCheck:
+    """``Registrar.detect``'s geometric check of its detections: the C-arm pose (PnP + RANSAC on the points and
+    the CT's bone candidates) they agree on, or why there is none.
+
+    ``verified``: a plausible pose with ``inliers`` ≥ ``min_inliers`` was found; then ``reprojected_px`` (N, 2) are
+    the points' projections at it and ``consistent`` (N,) says whether each detection lies within
+    ``threshold_px`` of its projection. ``message``: one line for the user either way.
+    """
+
+    verified: bool
+    message: str
+    inliers: int = 0
+    threshold_px: float = 0.0
+    reprojected_px: np.ndarray | None = None
+    consistent: np.ndarray | None = None
 
 
 @dataclass
 class DetectionResult:
     """``Registrar.detect``: per point label, RAS (N, 3), detected pixels (N, 2; NaN where ``status`` is not
-    ``"detected"``), confidence (N,; 0 there), ``status`` (N,) (``DETECTED`` | ``OUTSIDE_CT`` | ``NOT_SEEN``),
-    heatmaps (N, h, w) at network size (or None) on the grid ``heatmap_intrinsics``, wall time."""
+    ``"detected"``), confidence (N,; 0 there), ``status`` (N,) (``DETECTED`` | ``OUTSIDE_CT`` | ``NOT_SEEN`` |
+    ``OUTSIDE_VIEW``), heatmaps (N, h, w) at network size (or None) on the grid ``heatmap_intrinsics``, wall time,
+    ``pose_check`` (``PoseCheck`` or None when not run)."""
 
     labels: list[str]
     ras: np.ndarray
@@ -74,24 +94,34 @@ class DetectionResult:
     heatmap_intrinsics: Intrinsics | None = None
     seconds: float = 0.0
     status: list[str] | None = None
+    pose_check: PoseCheck | None = None
 
     def __post_init__(self) -> None:
         if self.status is None:
             self.status = [DETECTED] * len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "points": [
-                {"label": l, "ras": _floats(r), "status": st, "detected_px": _floats(u) if st == DETECTED else None,
+        pc = self.pose_check
+        points = []
+        for i, (l, r, u, c, st) in enumerate(zip(self.labels, self.ras, self.uv, self.confidence, self.status)):
+            p = {"label": l, "ras": _floats(r), "status": st, "detected_px": _floats(u) if st == DETECTED else None,
                  "confidence": float(c)}
-                for l, r, u, c, st in zip(self.labels, self.ras, self.uv, self.confidence, self.status)
-            ],
-            "seconds": self.seconds,
-        }
+            if pc is not None and pc.verified:
+                p["reprojected_px"] = _floats(pc.reprojected_px[i])
+                p["consistent_with_pose"] = bool(pc.consistent[i]) if st == DETECTED else None
+            points.append(p)
+        out: dict[str, Any] = {"points": points, "seconds": self.seconds}
+        if pc is not None:
+            out["pose_check"] = {"verified": pc.verified, "message": pc.message, "inliers": pc.inliers,
+                                 "threshold_px": pc.threshold_px}
+        return out
 
     def rows(self) -> list[tuple]:
-        """``(label, ras, detected_px, reprojected_px=None, confidence)`` per point (``mrml`` table rows)."""
-        return [(l, r, u, None, c) for l, r, u, c in zip(self.labels, self.ras, self.uv, self.confidence)]
+        """``(label, ras, detected_px, reprojected_px, confidence)`` per point (``mrml`` table rows); the
+        reprojection is at the verified pose of the pose check (None without one)."""
+        pc = self.pose_check
+        rep = pc.reprojected_px if pc is not None and pc.verified else [None] * len(self.labels)
+        return [(l, r, u, p, c) for l, r, u, p, c in zip(self.labels, self.ras, self.uv, rep, self.confidence)]
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,8 @@ def test_register_and_detect_through_main(sample_ct_path, sample_ct, tmp_path, c
     got = np.array([p["detected_px"] for p in det["points"]])
     assert [p["label"] for p in det["points"]] == ["a", "b"] and np.abs(got - truth).max() < 20.0
     assert (dout / "heatmaps.npz").is_file() and len(list(dout.glob("heatmap_*.png"))) == 2
+    pc = det["pose_check"]  # checked by a registration; its verdict decides (uncertain at 128² is fine here)
+    assert isinstance(pc["verified"], bool) and pc["message"] in capsys.readouterr().out
 
 
 def test_demo_and_evaluate_through_main(tmp_path, capsys):
@@ -181,7 +183,8 @@ def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_c
     pts = tmp_path / "p.csv"
     c = sample_ct.center_ras
     pts.write_text(f"label,r,a,s\na,{c[0]},{c[1]},{c[2]}\n")
-    base = ["detect", "--ct", str(sample_ct_path), "--xray", str(img), "--points", str(pts), "--quiet", "--device", "cpu"]
+    base = ["detect", "--ct", str(sample_ct_path), "--xray", str(img), "--points", str(pts), "--quiet", "--device", "cpu",
+            "--no-pose-check"]
     assert main([*base, "--out", str(tmp_path / "d"), "--prepared", str(prep)]) == 0
     assert main([*base, "--out", str(tmp_path / "e"), "--prepared", str(prep), "--model", str(w)]) == 2
     assert "not both" in capsys.readouterr().err

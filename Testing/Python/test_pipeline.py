@@ -133,3 +133,47 @@ def test_registrar_reuses_its_caches_and_recognises_its_ct(sample_ct, case):
     assert r.refiner() is not ref
     assert r.matches(sample_ct) and r.matches(CTVolume(sample_ct.hu.copy(), sample_ct.ijk_to_ras, "copy"))
     assert not r.matches(CTVolume(sample_ct.hu + 1.0, sample_ct.ijk_to_ras, "changed"))
+
+
+def test_detect_flags_points_outside_the_field_of_view(sample_ct):
+    """A CT point that the X-ray does not show gets no pixel (``outside_view``) once the X-ray registers with the
+    points (verdict accepted); in-view points keep theirs, consistent with that pose. Real CT, the network
+    fine-tuned on it, default options at the verdict's calibration size (256²); the view shows part of the CT."""
+    from RayEmbRegistrationLib.results import DETECTED, NOT_SEEN, OUTSIDE_VIEW
+
+    torch.set_num_threads(2)
+    intr = Intrinsics.deepfluoro(256)
+    T = RAYEMB_SAMPLER.poses(np.array([[0.05, -0.03, 0.1]]), np.array([[5.0, -10.0, 260.0]]), sample_ct.center_ras)[0]
+    xray = XRayImage(simulate_xray(sample_ct, intr, T, 3), intr, "sim 256")
+    cam = Camera(intr, T)
+    bone = sample_ct.sample_bone_points(4000, 1)
+    uv = cam.project(bone)
+    shown = intr.contains_pixels(uv) & (uv.min(1) > 20) & (uv.max(1) < 236)
+    hidden = ~intr.contains_pixels(uv) & sample_ct.contains(bone)
+    assert shown.sum() > 20 and hidden.sum() > 5
+    pts = np.vstack([bone[shown][:12], bone[hidden][:4]])
+    reg = Registrar(sample_ct, RegistrationOptions(model_path=str(SAMPLE_CT_MODEL)))
+    res = reg.detect(xray, pts)
+    pc = res.pose_check
+    assert pc.verified and pc.inliers >= 20 and "accepted" in pc.message, pc.message
+    # no pixel for a hidden point: outside the view (or, for some, seen by no template view at all)
+    assert set(res.status[12:]) <= {OUTSIDE_VIEW, NOT_SEEN} and res.status[12:].count(OUTSIDE_VIEW) >= 2
+    assert np.isnan(res.uv[12:]).all() and (res.confidence[12:] == 0).all()
+    assert res.status[:12].count(DETECTED) >= 11
+    ok = pc.consistent[:12]
+    assert ok.mean() >= 0.5  # most detections of shown points agree with the registered pose ...
+    true_err = np.linalg.norm(res.uv[:12] - cam.project(pts[:12]), axis=1)
+    assert np.nanmax(true_err[ok]) <= 2 * pc.threshold_px  # ... and those that do are right
+    d = res.to_dict()
+    k = 12 + res.status[12:].index(OUTSIDE_VIEW)
+    assert d["pose_check"]["verified"] and d["points"][k]["status"] == OUTSIDE_VIEW and d["points"][k]["detected_px"] is None
+    assert d["points"][0]["consistent_with_pose"] in (True, False)
+    quick = reg.detect(xray, pts, pose_check=False)  # without the check a network always answers with a pixel
+    assert quick.pose_check is None and quick.status.count(DETECTED) >= 15
+
+
+def test_detect_with_an_untrained_network_says_its_pixels_are_unverified(sample_ct, case, tiny_model):
+    intr, T, xray, pts = case
+    res = Registrar(sample_ct, RegistrationOptions(**FAST), model=tiny_model).detect(xray, pts[:5])
+    assert not res.pose_check.verified and "unverified" in res.pose_check.message
+    assert res.status.count("detected") == 5  # nothing flagged without a pose to flag it by

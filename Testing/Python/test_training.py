@@ -289,3 +289,18 @@ def test_training_on_the_fly_resumes_bit_for_bit(lumbar, tmp_path):
     other = VariantStream([ct], size=S, voxel_mm=5.0, slots=1, variant_every=1, queries=3, n_points=64)
     train(other, tmp_path / "third", steps=3, resume_from=tmp_path / "committed.pt", **{**kw, "log": logs.append})
     assert any("other data" in m for m in logs)  # a resume on other data says so
+
+
+def test_ledger_row_sums_the_segments_of_a_resumed_run(tiny_data, tmp_path):
+    """The model card's ledger row comes from the run's own metrics (a resumed run appends a second segment)."""
+    from RayEmbRegistrationLib.training.ledger import ledger_markdown, run_summary
+
+    kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, bar=False, seed=3, log=lambda m: None,
+              ckpt_every=1, threads=1, val_data=tiny_data, val_every=2)
+    train(tiny_data, tmp_path / "run", steps=2, **kw)
+    train(tiny_data, tmp_path / "run", steps=4, **kw)  # resumes from run/last.pt
+    s = run_summary(tmp_path / "run")
+    assert (s["first_step"], s["last_step"]) == (1, 4) and [c[0] for c in s["curve"]] == [2, 4]
+    assert 0 < s["wall_hours"] < 1
+    row = ledger_markdown(s, "1 CPU thread", previous_hours=1.5)
+    assert row.startswith(f"| {tmp_path / 'run'} | 1 CPU thread | 1–4 |") and "2: " in row

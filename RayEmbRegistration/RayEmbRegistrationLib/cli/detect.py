@@ -22,6 +22,9 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--points", required=True, metavar="FILE", help="3D points: markups .mrk.json, .fcsv or CSV label,r,a,s")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--heatmaps", action="store_true", help="also write the score maps (heatmaps.npz and PNGs, first 50 points)")
+    p.add_argument("--no-pose-check", action="store_true",
+                   help="skip the check of the detections by a registration (faster; then nothing says whether a "
+                        "pixel is right, and points outside the X-ray are not flagged)")
     add_common(p, registration=False)
     p.set_defaults(func=run)
 
@@ -41,10 +44,13 @@ def run(args) -> int:
     pts = load_fiducials(args.points)
     with Progress("detect", not args.quiet) as bar:
         res = Registrar(ct, apply_prepared(args, ct, options_from_args(args))).detect(xray, pts, heatmaps=args.heatmaps,
-                                                                                      progress=bar)
+                                                                                      progress=bar,
+                                                                                      pose_check=not args.no_pose_check)
     path = write_detections(args.out, res, xray)
     for lab, uv, c, st in zip(res.labels, res.uv, res.confidence, res.status):
         where = f"u {uv[0]:8.2f}  v {uv[1]:8.2f}" if st == "detected" else f"not detected ({st.replace('_', ' ')})"
         print(f"{lab:>12s}: {where}  confidence {c:.3f}")
+    if res.pose_check is not None:
+        print(res.pose_check.message)
     print(f"wrote {path}")
     return 0

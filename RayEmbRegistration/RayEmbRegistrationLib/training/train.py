@@ -152,7 +152,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
           log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-          resume_from: str | Path | None = None) -> dict:
+          resume_from: str | Path | None = None, clock=time.time) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
@@ -165,6 +165,8 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     ``bar``: a tqdm bar on stderr; ``progress(fraction, message)``: the fraction of the step count or, with
     ``max_minutes``, of the time budget, whichever is further; ``cancel()``: checked before every step
     (``progress.Cancelled``; the last checkpoint stays as it was).
+    ``clock``: what ``max_minutes`` counts — wall time (``time.time``, default) or this process's CPU time
+    (``time.process_time``: a budget in CPU-minutes that other jobs on the machine do not eat into).
     """
     from tqdm import tqdm
 
@@ -235,7 +237,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    t_start = time.time()
+    t_start, c_start = time.time(), clock()
     summary: dict = {}
     metrics = out / "metrics.jsonl"
 
@@ -277,13 +279,13 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         if progress is not None and rank == 0:
             done = step / steps
             if max_minutes:
-                done = max(done, (time.time() - t_start) / (60 * max_minutes))
+                done = max(done, (clock() - c_start) / (60 * max_minutes))
             progress(min(done, 1.0), f"training step {step}, loss {ema:.3f}")
-        if rank == 0 and (step % 10 == 0 or step == 1):
+        if rank == 0 and (step % 10 == 0 or step == 1 or step == steps):
             with open(metrics, "a") as fh:
                 fh.write(json.dumps({"step": step, "loss": loss.item(), "loss_ema": ema, "lr": sched.get_last_lr()[0],
                                      "elapsed_s": time.time() - t_start}) + "\n")
-        out_of_time = max_minutes is not None and (time.time() - t_start) > 60 * max_minutes
+        out_of_time = max_minutes is not None and (clock() - c_start) > 60 * max_minutes
         if world > 1:  # all ranks must stop together
             import torch.distributed as dist
 
