@@ -205,7 +205,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         log(f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.1f} px")
         # 2. training on the fly within the budget left for it
         stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses="clinical",
-                           pool=TRAINING["pool"], renew=TRAINING["renew"],
+                           pool=TRAINING["pool"], renew=TRAINING["renew"], device=device,
                            template_bone_multiplier=cfg.template_bone_multiplier)
         reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
         train_s = max(5.0, budget - reserve - (time.time() - t0))

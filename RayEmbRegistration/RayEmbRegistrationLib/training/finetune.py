@@ -75,7 +75,7 @@ def finetune(ct, out_dir, model_path=None, seconds: float = 300.0, n_train_queri
         from .stream import DRRStream
 
         train_data = DRRStream([vol], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses=poses,
-                               template_bone_multiplier=cfg.template_bone_multiplier)
+                               template_bone_multiplier=cfg.template_bone_multiplier, device=device)
     else:
         generate([vol], out / "data_train", n_variants=n_variants, n_queries=n_train_queries, size=cfg.image_size,
                  voxel_mm=cfg.voxel_mm, seed=seed, augment=False, template_bone_multiplier=cfg.template_bone_multiplier,

@@ -40,12 +40,13 @@ class DRRStream(ShardSet):
         size: image size S (the network's). voxel_mm: the CT grid the DRRs are rendered from.
         pool: query DRRs kept per CT; renew: how many of them each ``batch`` call replaces with fresh ones.
         n_points: bone points per CT the batches draw from; template_bone_multiplier: as ``generate``.
-        poses: one of ``STREAM_POSES``; seed: the initial pool.
+        poses: one of ``STREAM_POSES``; seed: the initial pool; device: where the DRRs are rendered (``cuda``: on
+        the GPU, nanodrr's kernel; the pool itself stays in host memory, as cached shards do).
     """
 
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, pool: int = 16, renew: int = 2,
                  n_points: int = 2048, template_bone_multiplier: float = 2.0, poses: str = "clinical",
-                 seed: int = 0) -> None:
+                 seed: int = 0, device: str = "cpu") -> None:
         from ..render import DRRRenderer
 
         if poses not in STREAM_POSES:
@@ -61,9 +62,9 @@ class DRRStream(ShardSet):
         for ct in cts:
             vol = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
             tposes = template_poses(angles, ct_isocenter(vol))
-            r = DRRRenderer(vol, self.K, bone_multiplier=template_bone_multiplier)
+            r = DRRRenderer(vol, self.K, bone_multiplier=template_bone_multiplier, device=device)
             with torch.no_grad():
-                templates = r(torch.as_tensor(tposes), max_batch=5).numpy().astype(np.float32)
+                templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
             shard = {"templates": templates, "template_angles": angles, "template_P": self._P(tposes),
                      "queries": np.zeros((pool, self.size, self.size), np.float32),
                      "query_P": np.zeros((pool, 3, 4)), "points": vol.sample_bone_points(n_points, rng).astype(np.float32)}
@@ -119,14 +120,14 @@ class VariantStream(ShardSet):
     ``at_step(k)`` (called by ``train`` before every step) makes the live set that of step k, rendering only the
     generations it lacks: a resumed run rebuilds exactly the state the interrupted one had.
 
-    Cost on one CPU thread (224², 2.5 mm): ~1 s per DRR, ~2–3 s per synthetic anatomy, i.e. about
+    ``device``: where the DRRs are rendered (the live set stays in host memory). Cost on one CPU thread (224², 2.5 mm): ~1 s per DRR, ~2–3 s per synthetic anatomy, i.e. about
     (queries + templates + 3) s per ``variant_every`` steps.
     """
 
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, slots: int = 4, variant_every: int = 20,
                  queries: int = 12, template_angles=None, n_points: int = 2048, template_bone_multiplier: float = 2.0,
                  p_plain: float = 0.2, p_clinical: float = 0.7, anatomy: AnatomyRanges = AnatomyRanges(),
-                 seed: int = 0) -> None:
+                 seed: int = 0, device: str = "cpu") -> None:
         if slots < 1 or variant_every < 1 or queries < 1:
             raise ValueError(f"slots, variant_every and queries must be ≥ 1; got {slots}, {variant_every}, {queries}")
         cts = list(cts)
@@ -138,6 +139,7 @@ class VariantStream(ShardSet):
         self.angles = np.array(template_angles if template_angles is not None else grid_angles((-20.0, 0.0, 20.0)))
         self.n_points, self.template_bone_multiplier = int(n_points), float(template_bone_multiplier)
         self.p_plain, self.p_clinical, self.anatomy, self.seed = float(p_plain), float(p_clinical), anatomy, int(seed)
+        self.device = device
         self.base = [ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct for ct in cts]
         self.shards: list[dict] = [{} for _ in range(self.slots)]
         self._gen: list[int | None] = [None] * self.slots
@@ -178,9 +180,9 @@ class VariantStream(ShardSet):
                            for _ in range(self.n_queries)])
         mults = rng.uniform(1.0, 10.0, self.n_queries)
         points = vol.sample_bone_points(self.n_points, rng).astype(np.float32)
-        r = DRRRenderer(vol, self.K, bone_multiplier=self.template_bone_multiplier)
+        r = DRRRenderer(vol, self.K, bone_multiplier=self.template_bone_multiplier, device=self.device)
         with torch.no_grad():
-            templates = r(torch.as_tensor(tposes), max_batch=5).numpy().astype(np.float32)
+            templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
             queries = np.empty((self.n_queries, self.size, self.size), np.float32)
             for q in range(self.n_queries):
                 r.set_bone_multiplier(float(mults[q]))

@@ -365,7 +365,7 @@ def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, templ
     cts = [load_ct(resolve_ct_path(c)) for c in specs]
     return VariantStream(cts, size=size, voxel_mm=voxel_mm, slots=args.slots, variant_every=args.variant_every,
                          queries=args.stream_queries, template_bone_multiplier=template_bone_multiplier,
-                         seed=args.seed), specs
+                         seed=args.seed, device=args.device), specs
 
 
 def train_main(args: argparse.Namespace) -> int:
