@@ -14,7 +14,7 @@ continues from its checkpoint with the same data stream, so a curve is one run),
 The budget 0 row is the base network. Configurations are comma-separated ``key=value`` lists changing
 ``prepare.TRAINING`` (``default`` = prepare's recipe): ``lr``, ``pool`` (query DRRs kept), ``renew`` (fresh DRRs per
 step; 0 = a fixed set of ``pool`` DRRs, i.e. cached data), ``points`` (per query), ``templates`` and ``batch``
-(queries) per step.
+(queries) per step, ``warmup`` (learning-rate warm-up steps).
 
 Usage:
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         for m in sorted(a.minutes):
             t = time.process_time()
             train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
-                  n_points=int(c["points"]), lr=c["lr"], seed=a.seed, resume=True, max_minutes=m - spent,
+                  n_points=int(c["points"]), lr=c["lr"], warmup_steps=int(c["warmup"]), seed=a.seed, resume=True,
+                  max_minutes=m - spent,
                   val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
                   clock=time.process_time)
             spent += (time.process_time() - t) / 60.0

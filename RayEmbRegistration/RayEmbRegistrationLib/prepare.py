@@ -34,10 +34,11 @@ READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
 #: the time one self-check registration is expected to take on a 2-core CPU (s)
 _CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
-#: the fine-tuning recipe (``benchmarks/bench_prepare.py`` measures the alternatives; docs/network.md):
-#: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step, points / templates /
-#: queries per step
-TRAINING = {"lr": 3e-4, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4}
+#: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
+#: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
+#: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
+#: (lr 1e-3 after 10 warm-up steps beat lr 3e-4 after 100 at 2, 5 and 10 CPU-minutes)
+TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10}
 
 
 def prepared_cache_dir() -> Path:
@@ -212,7 +213,8 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         interrupted = ""
         try:
             train(stream, tmp / "run", steps=10**7, lr=TRAINING["lr"], batch_queries=TRAINING["batch"],
-                  n_templates=TRAINING["templates"], n_points=TRAINING["points"], seed=seed, device=device, resume=False,
+                  n_templates=TRAINING["templates"], n_points=TRAINING["points"], warmup_steps=TRAINING["warmup"],
+                  seed=seed, device=device, resume=False,
                   max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
                   log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
         except (KeyboardInterrupt, Cancelled) as exc:

@@ -72,13 +72,16 @@ def test_generate_is_deterministic_and_resumable(lumbar, tiny_data, tmp_path):
         generate([lumbar], b_dir, seed=6, **TINY)
 
 
-def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, tiny_data, tmp_path):
+@pytest.mark.parametrize("where", ["anywhere", "clinical"])
+def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, tiny_data, tmp_path, where):
+    """``anywhere`` (RAYEMB_SAMPLER) and ``clinical`` (CLINICAL_SAMPLER: C-arm use, close-ups) query poses look
+    at random bone voxels; ``clinical`` sources are 450–900 mm from them."""
+    from RayEmbRegistrationLib.camera import Camera, Intrinsics
     from RayEmbRegistrationLib.volume import BONE_HU, load_ct
 
     cen = _shard_arrays(tiny_data / "shard_00_000.npz")
     np.testing.assert_allclose(cen["query_centers"], np.repeat(cen["isocenter"][None], 3, 0))
-    out = generate([lumbar], tmp_path / "any", seed=5, pose_center="anywhere", **{**TINY, "n_variants": 1,
-                                                                                  "n_queries": 6})
+    out = generate([lumbar], tmp_path / "any", seed=5, pose_center=where, **{**TINY, "n_variants": 1, "n_queries": 6})
     s = _shard_arrays(out[0])
     c = s["query_centers"]
     assert c.shape == (6, 3) and np.ptp(c, axis=0).max() > 10.0  # different centres
@@ -92,6 +95,9 @@ def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, ti
     inside = [np.all((uv >= 0) & (uv <= S - 1)) for uv in
               (project_points(P, c[q:q + 1])[0] for q, P in enumerate(s["query_P"]))]
     assert sum(inside) >= 4
+    if where == "clinical":
+        d = [np.linalg.norm(Camera(Intrinsics.deepfluoro(S), T).source_ras - x) for T, x in zip(s["query_poses"], c)]
+        assert all(450 - 1e-6 <= v <= 900 + 1e-6 for v in d), d
     with pytest.raises(ValueError, match="pose_center"):
         generate([lumbar], tmp_path / "bad", pose_center="nowhere", **TINY)
 

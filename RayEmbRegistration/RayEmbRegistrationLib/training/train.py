@@ -152,7 +152,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
           log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-          resume_from: str | Path | None = None, clock=time.time) -> dict:
+          resume_from: str | Path | None = None, clock=time.time, warmup_steps: int | None = None) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
@@ -165,6 +165,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     ``bar``: a tqdm bar on stderr; ``progress(fraction, message)``: the fraction of the step count or, with
     ``max_minutes``, of the time budget, whichever is further; ``cancel()``: checked before every step
     (``progress.Cancelled``; the last checkpoint stays as it was).
+    ``warmup_steps``: linear learning-rate warm-up (default ``min(100, steps // 10 + 1)``).
     ``clock``: what ``max_minutes`` counts — wall time (``time.time``, default) or this process's CPU time
     (``time.process_time``: a budget in CPU-minutes that other jobs on the machine do not eat into).
     """
@@ -208,7 +209,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     if init is not None:
         model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    warm = min(100, steps // 10 + 1)
+    warm = max(1, int(warmup_steps)) if warmup_steps is not None else min(100, steps // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
     step = 0
@@ -371,6 +372,8 @@ def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, templ
 def train_main(args: argparse.Namespace) -> int:
     cfg = ModelConfig(backbone=args.backbone, dim=args.dim, widths=tuple(args.widths))
     data, val = args.data, args.val or None
+    if args.resume and Path(args.resume).is_file():  # the data stream is built with the checkpoint's seed
+        args.seed = int(torch.load(args.resume, map_location="cpu", weights_only=True).get("seed", args.seed))
     if args.ct:
         if args.init:
             from ..model import load_model
