@@ -35,7 +35,8 @@ ScriptedLoadableModule (enforced by ``Testing/Python/test_slicer_module_static.p
     overlay         overlay.png and display images
     report          registration.json, detections.json, all-or-nothing outputs
     mrml/           nodes, inputs, outputs, table, headless app (the scene is always an argument)
-    training/       generate, train (DDP), finetune, augmentations
+    training/       generate, stream (on the fly), anatomy (synthetic patients), cts, train (DDP), ledger,
+                    finetune, augment (images)
     cli/            one file per ``rayemb`` command
 """
 

@@ -183,8 +183,7 @@ def check_xray_missing_sdd_names_the_field(app, drr):
     node.SetSpacing(0.3, 0.3, 1.0)
     with _raises(GeometryError, match="SDD"):
         mrml.volume_node_to_xray(node)
-    _x = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0})
-    px, K = _x.pixels, _x.intrinsics
+    K = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0}).intrinsics
     assert K.pixel_spacing_mm == _approx((0.3, 0.3))
     assert K.principal_point_px == ((96 - 1) / 2, (80 - 1) / 2)
 
@@ -201,8 +200,7 @@ def check_xray_from_rgb_vector_volume(app):
     a = ns.numpy_to_vtk(rgb.reshape(-1, 3), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
     img.GetPointData().SetScalars(a)
     node.SetAndObserveImageData(img)
-    _x = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0})
-    px, K = _x.pixels, _x.intrinsics
+    px = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0}).pixels
     assert px.shape == (4, 5) and px[1, 2] == _approx(60.0) and px.sum() == _approx(60.0)
 
 

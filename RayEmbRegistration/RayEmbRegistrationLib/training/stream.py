@@ -24,7 +24,7 @@ import torch
 from ..camera import Camera, Intrinsics
 from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
 from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
-from ..volume import BONE_HU, CTVolume
+from ..volume import BONE_HU
 from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
 
