@@ -43,10 +43,31 @@ __all__ = ["generate", "add_generate_args", "generate_main", "POSE_CENTERS"]
 # voxel — the held-out poses of the leave-one-CT-out benchmark.
 POSE_CENTERS = ("centroid", "anywhere", "clinical")
 
-def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment,
-                  pose_center="centroid"):
+
+def projection_matrices(K: Intrinsics, poses) -> np.ndarray:
+    """(N, 3, 4) projection matrices of ``camera_from_world`` poses (N, 4, 4) for the detector ``K``."""
+    return np.stack([Camera(K, p).projection_matrix for p in poses])
+
+
+def render_views(vol: CTVolume, K: Intrinsics, template_poses_, query_poses, query_bone_multipliers,
+                 template_bone_multiplier: float, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The training views of one volume: templates (T, S, S) at one bone multiplier, queries (Q, S, S) each at its
+    own; float32 line integrals in host memory (rendered on ``device``). Shared by ``generate`` and
+    ``stream.VariantStream``."""
     from ..render import DRRRenderer
 
+    r = DRRRenderer(vol, K, bone_multiplier=template_bone_multiplier, device=device)
+    with torch.no_grad():
+        templates = r(torch.as_tensor(template_poses_), max_batch=5).float().cpu().numpy()
+        queries = np.empty((len(query_poses), K.height, K.width), np.float32)
+        for q, (T, m) in enumerate(zip(query_poses, query_bone_multipliers)):
+            r.set_bone_multiplier(float(m))
+            queries[q] = r.render_numpy(T)
+    return templates, queries
+
+
+def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_multiplier, augment,
+                  pose_center="centroid"):
     coarse = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
     vol = random_anatomy(coarse, rng) if augment else coarse
     if (vol.hu >= BONE_HU).sum() < 50:  # crop lost the bone: fall back to the un-cropped grid
@@ -64,14 +85,8 @@ def _render_shard(ct, rng, size, voxel_mm, n_queries, n_points, template_bone_mu
         qposes = RAYEMB_SAMPLER.sample(n_queries, iso, rng)
     mults = rng.uniform(1.0, 10.0, n_queries)
     points = vol.sample_bone_points(n_points, rng).astype(np.float32)
-    r = DRRRenderer(vol, K, bone_multiplier=template_bone_multiplier)
-    with torch.no_grad():
-        templates = r(torch.as_tensor(tposes), max_batch=5).numpy()
-        queries = np.empty((n_queries, size, size), np.float32)
-        for q in range(n_queries):
-            r.set_bone_multiplier(float(mults[q]))
-            queries[q] = r.render_numpy(qposes[q])
-    P = lambda poses: np.stack([Camera(K, p).projection_matrix for p in poses])  # noqa: E731
+    templates, queries = render_views(vol, K, tposes, qposes, mults, template_bone_multiplier)
+    P = lambda poses: projection_matrices(K, poses)  # noqa: E731
     return dict(
         templates=templates.astype(np.float16), template_angles=angles, template_poses=tposes, template_P=P(tposes),
         queries=queries.astype(np.float16), query_poses=qposes, query_P=P(qposes), query_centers=centers, bone_multiplier=mults,

@@ -27,6 +27,7 @@ from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_p
 from ..volume import BONE_HU
 from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
+from .generate import projection_matrices, render_views
 
 __all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
 
@@ -65,7 +66,7 @@ class DRRStream(ShardSet):
             r = DRRRenderer(vol, self.K, bone_multiplier=template_bone_multiplier, device=device)
             with torch.no_grad():
                 templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
-            shard = {"templates": templates, "template_angles": angles, "template_P": self._P(tposes),
+            shard = {"templates": templates, "template_angles": angles, "template_P": projection_matrices(self.K, tposes),
                      "queries": np.zeros((pool, self.size, self.size), np.float32),
                      "query_P": np.zeros((pool, 3, 4)), "points": vol.sample_bone_points(n_points, rng).astype(np.float32)}
             self.shards.append(shard)
@@ -75,9 +76,6 @@ class DRRStream(ShardSet):
             for _ in range(pool):
                 self._render_query(len(self.shards) - 1, rng)
         self.rendered = 0  # fresh query DRRs rendered since the initial pool
-
-    def _P(self, poses) -> np.ndarray:
-        return np.stack([Camera(self.K, p).projection_matrix for p in poses])
 
     def _render_query(self, i: int, rng: np.random.Generator) -> None:
         """Replace the oldest query of CT ``i`` by a DRR at a new random pose."""
@@ -92,9 +90,6 @@ class DRRStream(ShardSet):
             shard["queries"][k] = r.render_numpy(T)
         shard["query_P"][k] = Camera(self.K, T).projection_matrix
         self._next[i] = (k + 1) % len(shard["queries"])
-
-    def refresh(self) -> int:
-        return 0
 
     def batch(self, rng: np.random.Generator, *args, **kwargs) -> dict:
         """Renew ``renew`` queries of a random CT, then draw a batch as ``ShardSet.batch``."""
@@ -143,8 +138,7 @@ class VariantStream(ShardSet):
         self.base = [ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct for ct in cts]
         self.shards: list[dict] = [{} for _ in range(self.slots)]
         self._gen: list[int | None] = [None] * self.slots
-        self.rendered = 0  # DRRs rendered so far (templates + queries)
-        self._started = False  # nothing is rendered before the first ``at_step`` (a resumed run starts at its step)
+        self.rendered = 0  # DRRs rendered so far (templates + queries); nothing before the first ``at_step``
 
     def generations(self, step: int) -> range:
         """The generations live at training step ``step``."""
@@ -152,7 +146,6 @@ class VariantStream(ShardSet):
         return range(newest - self.slots + 1, newest + 1)
 
     def at_step(self, step: int) -> None:
-        self._started = True
         for g in self.generations(step):
             j = g % self.slots
             if self._gen[j] != g:
@@ -166,8 +159,6 @@ class VariantStream(ShardSet):
                 "n_points": self.n_points, "p_plain": self.p_plain, "p_clinical": self.p_clinical, "seed": self.seed}
 
     def _make(self, g: int) -> dict:
-        from ..render import DRRRenderer
-
         rng = np.random.default_rng([self.seed, 1, g])
         ct = self.base[g % len(self.base)]
         vol = ct if rng.random() < self.p_plain else random_anatomy(ct, rng, self.anatomy)
@@ -180,22 +171,13 @@ class VariantStream(ShardSet):
                            for _ in range(self.n_queries)])
         mults = rng.uniform(1.0, 10.0, self.n_queries)
         points = vol.sample_bone_points(self.n_points, rng).astype(np.float32)
-        r = DRRRenderer(vol, self.K, bone_multiplier=self.template_bone_multiplier, device=self.device)
-        with torch.no_grad():
-            templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
-            queries = np.empty((self.n_queries, self.size, self.size), np.float32)
-            for q in range(self.n_queries):
-                r.set_bone_multiplier(float(mults[q]))
-                queries[q] = r.render_numpy(qposes[q])
+        templates, queries = render_views(vol, self.K, tposes, qposes, mults, self.template_bone_multiplier, self.device)
         self.rendered += len(tposes) + self.n_queries
-        P = lambda poses: np.stack([Camera(self.K, p).projection_matrix for p in poses])  # noqa: E731
-        return {"templates": templates, "template_angles": self.angles, "template_P": P(tposes), "queries": queries,
-                "query_P": P(qposes), "points": points, "generation": g, "ct": ct.name}
-
-    def refresh(self) -> int:
-        return 0
+        return {"templates": templates, "template_angles": self.angles, "template_P": projection_matrices(self.K, tposes),
+                "queries": queries, "query_P": projection_matrices(self.K, qposes), "points": points, "generation": g,
+                "ct": ct.name}
 
     def batch(self, rng: np.random.Generator, *args, **kwargs) -> dict:
-        if not self._started:
+        if self._gen[0] is None:  # not stepped yet (``train`` steps it; a resumed run starts at its step)
             self.at_step(0)
         return super().batch(rng, *args, **kwargs)
