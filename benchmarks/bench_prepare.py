@@ -14,7 +14,12 @@ continues from its checkpoint with the same data stream, so a curve is one run),
 The budget 0 row is the base network. Configurations are comma-separated ``key=value`` lists changing
 ``prepare.TRAINING`` (``default`` = prepare's recipe): ``lr``, ``pool`` (query DRRs kept), ``renew`` (fresh DRRs per
 step; 0 = a fixed set of ``pool`` DRRs, i.e. cached data), ``points`` (per query), ``templates`` and ``batch``
-(queries) per step, ``warmup`` (learning-rate warm-up steps).
+(queries) per step, ``warmup`` (learning-rate warm-up steps), ``size`` (network input size; the base network is
+fine-tuned at it), ``fixed`` (1: train on the inference template views only), ``anneal`` (1: the learning rate
+follows a cosine over the time budget, as ``prepare`` does; then every budget is its own run from the base network,
+since the schedule depends on the budget), ``outside`` (points per query that the query does not show, taught to
+score below the "not in view" level: ``train.infonce_loss``'s ``null_score``). The held-out DRRs of each size are
+rendered at the same poses; errors are also given in px of the 224² grid (``px@224``) so that sizes compare.
 
 Usage:
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
@@ -42,12 +47,11 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa
 from RayEmbRegistrationLib.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.prepare import TRAINING, self_check_case, summarise_self_check  # noqa: E402
+from RayEmbRegistrationLib.prepare import TRAINING, self_check_case, summarise_self_check, training_stream  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
 from RayEmbRegistrationLib.training.generate import generate  # noqa: E402
-from RayEmbRegistrationLib.training.stream import DRRStream  # noqa: E402
 from RayEmbRegistrationLib.training.train import evaluate, train  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
@@ -93,10 +97,18 @@ def main(argv=None) -> int:
     ct = load_ct(a.ct)
     base = load_model(a.model)
     cfg = base.config
-    generate([ct], out / "heldout", n_variants=1, n_queries=8, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
-             seed=a.seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
-             pose_center="clinical")
-    heldout = ShardSet(out / "heldout")
+    heldout_sets: dict[int, ShardSet] = {}
+
+    def heldout(size: int) -> ShardSet:  # the same 8 poses at every size (the poses do not depend on the size)
+        if size not in heldout_sets:
+            d = out / f"heldout_{size}"
+            shutil.rmtree(d, ignore_errors=True)
+            generate([ct], d, n_variants=1, n_queries=8, size=size, voxel_mm=cfg.voxel_mm, seed=a.seed + 7919,
+                     augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
+                     pose_center="clinical")
+            heldout_sets[size] = ShardSet(d)
+        return heldout_sets[size]
+
     intr = Intrinsics.deepfluoro(256)
     rng = np.random.default_rng(a.seed + 104729)
     xrays = []
@@ -105,31 +117,33 @@ def main(argv=None) -> int:
         xrays.append((XRayImage(simulate_xray(ct, intr, T, rng), intr, f"check {k + 1}"), T))
     pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
     rows = []
-    base_row = {"config": "base network", "minutes": 0.0, "steps": 0, "heldout": evaluate(base, heldout, max_queries=8),
+    base_row = {"config": "base network", "minutes": 0.0, "steps": 0, "size": cfg.image_size,
+                "heldout": evaluate(base, heldout(cfg.image_size), max_queries=8),
                 "self_check": self_check(Path(a.model), ct, xrays, pts, out)}
     rows.append(base_row)
     print(json.dumps(base_row), flush=True)
     for text in a.configs:
         c = parse_config(text)
         run = out / f"run_{text.replace('=', '').replace(',', '_')}"
-        shutil.rmtree(run, ignore_errors=True)
-        t = time.process_time()
-        stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, pool=int(c["pool"]),
-                           renew=int(c["renew"]), seed=a.seed, poses="clinical",
-                           template_bone_multiplier=cfg.template_bone_multiplier)
-        spent = (time.process_time() - t) / 60.0  # the initial pool and the templates count against the budget
+        anneal = bool(int(c.get("anneal", 0)))
         for m in sorted(a.minutes):
+            if anneal or m == min(a.minutes):  # a fresh run (annealed: one per budget)
+                shutil.rmtree(run, ignore_errors=True)
+                t = time.process_time()
+                stream = training_stream(ct, cfg, c, seed=a.seed)
+                size = stream.size
+                spent = (time.process_time() - t) / 60.0  # the initial pool and the templates count against the budget
             t = time.process_time()
             train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
                   n_points=int(c["points"]), lr=c["lr"], warmup_steps=int(c["warmup"]), seed=a.seed, resume=True,
-                  max_minutes=m - spent,
+                  max_minutes=m - spent, anneal_to_budget=anneal, n_outside=int(c.get("outside", 0)),
                   val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
                   clock=time.process_time)
             spent += (time.process_time() - t) / 60.0
             model_path = run / "model.safetensors"
             step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
             row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
-                   "heldout": evaluate(load_model(model_path), heldout, max_queries=8),
+                   "size": size, "heldout": evaluate(load_model(model_path), heldout(size), max_queries=8),
                    "self_check": self_check(model_path, ct, xrays, pts, out)}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -138,13 +152,14 @@ def main(argv=None) -> int:
     print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {a.threads} CPU thread(s), budgets in "
           f"CPU-minutes (process time); held-out: "
           f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
-    print("| configuration | CPU min | steps | fresh DRRs | held-out median px | p90 px | ≤ 3 px | "
-          "self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| configuration | size | CPU min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
+          "p90 px@224 | ≤ 3 px | self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        h, s = r["heldout"], r["self_check"]
-        print(f"| {r['config']} | {r['minutes']:.1f} | {r['steps']} | {r.get('fresh_drrs', 0)} | {h['median_px']:.1f} | "
-              f"{h['p90_px']:.1f} | {100 * h['within_3px']:.0f} % | {s['success_10mm_%']:.0f} % | {s['mtre_p50_mm']:.2f} | "
+        h, s, z = r["heldout"], r["self_check"], r["size"]
+        print(f"| {r['config']} | {z} | {r['minutes']:.1f} | {r['steps']} | {r.get('fresh_drrs', 0)} | "
+              f"{h['median_px']:.1f} | {h['p90_px']:.1f} | {h['median_px'] * 224 / z:.1f} | {h['p90_px'] * 224 / z:.1f} | "
+              f"{100 * h['within_3px']:.0f} % | {s['success_10mm_%']:.0f} % | {s['mtre_p50_mm']:.2f} | "
               f"{s['runtime_p50_s']:.1f} | {s['accepted_%']:.0f} % ({s['accepted_failures']}) |")
     return 0
 

@@ -5,7 +5,8 @@ readiness self-check) and the prepared-CT folder contract: complete or absent, f
 
 Folder (``PreparedCT``): ``model.safetensors`` (+ ``.json`` config, ``.sha256``), ``templates/`` (the inference
 templates of this CT for these weights), ``readiness.json`` + ``readiness.png``: held-out localisation error
-before/after (median, p90, share ≤ 3 px at the network grid), and an end-to-end self-check — N simulated X-rays of
+before/after (median, p90 in mm at the detector and px at each network's grid — the prepared network may run at a
+smaller input size than the base one —, share ≤ 3 px), and an end-to-end self-check — N simulated X-rays of
 this CT at clinical C-arm poses registered by the real pipeline (success = mTRE ≤ 10 mm, median mTRE, runtime,
 verdicts). Everything is written into a hidden temporary folder beside the target and renamed into place at the
 end; Ctrl-C (or ``cancel``) during training stops it, keeps the weights of the last checkpoint and still completes
@@ -28,7 +29,7 @@ import numpy as np
 from .progress import CancelFn, Cancelled, ProgressFn, sub_progress
 
 __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "prepare_command",
-           "self_check_case", "summarise_self_check", "READINESS", "TRAINING", "SUCCESS_MM"]
+           "self_check_case", "summarise_self_check", "training_stream", "prepared_size", "READINESS", "TRAINING", "SUCCESS_MM"]
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
@@ -37,8 +38,31 @@ _CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
-#: (lr 1e-3 after 10 warm-up steps beat lr 3e-4 after 100 at 2, 5 and 10 CPU-minutes)
-TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10}
+#: (lr 1e-3 after 10 warm-up steps beat lr 3e-4 after 100 at 2, 5 and 10 CPU-minutes), the network input size
+#: of the prepared network (px; the base network is fine-tuned at this size) and ``fixed`` = 1: train on exactly
+#: the template views detection uses for this CT (``templates.inference_template_angles``) instead of 4 random
+#: views of the 5 × 5 training grid
+TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
+            "size": 224, "fixed": 0, "anneal": 0, "outside": 0}
+
+
+def prepared_size(base_config, recipe: dict = TRAINING) -> int:
+    """Input size (px) of the prepared network: the recipe's, or the base network's when that is smaller (a
+    network is never fine-tuned at a larger size than it was trained at)."""
+    return min(int(recipe.get("size") or base_config.image_size), int(base_config.image_size))
+
+
+def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, device: str = "cpu"):
+    """The on-the-fly training data of ``recipe`` (``TRAINING`` or a variant) for ``ct``: a
+    ``training.stream.DRRStream`` at clinical poses, at the recipe's size, with the base network's grid and bone
+    multiplier."""
+    from .templates import inference_template_angles
+    from .training.stream import DRRStream
+
+    angles = inference_template_angles(int(recipe["templates"])) if int(recipe.get("fixed", 0)) else None
+    return DRRStream([ct], size=prepared_size(base_config, recipe), voxel_mm=base_config.voxel_mm,
+                     seed=seed, poses="clinical", pool=int(recipe["pool"]), renew=int(recipe["renew"]), device=device,
+                     template_bone_multiplier=base_config.template_bone_multiplier, template_angles=angles)
 
 
 def prepared_cache_dir() -> Path:
@@ -73,8 +97,10 @@ class PreparedCT:
             return "—" if v is None else format(v, spec)
 
         lines = [f"prepared-CT folder: {self.path}",
-                 f"  held-out 2D error: median {f(b.get('median_px'), '.2f')} -> {f(a.get('median_px'), '.2f')} px "
-                 f"(network grid), share <= 3 px {f(100 * (a.get('within_3px') or 0), '.0f')} %",
+                 f"  held-out 2D error: median {f(b.get('median_mm'), '.1f')} -> {f(a.get('median_mm'), '.1f')} mm at "
+                 f"the detector ({f(b.get('median_px'), '.1f')} px at {b.get('network_size', '?')}² -> "
+                 f"{f(a.get('median_px'), '.1f')} px at {a.get('network_size', '?')}²), share <= 3 px "
+                 f"{f(100 * (a.get('within_3px') or 0), '.0f')} %",
                  f"  self-check: {f(sc['success_10mm_%'], '.0f')} % of {sc['n']} simulated X-rays within 10 mm, median "
                  f"mTRE {f(sc['mtre_p50_mm'], '.2f')} mm, {f(sc['runtime_p50_s'], '.1f')} s each; accepted "
                  f"{f(sc['accepted_%'], '.0f')} %",
@@ -135,12 +161,12 @@ def _plot(path: Path, before: dict, after: dict, checks: list[dict], title: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    keys = ("median_px", "p90_px", "top25_median_px")
+    keys = ("median_mm", "p90_mm", "top25_median_mm")
     x = np.arange(len(keys))
     ax[0].bar(x - 0.2, [before.get(k, np.nan) for k in keys], 0.4, label="before")
     ax[0].bar(x + 0.2, [after.get(k, np.nan) for k in keys], 0.4, label="after")
     ax[0].set_xticks(x, ["median", "p90", "top-25 % conf."])
-    ax[0].set_ylabel("2D error on held-out DRRs (px @ network grid)")
+    ax[0].set_ylabel("2D error on held-out DRRs (mm at the detector)")
     ax[0].legend()
     m = np.array([c["mtre_mm"] for c in checks], dtype=float)
     ax[1].semilogy(np.arange(1, len(m) + 1), np.where(np.isfinite(m), m, 1e3), "o")
@@ -197,7 +223,6 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
     from .templates import ct_hash
     from .training.data import ShardSet
     from .training.generate import generate
-    from .training.stream import DRRStream
     from .training.train import evaluate, train
     from .volume import BONE_HU
     from .xray import XRayImage
@@ -225,22 +250,32 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.rayemb-tmp-", dir=str(out.parent)))
     try:
         # 1. held-out DRRs (other seed) and the error before
-        generate([ct], tmp / "heldout", n_variants=1, n_queries=8, size=cfg.image_size, voxel_mm=cfg.voxel_mm,
-                 seed=seed + 7919, augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
-                 pose_center="anywhere", progress=sub_progress(progress, 0.0, 0.05, "held-out DRRs: "), cancel=cancel)
-        heldout = ShardSet(tmp / "heldout")
-        before = evaluate(base, heldout, device, max_queries=8)
-        log(f"before: median {before['median_px']:.2f} px, p90 {before['p90_px']:.1f} px")
+        # (the base network at its own size, the prepared one at its size: the same 8 poses, errors compared in mm
+        # at the detector)
+        size = prepared_size(cfg)
+
+        def heldout_at(s: int, lo: float, hi: float) -> ShardSet:
+            d = tmp / f"heldout_{s}"
+            if not d.is_dir():
+                generate([ct], d, n_variants=1, n_queries=8, size=s, voxel_mm=cfg.voxel_mm, seed=seed + 7919,
+                         augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
+                         pose_center="anywhere", progress=sub_progress(progress, lo, hi, "held-out DRRs: "),
+                         cancel=cancel)
+            return ShardSet(d)
+
+        before = evaluate(base, heldout_at(cfg.image_size, 0.0, 0.03), device, max_queries=8)
+        heldout = heldout_at(size, 0.03, 0.05)
+        log(f"before: median {before['median_mm']:.1f} mm at the detector ({before['median_px']:.2f} px at "
+            f"{cfg.image_size}²), p90 {before['p90_mm']:.1f} mm")
         # 2. training on the fly within the budget left for it
-        stream = DRRStream([ct], size=cfg.image_size, voxel_mm=cfg.voxel_mm, seed=seed, poses="clinical",
-                           pool=TRAINING["pool"], renew=TRAINING["renew"], device=device,
-                           template_bone_multiplier=cfg.template_bone_multiplier)
+        stream = training_stream(ct, cfg, TRAINING, seed=seed, device=device)
         reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
         train_s = max(5.0, budget - reserve - (time.time() - t0))
         interrupted = ""
         try:
             train(stream, tmp / "run", steps=10**7, lr=TRAINING["lr"], batch_queries=TRAINING["batch"],
                   n_templates=TRAINING["templates"], n_points=TRAINING["points"], warmup_steps=TRAINING["warmup"],
+                  anneal_to_budget=bool(TRAINING["anneal"]), n_outside=int(TRAINING["outside"]),
                   seed=seed, device=device, resume=False,
                   max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
                   log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
@@ -252,7 +287,8 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         weights = run_model if run_model.is_file() else base_path
         tuned = load_model(weights, device=device)
         after = evaluate(tuned, heldout, device, max_queries=8)
-        log(f"after:  median {after['median_px']:.2f} px, p90 {after['p90_px']:.1f} px")
+        log(f"after:  median {after['median_mm']:.1f} mm at the detector ({after['median_px']:.2f} px at {size}²), "
+            f"p90 {after['p90_mm']:.1f} mm")
         for suffix in ("", ".sha256"):
             shutil.copyfile(str(weights) + suffix, tmp / f"model.safetensors{suffix}")
         shutil.copyfile(weights.with_suffix(".json"), tmp / "model.json")
@@ -286,16 +322,16 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
             "minutes_budget": minutes, "minutes_spent": None, "interrupted": interrupted,
             "training": {"poses": "clinical (carm.CLINICAL_SAMPLER), rendered on the fly", "fresh_drrs": stream.rendered,
                          "steps": json.loads((tmp / "model.json").read_text()).get("metadata", {}).get("step", 0)},
-            "heldout_before": before, "heldout_after": after,
+            "heldout_before": {**before, "network_size": cfg.image_size}, "heldout_after": {**after, "network_size": size},
             "self_check": {**summarise_self_check(checks), "cases": checks},
         }
         readiness["minutes_spent"] = (time.time() - t0) / 60.0
-        title = (f"{ct.name}: held-out median {before['median_px']:.1f} → {after['median_px']:.1f} px; self-check "
+        title = (f"{ct.name}: held-out median {before['median_mm']:.1f} → {after['median_mm']:.1f} mm; self-check "
                  f"{ok.sum()}/{len(ok)} ≤ 10 mm, median mTRE {np.median(m):.2f} mm")
         _plot(tmp / "readiness.png", before, after, checks, title)
         (tmp / READINESS).write_text(json.dumps(_clean(readiness), indent=2))
-        for d in ("heldout", "run"):
-            shutil.rmtree(tmp / d, ignore_errors=True)
+        for d in [*tmp.glob("heldout_*"), tmp / "run"]:
+            shutil.rmtree(d, ignore_errors=True)
         # 4. all or nothing: the complete folder replaces any earlier one
         from .progress import signals_deferred
 

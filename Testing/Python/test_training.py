@@ -126,6 +126,54 @@ def test_a_few_training_steps_reduce_the_loss(tiny_data):
     assert loss_fn().item() < 0.8 * losses[0]
 
 
+def test_points_the_query_does_not_show_are_taught_to_score_below_the_null_level(sample_ct):
+    """``n_outside``: the batch adds points every template sees whose projection falls clearly outside the query
+    (or behind its source) — clinical close-ups of the real pelvis CT; with ``null_score`` the loss pushes their
+    best score in the query below that level, and batches without them are drawn exactly as before (no extra
+    random draws)."""
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    shards = DRRStream([sample_ct], size=S, voxel_mm=6.0, pool=4, renew=0, n_points=256, poses="clinical", seed=2)
+    plain = shards.batch(np.random.default_rng(0), n_queries=2, n_templates=4, n_points=20)
+    again = shards.batch(np.random.default_rng(0), n_queries=2, n_templates=4, n_points=20, n_outside=0)
+    assert torch.equal(plain["uv_query"].nan_to_num(-1), again["uv_query"].nan_to_num(-1))
+    b = shards.batch(np.random.default_rng(0), n_queries=2, n_templates=4, n_points=20, n_outside=10)
+    assert b["valid_out"].sum() > 0 and b["uv_templates_out"].shape == (2, 4, 10, 2)
+    s = shards.shards[b["shard"]]
+    for q, (uvt, ok) in zip(b["query_idx"], zip(b["uv_templates_out"], b["valid_out"])):
+        # recover the points from their template pixels: each must project outside the query (4 px margin)
+        X = s["points"].astype(np.float64)
+        uv_all = project_points(s["template_P"][b["template_idx"]], X)  # (T, M, 2)
+        uvq = project_points(s["query_P"][q], X)
+        for t_uv in uvt[:, ok].permute(1, 0, 2).numpy():  # (T, 2) per outside point
+            j = int(np.argmin(np.nanmax(np.abs(uv_all.transpose(1, 0, 2) - t_uv), axis=(1, 2))))
+            assert not (np.isfinite(uvq[j]).all() and (uvq[j] >= -4).all() and (uvq[j] <= S + 3).all())
+    torch.manual_seed(0)
+    model = build_model(TINY_CFG)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = torch.cat([normalize_image(b["query"]), normalize_image(b["templates"])])
+
+    def outside_peak() -> float:
+        from RayEmbRegistrationLib.detect import gram_scores
+        from RayEmbRegistrationLib.templates import sample_embeddings
+
+        with torch.no_grad():
+            f = model(x)
+            m = b["valid_out"][0]
+            E, _ = sample_embeddings(f[2:], b["uv_templates_out"][0][:, m])
+            return float(gram_scores(E.permute(1, 2, 0), f[0].reshape(f.shape[1], -1).T).max(1).values.mean())
+
+    first = outside_peak()
+    for _ in range(15):
+        f = model(x)
+        loss = infonce_loss(f[:2], f[2:], b["uv_query"], b["uv_templates"], b["valid"], tau=0.05,
+                            uv_templates_out=b["uv_templates_out"], valid_out=b["valid_out"], null_score=0.6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert outside_peak() < first - 0.05, (first, outside_peak())
+
+
 def test_train_checkpoints_and_resume_continue_the_same_run(tiny_data, tmp_path):
     kw = dict(batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG, bar=False, val_every=2, seed=3,
               log=lambda m: None, ckpt_every=1)
@@ -229,6 +277,47 @@ def test_drr_stream_renders_fresh_queries_with_exact_projections(sample_ct, tmp_
     assert out == {} and s.rendered == 1 + 3  # one renewal per training step
     with pytest.raises(ValueError, match="poses must be one of"):
         DRRStream([sample_ct], size=32, poses="random")
+
+
+def test_a_network_is_fine_tuned_at_another_input_size(sample_ct, tmp_path):
+    """Preparation at a smaller input size: the fully convolutional weights of a 64² network continue at 32² (the
+    saved config says 32, the weights moved); a size the network cannot halve often enough is refused."""
+    from RayEmbRegistrationLib.model import load_model, save_model
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    torch.manual_seed(0)
+    base = tmp_path / "base64.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), base)
+    s = DRRStream([sample_ct], size=32, voxel_mm=6.0, pool=2, renew=1, n_points=64, seed=0)
+    logs = []
+    train(s, tmp_path / "run", steps=2, batch_queries=1, n_templates=2, n_points=8, init_weights=str(base), bar=False,
+          val_every=10**9, ckpt_every=10**9, log=logs.append)
+    tuned, b = load_model(tmp_path / "run" / "model.safetensors"), load_model(base)
+    assert tuned.config.image_size == 32 and b.config.image_size == 64
+    assert any("at 32²" in m for m in logs)
+    assert any(not torch.equal(x, y) for x, y in zip(tuned.state_dict().values(), b.state_dict().values()))
+    assert tuned.embed(np.zeros((40, 40), np.float32)).shape[-2:] == (32, 32)  # it now runs at its new size
+    odd = DRRStream([sample_ct], size=36, voxel_mm=6.0, pool=1, renew=0, n_points=64, seed=0)
+    with pytest.raises(ValueError, match="multiple of 8 px"):
+        train(odd, tmp_path / "odd", steps=1, init_weights=str(base), bar=False, log=lambda m: None)
+
+
+def test_drr_stream_can_train_on_the_inference_template_views(sample_ct):
+    """``template_angles``: the stream's templates are exactly the views detection renders for this CT (same
+    poses as ``templates.build_templates``), so preparation can train on what inference uses."""
+    from RayEmbRegistrationLib.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.templates import ct_isocenter, inference_template_angles, template_poses
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    angles = inference_template_angles(4)
+    s = DRRStream([sample_ct], size=32, voxel_mm=6.0, pool=1, renew=0, n_points=64, seed=0, template_angles=angles)
+    sh = s.shards[0]
+    assert sh["templates"].shape == (4, 32, 32) and np.allclose(sh["template_angles"], angles)
+    vol = sample_ct.resampled(6.0)
+    want = [Camera(Intrinsics.deepfluoro(32), T).projection_matrix for T in template_poses(angles, ct_isocenter(vol))]
+    np.testing.assert_allclose(sh["template_P"], np.stack(want), rtol=1e-9, atol=1e-9)
+    b = s.batch(np.random.default_rng(0), n_queries=1, n_templates=4, n_points=8)
+    assert sorted(b["template_idx"].tolist()) == [0, 1, 2, 3]
 
 
 def test_finetune_on_the_fly_reports_progress_and_renders_no_cached_training_set(lumbar, tmp_path):

@@ -7,7 +7,9 @@ Loading shards into memory and drawing (queries, templates, visible bone points)
 
 Batch (dict of tensors / arrays): ``query`` (B, S, S) line integrals, ``templates`` (T, S, S) (shared by the B
 queries: same anatomy variant), ``uv_query`` (B, N, 2) and ``uv_templates`` (B, T, N, 2) pixels at size S
-(integers = pixel centres), ``valid`` (B, N) bool (padding is False).
+(integers = pixel centres), ``valid`` (B, N) bool (padding is False); with ``n_outside`` > 0 also points that
+every template sees but the query does not (outside its image or behind its source): ``uv_templates_out``
+(B, T, M, 2) and ``valid_out`` (B, M).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class ShardSet:
         return np.array([int(np.argmin(np.abs(a - np.asarray(x)).sum(1))) for x in angles])
 
     def batch(self, rng: np.random.Generator, n_queries: int = 4, n_templates: int = 4, n_points: int = 40,
-              shard: int | None = None, query_idx=None, template_idx=None) -> dict:
+              shard: int | None = None, query_idx=None, template_idx=None, n_outside: int = 0) -> dict:
         s_i = int(rng.integers(len(self.shards))) if shard is None else shard
         s = self.shards[s_i]
         S = self.size
@@ -85,17 +87,28 @@ class ShardSet:
         uv_q = np.full((B, n_points, 2), np.nan)
         uv_t = np.full((B, n_templates, n_points, 2), np.nan)
         valid = np.zeros((B, n_points), bool)
+        uv_t_out = np.full((B, n_templates, n_outside, 2), np.nan)
+        valid_out = np.zeros((B, n_outside), bool)
         for b, q in enumerate(q_idx):
             uvq = project_points(s["query_P"][q], X)
-            ok = np.flatnonzero(seen_t & self._inside(uvq, S))
+            in_q = self._inside(uvq, S)
+            ok = np.flatnonzero(seen_t & in_q)
             pick = rng.choice(ok, min(n_points, len(ok)), replace=False) if len(ok) else ok
             k = len(pick)
             uv_q[b, :k] = uvq[pick]
             uv_t[b, :, :k] = uv_t_all[:, pick]
             valid[b, :k] = True
+            if n_outside:  # (no draw otherwise: batches without them stay exactly as they were)
+                # clearly outside (a margin of 4 px, so that no edge point is taught as invisible)
+                far = ~self._inside(uvq, S, margin=-4.0)
+                out = np.flatnonzero(seen_t & far)
+                pick = rng.choice(out, min(n_outside, len(out)), replace=False) if len(out) else out
+                uv_t_out[b, :, : len(pick)] = uv_t_all[:, pick]
+                valid_out[b, : len(pick)] = True
         return dict(
             query=torch.from_numpy(s["queries"][q_idx].astype(np.float32)),
             templates=torch.from_numpy(s["templates"][t_idx].astype(np.float32)),
             uv_query=torch.from_numpy(uv_q), uv_templates=torch.from_numpy(uv_t), valid=torch.from_numpy(valid),
+            uv_templates_out=torch.from_numpy(uv_t_out), valid_out=torch.from_numpy(valid_out),
             shard=s_i, query_idx=q_idx, template_idx=t_idx,
         )

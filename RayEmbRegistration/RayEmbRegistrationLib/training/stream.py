@@ -43,11 +43,14 @@ class DRRStream(ShardSet):
         n_points: bone points per CT the batches draw from; template_bone_multiplier: as ``generate``.
         poses: one of ``STREAM_POSES``; seed: the initial pool; device: where the DRRs are rendered (``cuda``: on
         the GPU, nanodrr's kernel; the pool itself stays in host memory, as cached shards do).
+        template_angles: the template views [(primary, secondary), ...] in degrees (default: the 5 × 5 training
+        grid ``TEMPLATE_GRID_DEG``; ``templates.inference_template_angles(4)`` trains on exactly the views that
+        detection uses for this CT).
     """
 
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, pool: int = 16, renew: int = 2,
                  n_points: int = 2048, template_bone_multiplier: float = 2.0, poses: str = "clinical",
-                 seed: int = 0, device: str = "cpu") -> None:
+                 seed: int = 0, device: str = "cpu", template_angles=None) -> None:
         from ..render import DRRRenderer
 
         if poses not in STREAM_POSES:
@@ -59,7 +62,7 @@ class DRRStream(ShardSet):
         self.K = Intrinsics.deepfluoro(self.size)
         rng = np.random.default_rng(seed)
         self.shards, self._renderers, self._volumes, self._next = [], [], [], []
-        angles = np.array(grid_angles(TEMPLATE_GRID_DEG))
+        angles = np.array(grid_angles(TEMPLATE_GRID_DEG) if template_angles is None else template_angles, float)
         for ct in cts:
             vol = ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct
             tposes = template_poses(angles, ct_isocenter(vol))

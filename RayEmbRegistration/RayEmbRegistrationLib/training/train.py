@@ -45,26 +45,36 @@ def pixel_mm(size: int) -> float:
     return DEEPFLUORO_PIXEL_MM * DEEPFLUORO_SIZE_PX / size
 
 
-def infonce_loss(f_query: torch.Tensor, f_templates: torch.Tensor, uv_query, uv_templates, valid, tau: float):
+def infonce_loss(f_query: torch.Tensor, f_templates: torch.Tensor, uv_query, uv_templates, valid, tau: float,
+                 uv_templates_out=None, valid_out=None, null_score: float | None = None):
     """Mean InfoNCE loss.
 
     Args:
         f_query: (B, D, S, S) query embeddings; f_templates: (T, D, S, S) (shared by the B queries).
         uv_query: (B, N, 2); uv_templates: (B, T, N, 2); valid: (B, N) bool.
+        null_score: with it, one more logit, ``null_score / τ``, stands for "not in this image": a point the query
+            shows must score above it at its pixel, and the points of ``uv_templates_out`` (B, T, M, 2) /
+            ``valid_out`` (B, M) — seen by the templates, not by the query — must score below it everywhere, so
+            that a detection's peak score says whether the point is in view at all.
     """
     B, D, S, _ = f_query.shape
     losses = []
+    null = None if null_score is None else torch.tensor(float(null_score) / tau, dtype=f_query.dtype, device=f_query.device)
+
+    def logits(b: int, uv_t) -> torch.Tensor:
+        E, _ = sample_embeddings(f_templates, uv_t)  # (T, n, D)
+        s = gram_scores(E.permute(1, 2, 0), f_query[b].reshape(D, -1).T) / tau  # (n, P)
+        return s if null is None else torch.cat([s, null.expand(len(s), 1)], 1)
+
     for b in range(B):
         m = valid[b]
-        if m.sum() == 0:
-            continue
-        E, _ = sample_embeddings(f_templates, uv_templates[b][:, m])  # (T, n, D)
-        E = E.permute(1, 2, 0)  # (n, D, T)
-        e = f_query[b].reshape(D, -1).T  # (P, D)
-        s = gram_scores(E, e)  # (n, P)
-        uv = uv_query[b][m].round().long().clamp(0, S - 1)
-        target = (uv[:, 1] * S + uv[:, 0]).to(s.device)
-        losses.append(F.cross_entropy(s / tau, target))
+        if m.sum() > 0:
+            s = logits(b, uv_templates[b][:, m])
+            uv = uv_query[b][m].round().long().clamp(0, S - 1)
+            losses.append(F.cross_entropy(s, (uv[:, 1] * S + uv[:, 0]).to(s.device)))
+        if null is not None and valid_out is not None and valid_out[b].sum() > 0:
+            s = logits(b, uv_templates_out[b][:, valid_out[b]])
+            losses.append(F.cross_entropy(s, torch.full((len(s),), S * S, dtype=torch.long, device=s.device)))
     if not losses:
         return f_query.sum() * 0.0
     return torch.stack(losses).mean()
@@ -102,6 +112,7 @@ def summarize(errs: np.ndarray, conf: np.ndarray, size: int) -> dict:
         "p90_px": float(np.percentile(errs, 90)), "median_mm": float(np.median(errs) * mm),
         "mean_mm": float(errs.mean() * mm), "p90_mm": float(np.percentile(errs, 90) * mm),
         "top25_median_px": float(np.median(top)), "top25_mean_px": float(top.mean()),
+        "top25_median_mm": float(np.median(top) * mm),
         "within_3px": float((errs <= 3).mean()),
     }
 
@@ -152,7 +163,8 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
           log=print, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-          resume_from: str | Path | None = None, clock=time.time, warmup_steps: int | None = None) -> dict:
+          resume_from: str | Path | None = None, clock=time.time, warmup_steps: int | None = None,
+          anneal_to_budget: bool = False, n_outside: int = 0, null_score: float = 0.9) -> dict:
     """Train; returns the last validation summary (rank 0) or {}.
 
     Writes into ``out_dir``: ``last.pt`` (model + optimiser + step; ``resume`` continues from it),
@@ -166,6 +178,12 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     ``max_minutes``, of the time budget, whichever is further; ``cancel()``: checked before every step
     (``progress.Cancelled``; the last checkpoint stays as it was).
     ``warmup_steps``: linear learning-rate warm-up (default ``min(100, steps // 10 + 1)``).
+    ``anneal_to_budget``: with ``max_minutes``, the cosine schedule runs over the time budget (the share of it
+    spent, or of ``steps``, whichever is further), so a time-budgeted run ends at the low learning rate whatever
+    its step rate (``rayemb prepare``); the schedule then depends on the clock, so such a run is not bit-for-bit
+    repeatable.
+    ``n_outside``: per query, up to this many points the templates see but the query does not, taught to score
+    below ``null_score`` everywhere (``infonce_loss``); 0 = the plain InfoNCE of visible points.
     ``clock``: what ``max_minutes`` counts — wall time (``time.time``, default) or this process's CPU time
     (``time.process_time``: a budget in CPU-minutes that other jobs on the machine do not eat into).
     """
@@ -197,9 +215,14 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         init = load_model(init_weights)
         cfg = init.config
         tau = cfg.tau
-        if cfg.image_size != shards.size:
-            raise ValueError(f"data in {data} has {shards.size}² images but {init_weights} expects {cfg.image_size}²; "
-                             "generate data at the model's size.")
+        if cfg.image_size != shards.size:  # fully convolutional: the weights transfer, the config takes the data's size
+            step_px = 2 ** len(cfg.widths)  # the stem and every encoder level halve the image
+            if shards.size % step_px:
+                raise ValueError(f"data has {shards.size}² images; fine-tuning {init_weights} at another size needs a "
+                                 f"multiple of {step_px} px (the network halves the image {len(cfg.widths)} times).")
+            if rank == 0:
+                log(f"fine-tuning the {cfg.image_size}² network {init_weights} at {shards.size}²")
+            cfg = ModelConfig.from_dict({**cfg.to_dict(), "image_size": shards.size})
     else:
         init = None
         cfg = config or ModelConfig()
@@ -210,8 +233,15 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, int(warmup_steps)) if warmup_steps is not None else min(100, steps // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))))
+    spent = [0.0]  # share of the time budget spent (read by the schedule with ``anneal_to_budget``)
+
+    def lr_factor(s: int) -> float:
+        f = min(1.0, s / max(1, steps))
+        if anneal_to_budget and max_minutes:
+            f = max(f, min(1.0, spent[0]))
+        return min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     step = 0
     ck = out / "last.pt"
     source = Path(resume_from) if resume_from is not None else (ck if resume and ck.exists() else None)
@@ -263,15 +293,23 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
                 log(f"step {step}: {n_new} new shards ({len(shards.shards)} in all)")
         rng = np.random.default_rng([seed, step, rank])
         shards.at_step(step)
-        b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points)
+        b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points,
+                         **({"n_outside": n_outside} if n_outside else {}))
         xq = augment_images(normalize_image(b["query"]), rng)
         xt = normalize_image(b["templates"])
         f = net(torch.cat([xq, xt]).to(dev))
-        loss = infonce_loss(f[: len(xq)], f[len(xq):], b["uv_query"].to(dev), b["uv_templates"].to(dev), b["valid"].to(dev), tau)
+        out_kw = {}
+        if n_outside:
+            out_kw = dict(uv_templates_out=b["uv_templates_out"].to(dev), valid_out=b["valid_out"].to(dev),
+                          null_score=null_score)
+        loss = infonce_loss(f[: len(xq)], f[len(xq):], b["uv_query"].to(dev), b["uv_templates"].to(dev),
+                            b["valid"].to(dev), tau, **out_kw)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
+        if max_minutes:
+            spent[0] = (clock() - c_start) / (60 * max_minutes)
         sched.step()
         step += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
