@@ -27,6 +27,29 @@ def test_in_view_behind_outside_and_beyond_the_detector(sample_ct):
         check_overlap(sample_ct, Camera(INTR, side), "PnP pose")
 
 
+def test_a_close_up_of_part_of_the_ct_is_plausible(sample_ct):
+    """A close-up of one side of the pelvis CT whose view misses the CT centre but shows part of its bone is a
+    plausible pose (clinical use); the same close-up moved off the bone is not."""
+    from RayEmbRegistrationLib.plausibility import MIN_BONE_IN_VIEW, bone_in_view
+
+    bone = sample_ct.sample_bone_points(4000, np.random.default_rng(0))
+    lateral = bone[np.argmax(bone[:, 0])]  # the most lateral bone (right, +R)
+    T = carm_camera_from_world(0, 0, 450, lateral)  # AP close-up, isocentre on that bone
+    cam = Camera(INTR, T)
+    uv = cam.project(sample_ct.center_ras[None])[0]
+    assert not (0 <= uv[0] <= 127 and 0 <= uv[1] <= 127)  # the CT centre is outside this view
+    share = bone_in_view(sample_ct, cam)
+    assert share >= MIN_BONE_IN_VIEW and overlap_problem(sample_ct, cam) is None and is_in_view(sample_ct, cam)
+    # truth by brute force: the share of all bone voxels inside the image agrees with the subsample's
+    all_uv = cam.project(bone)
+    brute = float(((all_uv >= -0.5) & (all_uv <= 127.5)).all(1).mean())
+    assert abs(share - brute) < 0.03, (share, brute)
+    off = T.copy()
+    off[0, 3] -= 400.0  # the same view moved 400 mm sideways: no bone in it
+    assert bone_in_view(sample_ct, Camera(INTR, off)) < MIN_BONE_IN_VIEW
+    assert "less than 5 % of its bone" in overlap_problem(sample_ct, Camera(INTR, off))
+
+
 def test_carm_disagreement_warns_only_beyond_30_degrees(sample_ct):
     cam = Camera(INTR, carm_camera_from_world(20, -10, 700, sample_ct.center_ras))
     assert carm_disagreement(cam, None) is None
