@@ -399,3 +399,20 @@ def test_ledger_row_sums_the_segments_of_a_resumed_run(tiny_data, tmp_path):
     assert 0 < s["wall_hours"] < 1
     row = ledger_markdown(s, "1 CPU thread", previous_hours=1.5)
     assert row.startswith(f"| {tmp_path / 'run'} | 1 CPU thread | 1–4 |") and "2: " in row
+
+
+def test_train_cli_streams_at_a_chosen_size_with_the_inference_templates(lumbar):
+    """``rayemb train --ct ... --size 32 --inference-templates``: the general network's stream renders at that
+    size with the 4 template views detection uses (recorded in the stream's settings, so a resume checks them)."""
+    import argparse
+
+    from RayEmbRegistrationLib.templates import inference_template_angles
+    from RayEmbRegistrationLib.training.train import add_train_args, stream_from_args
+
+    args = add_train_args(argparse.ArgumentParser()).parse_args(
+        ["--ct", lumbar, "--out", "unused", "--size", "32", "--inference-templates", "--slots", "1", "--device", "cpu"])
+    stream, specs = stream_from_args(args, args.size, 6.0, 2.0)
+    assert specs == [lumbar] and stream.size == 32
+    assert stream.describe()["templates"] == [list(a) for a in inference_template_angles(4)]
+    stream.at_step(0)
+    assert stream.shards[0]["templates"].shape == (4, 32, 32)

@@ -364,6 +364,12 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=4, help="with --ct: synthetic patients live at a time")
     p.add_argument("--variant-every", type=int, default=20, help="with --ct: a new synthetic patient every N steps")
     p.add_argument("--stream-queries", type=int, default=12, help="with --ct: query DRRs per synthetic patient")
+    p.add_argument("--size", type=int, default=None,
+                   help="with --ct: network input size (default: the --init network's, else 224); an --init network "
+                        "is fine-tuned at this size")
+    p.add_argument("--inference-templates", action="store_true",
+                   help="with --ct: the templates are the 4 views detection uses (±20°, ±20°) instead of 4 random "
+                        "views of the 3 × 3 grid {-20, 0, 20}²")
     p.add_argument("--val", nargs="*", default=None,
                    help="validation folder(s) (held-out poses); with --ct the default is OUT/val, rendered once "
                         "from the training CTs at clinical poses")
@@ -402,9 +408,10 @@ def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, templ
     if args.hold_out and args.ct != ["all"]:
         raise ValueError("--hold-out works with --ct all (name the CTs yourself otherwise)")
     cts = [load_ct(resolve_ct_path(c)) for c in specs]
+    angles = inference_template_angles(4) if getattr(args, "inference_templates", False) else None
     return VariantStream(cts, size=size, voxel_mm=voxel_mm, slots=args.slots, variant_every=args.variant_every,
                          queries=args.stream_queries, template_bone_multiplier=template_bone_multiplier,
-                         seed=args.seed, device=args.device), specs
+                         seed=args.seed, device=args.device, template_angles=angles), specs
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -419,12 +426,13 @@ def train_main(args: argparse.Namespace) -> int:
             base = load_model(args.init).config
         else:
             base = cfg
-        data, specs = stream_from_args(args, base.image_size, base.voxel_mm, base.template_bone_multiplier)
+        size = int(args.size or base.image_size)
+        data, specs = stream_from_args(args, size, base.voxel_mm, base.template_bone_multiplier)
         if val is None:
             from .generate import generate
 
             val_dir = Path(args.out) / "val"
-            generate(specs, val_dir, n_variants=1, n_queries=4, size=base.image_size, voxel_mm=base.voxel_mm,
+            generate(specs, val_dir, n_variants=1, n_queries=4, size=size, voxel_mm=base.voxel_mm,
                      seed=args.seed + 99991, augment=False, template_bone_multiplier=base.template_bone_multiplier,
                      pose_center="clinical", threads=args.threads)
             val = [str(val_dir)]
