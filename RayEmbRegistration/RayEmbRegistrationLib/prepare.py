@@ -38,12 +38,14 @@ _CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
-#: (lr 1e-3 after 10 warm-up steps beat lr 3e-4 after 100 at 2, 5 and 10 CPU-minutes), the network input size
-#: of the prepared network (px; the base network is fine-tuned at this size) and ``fixed`` = 1: train on exactly
-#: the template views detection uses for this CT (``templates.inference_template_angles``) instead of 4 random
-#: views of the 5 × 5 training grid
+#: (lr 1e-3 after 10 warm-up steps beat lr 3e-4 after 100 at 2, 5 and 10 CPU-minutes), the input size of the
+#: prepared network (px; the base network is fine-tuned at this size: 96² beat 128² and 224² at 5 and 10
+#: CPU-minutes on the pelvis and the lumbar spine — a step costs ~5× less than at 224²), ``fixed`` = 1: train on
+#: exactly the template views detection uses for this CT (``templates.inference_template_angles``; beat 4 random
+#: views of the 5 × 5 grid at 2, 5 and 10 CPU-minutes), ``anneal`` (cosine decay over the budget: worse at 2 and
+#: 5) and ``outside`` (points out of view taught to score low: worse at 2 and 5) off — docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
-            "size": 224, "fixed": 0, "anneal": 0, "outside": 0}
+            "size": 96, "fixed": 1, "anneal": 0, "outside": 0}
 
 
 def prepared_size(base_config, recipe: dict = TRAINING) -> int:
