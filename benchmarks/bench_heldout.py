@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,9 +24,11 @@ sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 from RayEmbRegistrationLib.model import ModelConfig, build_model, load_model  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
-from RayEmbRegistrationLib.training.generate import generate  # noqa: E402
 from RayEmbRegistrationLib.training.train import evaluate  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import heldout_set  # noqa: E402  (the same held-out DRRs as bench_prepare.py)
 
 
 def main(argv=None) -> int:
@@ -42,14 +43,10 @@ def main(argv=None) -> int:
     ct = load_ct(a.ct)
     sets: dict[int, ShardSet] = {}
 
-    def heldout(size: int, voxel_mm: float, mult: float) -> ShardSet:
-        if size not in sets:
-            d = Path(a.out) / f"heldout_{size}"
-            shutil.rmtree(d, ignore_errors=True)
-            generate([ct], d, n_variants=1, n_queries=8, size=size, voxel_mm=voxel_mm, seed=a.seed + 7919,
-                     augment=False, template_bone_multiplier=mult, bar=False, pose_center="clinical")
-            sets[size] = ShardSet(d)
-        return sets[size]
+    def heldout(cfg) -> ShardSet:
+        if cfg.image_size not in sets:
+            sets[cfg.image_size] = heldout_set(ct, Path(a.out), cfg.image_size, cfg, a.seed)
+        return sets[cfg.image_size]
 
     print(f"\nHeld-out 2D error on {ct.name}, no preparation (8 DRRs at clinical poses)\n")
     print("| network | input size | median px@224 | p90 px@224 | top-25 % conf. px@224 | ≤ 3 px (own grid) |")
@@ -63,7 +60,7 @@ def main(argv=None) -> int:
             other.load_state_dict(m.state_dict())
             m = other.eval()
         c = m.config
-        h = evaluate(m, heldout(c.image_size, c.voxel_mm, c.template_bone_multiplier), max_queries=8)
+        h = evaluate(m, heldout(c), max_queries=8)
         z = c.image_size / 224
         print(f"| {spec} | {c.image_size} | {h['median_px'] / z:.1f} | {h['p90_px'] / z:.1f} | "
               f"{h['top25_median_px'] / z:.1f} | {100 * h['within_3px']:.0f} % |", flush=True)

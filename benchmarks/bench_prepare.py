@@ -59,6 +59,16 @@ from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
 DEFAULTS = dict(TRAINING)  # prepare's recipe
 
 
+def heldout_set(ct, out: Path, size: int, cfg, seed: int = 0) -> ShardSet:
+    """The benchmark's held-out DRRs of ``ct`` at ``size``²: 8 clinical poses from ``seed`` + 7919 (the poses do
+    not depend on the size, so every size sees the same views), rendered into ``out/heldout_<size>``."""
+    d = Path(out) / f"heldout_{size}"
+    shutil.rmtree(d, ignore_errors=True)
+    generate([ct], d, n_variants=1, n_queries=8, size=size, voxel_mm=cfg.voxel_mm, seed=seed + 7919, augment=False,
+             template_bone_multiplier=cfg.template_bone_multiplier, bar=False, pose_center="clinical")
+    return ShardSet(d)
+
+
 def parse_config(text: str) -> dict:
     cfg = dict(DEFAULTS)
     if text != "default":
@@ -99,14 +109,9 @@ def main(argv=None) -> int:
     cfg = base.config
     heldout_sets: dict[int, ShardSet] = {}
 
-    def heldout(size: int) -> ShardSet:  # the same 8 poses at every size (the poses do not depend on the size)
+    def heldout(size: int) -> ShardSet:
         if size not in heldout_sets:
-            d = out / f"heldout_{size}"
-            shutil.rmtree(d, ignore_errors=True)
-            generate([ct], d, n_variants=1, n_queries=8, size=size, voxel_mm=cfg.voxel_mm, seed=a.seed + 7919,
-                     augment=False, template_bone_multiplier=cfg.template_bone_multiplier, bar=False,
-                     pose_center="clinical")
-            heldout_sets[size] = ShardSet(d)
+            heldout_sets[size] = heldout_set(ct, out, size, cfg, a.seed)
         return heldout_sets[size]
 
     intr = Intrinsics.deepfluoro(256)
