@@ -201,4 +201,8 @@ def test_train_takes_cached_data_or_cts_and_checks_the_hold_out(tmp_path, capsys
     assert "not a training CT" in capsys.readouterr().err
     assert main(["train", "--ct", "lumbar_spine_tptbox", "--hold-out", "cxr", "--out", str(tmp_path / "d")]) == EXIT_BAD_INPUT
     assert "--ct all" in capsys.readouterr().err
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert main(["train", "--data", "d", "--size", "96", "--out", str(tmp_path / "e")]) == EXIT_BAD_INPUT
+    assert "cached --data" in capsys.readouterr().err
+    assert main(["train", "--ct", "lumbar_spine_tptbox", "--size", "100", "--out", str(tmp_path / "f")]) == EXIT_BAD_INPUT
+    assert "multiple of 32 px" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abcdef")

@@ -91,8 +91,7 @@ class ShardSet:
         valid_out = np.zeros((B, n_outside), bool)
         for b, q in enumerate(q_idx):
             uvq = project_points(s["query_P"][q], X)
-            in_q = self._inside(uvq, S)
-            ok = np.flatnonzero(seen_t & in_q)
+            ok = np.flatnonzero(seen_t & self._inside(uvq, S))
             pick = rng.choice(ok, min(n_points, len(ok)), replace=False) if len(ok) else ok
             k = len(pick)
             uv_q[b, :k] = uvq[pick]

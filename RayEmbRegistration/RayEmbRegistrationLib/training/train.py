@@ -293,17 +293,13 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
                 log(f"step {step}: {n_new} new shards ({len(shards.shards)} in all)")
         rng = np.random.default_rng([seed, step, rank])
         shards.at_step(step)
-        b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points,
-                         **({"n_outside": n_outside} if n_outside else {}))
+        b = shards.batch(rng, n_queries=batch_queries, n_templates=n_templates, n_points=n_points, n_outside=n_outside)
         xq = augment_images(normalize_image(b["query"]), rng)
         xt = normalize_image(b["templates"])
         f = net(torch.cat([xq, xt]).to(dev))
-        out_kw = {}
-        if n_outside:
-            out_kw = dict(uv_templates_out=b["uv_templates_out"].to(dev), valid_out=b["valid_out"].to(dev),
-                          null_score=null_score)
         loss = infonce_loss(f[: len(xq)], f[len(xq):], b["uv_query"].to(dev), b["uv_templates"].to(dev),
-                            b["valid"].to(dev), tau, **out_kw)
+                            b["valid"].to(dev), tau, uv_templates_out=b["uv_templates_out"].to(dev),
+                            valid_out=b["valid_out"].to(dev), null_score=null_score if n_outside else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -419,6 +415,9 @@ def train_main(args: argparse.Namespace) -> int:
     data, val = args.data, args.val or None
     if args.resume and Path(args.resume).is_file():  # the data stream is built with the checkpoint's seed
         args.seed = int(torch.load(args.resume, map_location="cpu", weights_only=True).get("seed", args.seed))
+    if not args.ct and (args.size or args.inference_templates):
+        raise ValueError("--size and --inference-templates shape the on-the-fly data of --ct; cached --data has the "
+                         "size and templates 'rayemb generate' rendered.")
     if args.ct:
         if args.init:
             from ..model import load_model
@@ -427,6 +426,10 @@ def train_main(args: argparse.Namespace) -> int:
         else:
             base = cfg
         size = int(args.size or base.image_size)
+        step_px = 2 ** len(base.widths)  # the stem and every encoder level halve the image
+        if size < step_px or size % step_px:
+            raise ValueError(f"--size {size}: the network halves the image {len(base.widths)} times, so give a "
+                             f"multiple of {step_px} px (e.g. 96, 128 or 224).")
         data, specs = stream_from_args(args, size, base.voxel_mm, base.template_bone_multiplier)
         if val is None:
             from .generate import generate
