@@ -1,7 +1,9 @@
 """Learning curves of patient preparation (``rayemb prepare``'s fine-tuning): accuracy against CPU time.
 
 Budgets are CPU-minutes of this process (``time.process_time``; with ``--threads 1`` the same as uncontended wall
-minutes, whatever else runs on the machine). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
+minutes, whatever else runs on the machine) — or, with ``--workers 1``, wall minutes of ``rayemb prepare``'s own
+set-up: a render process beside the training (``prepare.render_workers``), training on the other cores
+(run it alone: another job on the machine slows both). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
 clinical C-arm poses, as ``prepare``), stopped at each cumulative training budget of ``--minutes`` (the run then
 continues from its checkpoint with the same data stream, so a curve is one run), and at each stop:
 
@@ -24,6 +26,7 @@ rendered at the same poses; errors are also given in px of the 224² grid (``px@
 Usage:
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
         --minutes 2 5 10 20 --configs default "renew=0" "lr=1e-3"
+    .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare_wall --workers 1 --n 20  # as prepare runs
 Writes OUT/curves.jsonl (one row per configuration and budget) and prints a Markdown table.
 """
 
@@ -47,7 +50,8 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa
 from RayEmbRegistrationLib.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.prepare import TRAINING, self_check_case, summarise_self_check, training_stream  # noqa: E402
+from RayEmbRegistrationLib.prepare import (TRAINING, self_check_case, summarise_self_check, training_stream,  # noqa: E402
+                                          usable_cores)
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
@@ -98,7 +102,10 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10, 20], help="cumulative training budgets")
     p.add_argument("--configs", nargs="+", default=["default"])
     p.add_argument("--n", type=int, default=8, help="self-check X-rays per budget")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (with --workers 1: of the self-check; "
+                   "training gets the cores the render process leaves, as in prepare)")
+    p.add_argument("--workers", type=int, choices=(0, 1), default=0,
+                   help="1: render in a separate process and count wall minutes (prepare's set-up; run alone)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -127,24 +134,32 @@ def main(argv=None) -> int:
                 "self_check": self_check(Path(a.model), ct, xrays, pts, out)}
     rows.append(base_row)
     print(json.dumps(base_row), flush=True)
+    clock = time.time if a.workers else time.process_time
+    train_threads = max(1, usable_cores() - 1) if a.workers else a.threads
     for text in a.configs:
         c = parse_config(text)
+        stream = None
         run = out / f"run_{text.replace('=', '').replace(',', '_')}"
         anneal = bool(int(c.get("anneal", 0)))
         for m in sorted(a.minutes):
             if anneal or m == min(a.minutes):  # a fresh run (annealed: one per budget)
                 shutil.rmtree(run, ignore_errors=True)
-                t = time.process_time()
-                stream = training_stream(ct, cfg, c, seed=a.seed)
+                if stream is not None:
+                    stream.close()
+                torch.set_num_threads(train_threads)
+                t = clock()
+                stream = training_stream(ct, cfg, c, seed=a.seed, workers=a.workers)
                 size = stream.size
-                spent = (time.process_time() - t) / 60.0  # the initial pool and the templates count against the budget
-            t = time.process_time()
+                spent = (clock() - t) / 60.0  # the initial pool and the templates count against the budget
+            torch.set_num_threads(train_threads)
+            t = clock()
             train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
                   n_points=int(c["points"]), lr=c["lr"], warmup_steps=int(c["warmup"]), seed=a.seed, resume=True,
                   max_minutes=m - spent, anneal_to_budget=anneal, n_outside=int(c.get("outside", 0)),
                   val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
-                  clock=time.process_time)
-            spent += (time.process_time() - t) / 60.0
+                  clock=clock)
+            spent += (clock() - t) / 60.0
+            torch.set_num_threads(a.threads)
             model_path = run / "model.safetensors"
             step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
             row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
@@ -154,10 +169,12 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             with open(out / "curves.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-    print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {a.threads} CPU thread(s), budgets in "
-          f"CPU-minutes (process time); held-out: "
+        stream.close()
+    how = (f"a render process + {train_threads} training thread(s), budgets in wall minutes" if a.workers else
+           f"{a.threads} CPU thread(s), budgets in CPU-minutes (process time)")
+    print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {how}; held-out: "
           f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
-    print("| configuration | size | CPU min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
+    print(f"| configuration | size | {'wall' if a.workers else 'CPU'} min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
           "p90 px@224 | ≤ 3 px | self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -29,7 +29,8 @@ import numpy as np
 from .progress import CancelFn, Cancelled, ProgressFn, sub_progress
 
 __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "prepare_command",
-           "self_check_case", "summarise_self_check", "training_stream", "prepared_size", "READINESS", "TRAINING", "SUCCESS_MM"]
+           "self_check_case", "summarise_self_check", "training_stream", "render_workers", "usable_cores",
+           "prepared_size", "READINESS", "TRAINING", "SUCCESS_MM"]
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
@@ -54,17 +55,32 @@ def prepared_size(base_config, recipe: dict = TRAINING) -> int:
     return min(int(recipe.get("size") or base_config.image_size), int(base_config.image_size))
 
 
-def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, device: str = "cpu"):
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def render_workers(device: str) -> int:
+    """Render processes for preparation on ``device``: 1 on a CPU with ≥ 2 cores (rendering is half of a 96² step on
+    one thread: a second process renders the coming steps' DRRs while the network trains), else 0."""
+    return 1 if not str(device).startswith("cuda") and usable_cores() >= 2 else 0
+
+
+def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, device: str = "cpu", workers: int = 0):
     """The on-the-fly training data of ``recipe`` (``TRAINING`` or a variant) for ``ct``: a
     ``training.stream.DRRStream`` at clinical poses, at the recipe's size, with the base network's grid and bone
-    multiplier."""
+    multiplier; ``workers`` render processes (``render_workers``). Close it when done."""
     from .templates import inference_template_angles
     from .training.stream import DRRStream
 
     angles = inference_template_angles(int(recipe["templates"])) if int(recipe.get("fixed", 0)) else None
     return DRRStream([ct], size=prepared_size(base_config, recipe), voxel_mm=base_config.voxel_mm,
                      seed=seed, poses="clinical", pool=int(recipe["pool"]), renew=int(recipe["renew"]), device=device,
-                     template_bone_multiplier=base_config.template_bone_multiplier, template_angles=angles)
+                     template_bone_multiplier=base_config.template_bone_multiplier, template_angles=angles,
+                     workers=workers)
 
 
 def prepared_cache_dir() -> Path:
@@ -228,6 +244,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
     from .training.train import evaluate, train
     from .volume import BONE_HU
     from .xray import XRayImage
+    import torch
 
     if not (isinstance(minutes, (int, float)) and 0 < minutes <= 24 * 60):
         raise ValueError(f"--minutes {minutes!r}: the time budget must be > 0 and at most a day.")
@@ -270,7 +287,11 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         log(f"before: median {before['median_mm']:.1f} mm at the detector ({before['median_px']:.2f} px at "
             f"{cfg.image_size}²), p90 {before['p90_mm']:.1f} mm")
         # 2. training on the fly within the budget left for it
-        stream = training_stream(ct, cfg, TRAINING, seed=seed, device=device)
+        workers = render_workers(device)
+        stream = training_stream(ct, cfg, TRAINING, seed=seed, device=device, workers=workers)
+        threads = torch.get_num_threads()
+        if workers:  # the render process has a core of its own
+            torch.set_num_threads(max(1, min(threads, usable_cores() - workers)))
         reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
         train_s = max(5.0, budget - reserve - (time.time() - t0))
         interrupted = ""
@@ -285,6 +306,9 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
             interrupted = f"training stopped early ({type(exc).__name__}); the weights of the last checkpoint are used"
             log(interrupted)
             cancel = None  # the user stopped the training: the rest (bounded by the budget) completes the folder
+        finally:
+            stream.close()
+            torch.set_num_threads(threads)
         run_model = tmp / "run" / "model.safetensors"
         weights = run_model if run_model.is_file() else base_path
         tuned = load_model(weights, device=device)
@@ -323,6 +347,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
             "base_model": str(base_path), "base_sha256": base.sha256, "model_sha256": model.sha256,
             "minutes_budget": minutes, "minutes_spent": None, "interrupted": interrupted,
             "training": {"poses": "clinical (carm.CLINICAL_SAMPLER), rendered on the fly", "fresh_drrs": stream.rendered,
+                         "render_processes": workers,
                          "steps": json.loads((tmp / "model.json").read_text()).get("metadata", {}).get("step", 0)},
             "heldout_before": {**before, "network_size": cfg.image_size}, "heldout_after": {**after, "network_size": size},
             "self_check": {**summarise_self_check(checks), "cases": checks},

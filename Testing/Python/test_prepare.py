@@ -4,6 +4,7 @@ contract (complete or absent), the budget, cancel, the hash lookup, the readines
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,9 @@ def test_the_folder_is_complete_and_reports_readiness(prepared, sample_ct):
     sc = r["self_check"]
     assert 1 <= sc["n"] <= 2 and 0 <= sc["success_10mm_%"] <= 100 and len(sc["cases"]) == sc["n"]
     assert r["training"]["fresh_drrs"] > 0 and r["training"]["steps"] >= 1 and r["model_sha256"] != r["base_sha256"]
+    from RayEmbRegistrationLib.prepare import render_workers
+
+    assert r["training"]["render_processes"] == render_workers("cpu")  # a render process wherever there are 2 cores
     assert r["minutes_spent"] * 60 <= r["minutes_budget"] * 60 + 15  # the budget (and a little fixed overhead)
     fr = [f for f, _ in seen]
     assert all(b >= a - 1e-9 for a, b in zip(fr, fr[1:])), [(round(f, 3), m[:30]) for f, m in seen if True][:60]
@@ -158,5 +162,14 @@ def test_separate_process_reports_progress_and_stops_early_on_sigterm(sample_ct_
     assert all(d == "prepare" and 0 <= f <= 1 for d, f, _ in seen)
     r = json.loads((out / "readiness.json").read_text())
     assert "stopped early" in r["interrupted"] and "prepared-CT folder" in out_text
+    if sys.platform.startswith("linux"):  # no render process outlives the run (a forked one has the same command line)
+        left = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and str(out) in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                    left.append(d.name)
+            except OSError:
+                pass
+        assert not left, left
     assert parse_progress_line("register:  40%  refine") == ("register", 0.4, "refine")
     assert parse_progress_line("some other line") is None

@@ -262,6 +262,8 @@ def test_drr_stream_renders_fresh_queries_with_exact_projections(sample_ct, tmp_
     torch.set_num_threads(1)
     s = DRRStream([sample_ct], size=32, voxel_mm=6.0, pool=3, renew=1, n_points=64, poses="clinical", seed=0)
     before = s.shards[0]["query_P"].copy()
+    s.at_step(0)
+    s.at_step(0)  # once per step
     b = s.batch(np.random.default_rng(1), n_queries=2, n_templates=4, n_points=10)
     assert s.rendered == 1 and not np.allclose(before, s.shards[0]["query_P"])
     assert b["query"].shape == (2, 32, 32) and b["templates"].shape == (4, 32, 32) and b["valid"].shape == (2, 10)
@@ -274,9 +276,36 @@ def test_drr_stream_renders_fresh_queries_with_exact_projections(sample_ct, tmp_
     assert all(np.isclose(uv, g).all(1).any() for g in got)  # every labelled pixel is a true projection
     out = train(s, tmp_path / "run", steps=3, batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG,
                 bar=False, val_every=10**9, ckpt_every=10**9, log=lambda m: None)
-    assert out == {} and s.rendered == 1 + 3  # one renewal per training step
+    assert out == {} and s.rendered == 3  # one renewal per training step (steps 0, 1, 2; step 0 was done above)
     with pytest.raises(ValueError, match="poses must be one of"):
         DRRStream([sample_ct], size=32, poses="random")
+
+
+def test_a_render_process_gives_the_same_data_as_rendering_in_process(sample_ct):
+    """workers=1: a separate process renders the renewals of the coming steps; the pool is the one rendering in the
+    training process gives (the renewal of step k depends only on (seed, k)), also after a jump (a resumed run),
+    and close() stops the process."""
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    torch.set_num_threads(1)
+    kw = dict(size=32, voxel_mm=6.0, pool=3, renew=2, n_points=64, poses="clinical", seed=3)
+    here, there = DRRStream([sample_ct], workers=0, **kw), DRRStream([sample_ct], workers=1, **kw)
+    try:
+        proc = there._worker.proc
+        assert proc.is_alive()
+        for k in (0, 1, 2, 7):  # 7: a jump restarts the process at that step
+            here.at_step(k)
+            there.at_step(k)
+            np.testing.assert_allclose(there.shards[0]["queries"], here.shards[0]["queries"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(there.shards[0]["query_P"], here.shards[0]["query_P"])
+        assert here.rendered == there.rendered == 8
+        assert there._worker.proc is not proc and not proc.is_alive()
+        proc = there._worker.proc
+    finally:
+        there.close()
+    assert not proc.is_alive() and there._worker is None
+    with pytest.raises(ValueError, match="workers must be"):
+        DRRStream([sample_ct], workers=2, **kw)
 
 
 def test_a_network_is_fine_tuned_at_another_input_size(sample_ct, tmp_path):
@@ -358,6 +387,21 @@ def test_variant_stream_state_depends_only_on_seed_and_step(lumbar):
     other = VariantStream([ct, ct], **{**kw, "seed": 5})
     other.at_step(5)
     assert not np.array_equal(other.shards[0]["queries"], walked.shards[0]["queries"])
+    # workers=1: a separate process makes the coming generations; the live set is the same
+    torch.set_num_threads(1)
+    ahead = VariantStream([ct, ct], workers=1, **kw)
+    try:
+        for k in range(6):
+            ahead.at_step(k)
+        assert ahead._worker.proc.is_alive() and ahead.rendered == walked.rendered
+        for a, b in zip(walked.shards, ahead.shards):
+            assert a["generation"] == b["generation"]
+            np.testing.assert_allclose(a["queries"], b["queries"], rtol=1e-5, atol=1e-6)
+            for key in ("query_P", "template_P", "points"):
+                assert np.array_equal(a[key], b[key]), key
+    finally:
+        ahead.close()
+    assert ahead._worker is None
 
 
 def test_training_on_the_fly_resumes_bit_for_bit(lumbar, tmp_path):

@@ -2,4 +2,5 @@
 
 from . import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # (a render process started by spawn imports this module too)
+    raise SystemExit(main())

@@ -366,6 +366,9 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--inference-templates", action="store_true",
                    help="with --ct: the templates are the 4 views detection uses (±20°, ±20°) instead of 4 random "
                         "views of the 3 × 3 grid {-20, 0, 20}²")
+    p.add_argument("--workers", type=int, choices=(0, 1), default=0,
+                   help="with --ct on a CPU: 1 = a separate process renders the coming synthetic patients while the "
+                        "network trains (same data; give the training --threads one core fewer)")
     p.add_argument("--val", nargs="*", default=None,
                    help="validation folder(s) (held-out poses); with --ct the default is OUT/val, rendered once "
                         "from the training CTs at clinical poses")
@@ -407,7 +410,8 @@ def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, templ
     angles = inference_template_angles(4) if getattr(args, "inference_templates", False) else None
     return VariantStream(cts, size=size, voxel_mm=voxel_mm, slots=args.slots, variant_every=args.variant_every,
                          queries=args.stream_queries, template_bone_multiplier=template_bone_multiplier,
-                         seed=args.seed, device=args.device, template_angles=angles), specs
+                         seed=args.seed, device=args.device, template_angles=angles,
+                         workers=getattr(args, "workers", 0)), specs
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -439,12 +443,16 @@ def train_main(args: argparse.Namespace) -> int:
                      seed=args.seed + 99991, augment=False, template_bone_multiplier=base.template_bone_multiplier,
                      pose_center="clinical", threads=args.threads)
             val = [str(val_dir)]
-    s = train(data, args.out, val_data=val, steps=args.steps, batch_queries=args.batch,
-              n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
-              device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
-              val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init, refresh_every=args.refresh_every,
-              dump_rank_weights=args.dump_rank_weights, resume_from=args.resume,
-              log=lambda m: print(m, flush=True))
+    try:
+        s = train(data, args.out, val_data=val, steps=args.steps, batch_queries=args.batch,
+                  n_templates=args.templates, n_points=args.points, lr=args.lr, tau=args.tau, seed=args.seed,
+                  device=args.device, config=cfg, resume=not args.no_resume, max_minutes=args.max_minutes,
+                  val_every=args.val_every, ckpt_every=args.ckpt_every, threads=args.threads, init_weights=args.init,
+                  refresh_every=args.refresh_every, dump_rank_weights=args.dump_rank_weights, resume_from=args.resume,
+                  log=lambda m: print(m, flush=True))
+    finally:
+        if hasattr(data, "close"):
+            data.close()
     if s:
         print(json.dumps(s))
     return 0
