@@ -76,6 +76,8 @@ def _register(inputs, tmp_path, *extra):
     (["--bone-keep", "0"], "--bone-keep 0", "≥ 1"),
     (["--bone-keep", "-3"], "--bone-keep -3", "≥ 1"),
     (["--bone-candidates", "0"], "--bone-candidates 0", "≥ 1"),
+    (["--pnp-poses", "0"], "--pnp-poses 0", "≥ 1"),
+    (["--pnp-poses", "11"], "--pnp-poses 11", "≤ 10"),
     (["--refine-levels", "0"], "--refine-levels 0", "≥ 16"),
     (["--refine-levels", "5000"], "--refine-levels 5000", "≤ 1024"),
     (["--refine-levels", "32", "64", "--refine-iterations", "1", "2", "3"], "--refine-iterations 1 2 3", "one per level"),

@@ -43,6 +43,18 @@ def test_every_subcommand_has_help(name, capsys):
             assert act.help, f"{name} {act.option_strings} has no help text"
 
 
+def test_pnp_poses_reach_the_options():
+    """``--pnp-poses N`` sets how many PnP poses compete (``pnp.hypotheses``); unset keeps the default."""
+    from RayEmbRegistrationLib.cli.common import options_from_args
+    from RayEmbRegistrationLib.options import PnPOptions
+
+    base = ["register", "--ct", "ct.nii.gz", "--xray", "x.tif", "--out", "o"]
+    assert options_from_args(build_parser().parse_args(base + ["--pnp-poses", "1"])).pnp.hypotheses == 1
+    assert options_from_args(build_parser().parse_args(base)).pnp.hypotheses == PnPOptions().hypotheses == 3
+    ev = build_parser().parse_args(["evaluate", "--ct", "ct.nii.gz", "--n", "2", "--out", "o", "--pnp-poses", "5"])
+    assert options_from_args(ev).pnp.hypotheses == 5
+
+
 @pytest.fixture(scope="module")
 def geometry_json(tmp_path_factory):
     p = tmp_path_factory.mktemp("geom") / "geometry.json"

@@ -33,7 +33,7 @@ EXIT_TERMINATED = 143   # terminated (SIGTERM); nothing half written
 #: the CLI flag of each field of the options tree (so that an error names what the user typed)
 FLAGS = {
     "detection.n_bone_candidates": "--bone-candidates", "detection.n_bone_keep": "--bone-keep",
-    "pnp.ransac_threshold_px": "--ransac-threshold", "refine.levels": "--refine-levels",
+    "pnp.ransac_threshold_px": "--ransac-threshold", "pnp.hypotheses": "--pnp-poses", "refine.levels": "--refine-levels",
     "refine.iterations": "--refine-iterations", "device": "--device", "seed": "--seed",
 }
 
@@ -161,6 +161,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
                    help="RANSAC inlier threshold in pixels of the X-ray resampled to 256 px on its longer side (the "
                         f"same on any image size of the detector; default {N.ransac_threshold_px:g})")
+    p.add_argument("--pnp-poses", type=int, default=None, metavar="N",
+                   help="PnP poses (disjoint RANSAC consensus sets) that compete by a coarse refinement; 1 = the "
+                        f"largest consensus only (default {N.hypotheses})")
     p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
                    help=f"coarse-to-fine DRR grid sizes, longer side in px (default {_levels(R)}; steps "
                         f"{R.lr_mm[0]:g} → {R.lr_mm[-1]:g} mm)")
@@ -184,6 +187,8 @@ def options_from_args(args) -> RegistrationOptions:
         det["n_bone_keep"] = args.bone_keep
     if getattr(args, "ransac_threshold", None) is not None:
         pnp["ransac_threshold_px"] = args.ransac_threshold
+    if getattr(args, "pnp_poses", None) is not None:
+        pnp["hypotheses"] = args.pnp_poses
     if getattr(args, "no_refine", False):
         ref["enabled"] = False
     if getattr(args, "no_depth_search", False):

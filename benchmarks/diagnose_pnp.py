@@ -1,0 +1,93 @@
+"""Why a registration fails: per X-ray of ``rayemb evaluate``'s benchmark, how many detections are right, and which
+PnP poses they support.
+
+For the same simulated X-rays as ``rayemb evaluate --poses clinical|rayemb`` (seed ``--seed``: same cases), with a
+prepared-CT folder's network (or ``--model``): the pipeline's bone candidates (``Registrar.bone_candidates``) are
+detected, and each detection is compared with the point's true projection — *correct* = within the RANSAC inlier
+threshold (``options.pnp.threshold_px``, 10 px of the 256 px grid). Printed per case:
+
+  * ``in view``: share of the candidates that project into the X-ray (close-ups show a small part of the bone);
+  * ``correct``: correct detections among all candidates, and among the ``n_bone_keep`` (600) most confident that PnP
+    gets;
+  * ``hypotheses``: the plausible poses of sequential RANSAC on those (``pose.solve_pnp_hypotheses``, as the
+    pipeline) as (inliers, of which correct) — a pose whose inliers are mostly wrong detections agreeing with each
+    other is a wrong pose, however large its consensus.
+
+Usage:
+    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep7 --n 20 --poses clinical
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RayEmbRegistration"))
+
+from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
+from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.plausibility import is_in_view  # noqa: E402
+from RayEmbRegistrationLib.pose import PoseError, solve_pnp_hypotheses  # noqa: E402
+from RayEmbRegistrationLib.prepare import use_prepared  # noqa: E402
+from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
+from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ct", default=str(SAMPLE_CT))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prepared", help="a prepared-CT folder (rayemb prepare)")
+    src.add_argument("--model", help="network weights (.safetensors)")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--poses", choices=("clinical", "rayemb"), default="clinical")
+    p.add_argument("--seed", type=int, default=0, help="rayemb evaluate's --seed (the same cases)")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    ct = load_ct(a.ct)
+    intr = Intrinsics.deepfluoro(256)
+    opts = RegistrationOptions(seed=a.seed)
+    opts = use_prepared(opts, ct, a.prepared) if a.prepared else opts.replace(model_path=a.model)
+    reg = Registrar(ct, opts)
+    refiner, det = reg.refiner(), reg.detector()
+    bone = reg.bone_candidates()
+    thr = opts.pnp.threshold_px(intr)
+    keep = opts.detection.n_bone_keep
+    rng = np.random.default_rng(a.seed)  # the draws of evaluate.run_benchmark, in its order
+    sim = DRRRenderer(ct, intr)
+    print(f"{ct.name}: {len(bone)} bone candidates, {keep} kept, correct = within {thr:.1f} px of the true projection\n")
+    print("| case | in view | correct / candidates | correct / kept | PnP hypotheses (inliers, correct) |")
+    print("|---|---|---|---|---|")
+    for case in range(a.n):
+        T = sample_visible_pose(ct, intr, rng, poses=a.poses)
+        pixels = simulate_xray(ct, intr, T, rng, renderer=sim)
+        perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+        d = det.detect(pixels, intr, bone, fast=opts.detection.fast)
+        truth = Camera(intr, T).project(bone)
+        correct = np.linalg.norm(d.uv - truth, axis=1) <= thr
+        kept = np.argsort(-d.confidence, kind="stable")[:keep]
+        try:
+            hyps = solve_pnp_hypotheses(bone[kept], d.uv[kept], intr, threshold_px=thr, seed=opts.seed,
+                                        iterations=opts.pnp.ransac_iterations, confidence=opts.pnp.ransac_confidence,
+                                        max_hypotheses=max(1, opts.pnp.hypotheses),
+                                        is_plausible=lambda M: is_in_view(ct, Camera(intr, M)))
+            text = ", ".join(f"({h.n_inliers}, {int(correct[kept][h.inliers].sum())})" for h in hyps)
+        except PoseError:
+            text = "none plausible"
+        inview = intr.contains_pixels(truth)
+        print(f"| {case} | {100 * inview.mean():.0f} % | {correct.sum()} / {len(bone)} | {correct[kept].sum()} / "
+              f"{len(kept)} | {text} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
