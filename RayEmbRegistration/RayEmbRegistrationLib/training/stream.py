@@ -40,7 +40,25 @@ __all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
 STREAM_POSES = ("clinical", "rayemb")
 
 
-class DRRStream(ShardSet):
+class _RenderProcessOwner:
+    """What a stream with an optional render process (``_AheadWorker`` in ``_worker``) does to stop it."""
+
+    _worker = None
+
+    def close(self) -> None:
+        """Stop the render process (if any); the stream then renders in this process."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class DRRStream(_RenderProcessOwner, ShardSet):
     """On-the-fly training data of ``cts`` (``CTVolume``s).
 
     Args:
@@ -130,18 +148,6 @@ class DRRStream(ShardSet):
     def describe(self) -> dict:
         return {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
                 "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed}
-
-    def close(self) -> None:
-        """Stop the render process (if any); the stream then renders in this process."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
 
 def _sample_pose(vol, poses: str, rng: np.random.Generator) -> np.ndarray:
@@ -287,7 +293,7 @@ class _AheadWorker:
         self.proc = self.queue = None
 
 
-class VariantStream(ShardSet):
+class VariantStream(_RenderProcessOwner, ShardSet):
     """On-the-fly data of several CTs (``CTVolume``s) with synthetic anatomy, deterministic in (seed, step).
 
     ``slots`` anatomy variants are live at a time; every ``variant_every`` training steps the oldest one is
@@ -349,18 +355,6 @@ class VariantStream(ShardSet):
         return {"kind": "VariantStream", "cts": [c.name for c in self.base], "size": self.size, "slots": self.slots,
                 "variant_every": self.variant_every, "queries": self.n_queries, "templates": self.angles.tolist(),
                 "n_points": self.n_points, "p_plain": self.p_plain, "p_clinical": self.p_clinical, "seed": self.seed}
-
-    def close(self) -> None:
-        """Stop the render process (if any); the stream then renders in this process."""
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def batch(self, rng: np.random.Generator, *args, **kwargs) -> dict:
         if self._gen[0] is None:  # not stepped yet (``train`` steps it; a resumed run starts at its step)
