@@ -62,6 +62,10 @@ class ShardSet:
     def at_step(self, step: int) -> None:
         """Make the data that of training step ``step`` (nothing to do for cached shards; see ``stream.py``)."""
 
+    def close(self) -> None:
+        """Release what the data source holds besides memory (nothing for cached shards; ``stream.py``'s render
+        process)."""
+
     def __len__(self) -> int:
         return sum(len(s["queries"]) for s in self.shards)
 

@@ -83,8 +83,6 @@ class DRRStream(_RenderProcessOwner, ShardSet):
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, pool: int = 16, renew: int = 2,
                  n_points: int = 2048, template_bone_multiplier: float = 2.0, poses: str = "clinical",
                  seed: int = 0, device: str = "cpu", template_angles=None, workers: int = 0) -> None:
-        from ..render import DRRRenderer
-
         if poses not in STREAM_POSES:
             raise ValueError(f"poses must be one of {STREAM_POSES}, got {poses!r}")
         if pool < 1 or not 0 <= renew <= pool:
@@ -103,9 +101,10 @@ class DRRStream(_RenderProcessOwner, ShardSet):
             else None
         if self._worker is not None:
             self._worker.start(0)  # it starts up (imports, renderers) while the initial pool renders here
-        for vol in self._volumes:
+        for i, vol in enumerate(self._volumes):
             tposes = template_poses(angles, ct_isocenter(vol))
-            r = DRRRenderer(vol, self.K, bone_multiplier=template_bone_multiplier, device=device)
+            r = self._renewals.renderer(i)  # (this process's renderer of the CT: templates, initial pool, renewals)
+            r.set_bone_multiplier(template_bone_multiplier)
             with torch.no_grad():
                 templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
             shard = {"templates": templates, "template_angles": angles, "template_P": projection_matrices(self.K, tposes),
@@ -113,7 +112,6 @@ class DRRStream(_RenderProcessOwner, ShardSet):
                      "query_P": np.zeros((pool, 3, 4)), "points": vol.sample_bone_points(n_points, rng).astype(np.float32)}
             self.shards.append(shard)
             self._next.append(0)
-            i = len(self.shards) - 1
             for _ in range(pool):
                 T = _sample_pose(vol, poses, rng)
                 self._store(i, T, render_query(r, T, float(rng.uniform(1.0, 10.0))))
@@ -189,13 +187,17 @@ class _QueryRenewals:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_renderers": None}
 
-    def __call__(self, step: int):
+    def renderer(self, i: int):
+        """This process's ``DRRRenderer`` of CT ``i`` (made on first use)."""
         from ..render import DRRRenderer
 
         if self._renderers is None:
             self._renderers = [DRRRenderer(v, self.K, device=self.device) for v in self.volumes]
+        return self._renderers[i]
+
+    def __call__(self, step: int):
         i, views = renewal_views(self.volumes, self.poses, self.seed, step, self.renew)
-        return i, [T for T, _ in views], [render_query(self._renderers[i], T, m) for T, m in views]
+        return i, [T for T, _ in views], [render_query(self.renderer(i), T, m) for T, m in views]
 
 
 def _ahead_loop(make, start: int, out) -> None:

@@ -451,7 +451,7 @@ def train_main(args: argparse.Namespace) -> int:
                   refresh_every=args.refresh_every, dump_rank_weights=args.dump_rank_weights, resume_from=args.resume,
                   log=lambda m: print(m, flush=True))
     finally:
-        if hasattr(data, "close"):
+        if isinstance(data, ShardSet):  # (the stream's render process stops with the run)
             data.close()
     if s:
         print(json.dumps(s))
