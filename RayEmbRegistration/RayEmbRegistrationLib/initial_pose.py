@@ -23,7 +23,10 @@ from .plausibility import check_overlap, is_in_view
 from .progress import check_cancel, sub_progress
 from .results import Landmark, PnPHypothesis
 
-__all__ = ["InitialPose", "GivenPose", "RayEmbPnP"]
+__all__ = ["InitialPose", "GivenPose", "RayEmbPnP", "DetectionPass"]
+
+#: a PnP pose that puts fewer bone candidates than this inside the X-ray gets no view pass (too few for PnP)
+_MIN_VIEW_POINTS = 50
 
 
 @dataclass
@@ -52,20 +55,53 @@ class GivenPose:
         return InitialPose(camera=cam, method="given")
 
 
+@dataclass
+class DetectionPass:
+    """One detection pass of ``RayEmbPnP``: the points detected (fiducials first, then bone points), their
+    detections, and which of them go to PnP (the usable fiducials and the ``n_bone_keep`` most confident bone
+    points). ``pts`` (N, 3) RAS; ``uv`` (N, 2) X-ray pixels; ``conf`` (N,); ``use`` indices into them."""
+
+    pts: np.ndarray
+    uv: np.ndarray
+    conf: np.ndarray
+    usable: np.ndarray
+    n_fiducials: int
+    bone_idx: np.ndarray
+    use: np.ndarray
+    label: str  # "all bone" | "in view of PnP pose k"
+
+    def landmarks(self, fid_labels, inliers) -> list[Landmark]:
+        """All fiducials (detected or not) + the bone points given to PnP; ``inliers`` indexes ``use``."""
+        nf, inlier_set = self.n_fiducials, set(self.use[inliers].tolist())
+        return [
+            Landmark(label=fid_labels[i] if i < nf else f"bone-{i - nf + 1:05d}", ras=self.pts[i],
+                     detected_px=self.uv[i] if self.usable[i] else np.full(2, np.nan),
+                     reprojected_px=np.full(2, np.nan), confidence=float(self.conf[i]),
+                     kind="fiducial" if i < nf else "bone", inlier=i in inlier_set)
+            for i in list(range(nf)) + self.bone_idx.tolist()
+        ]
+
+
 @dataclass(frozen=True)
 class RayEmbPnP:
     """Detect the fiducials and ``n_bone_candidates`` random bone points, keep the fiducials and the
     ``n_bone_keep`` most confident bone points, and solve PnP (MAGSAC++ RANSAC + LM polish) on them.
 
-    With ``pnp.hypotheses > 1``, refinement on and ``compare_hypotheses``, the plausible hypotheses each get the
-    coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus is not always
-    the right pose); without, the largest consensus is taken (``Registrar.detect``'s quick pose check).
+    With ``detection.view_pass`` (default), a second pass follows for each plausible PnP pose: the bone points *that
+    pose* puts inside the X-ray are detected and PnP is solved on them. A close-up shows a small part of the bone,
+    so most random bone points are not in the image and their detections are noise; among the points in view of a
+    roughly right pose, far more detections are right (docs/pipeline.md, "View pass"). Its poses join the first
+    pass's.
+
+    With ``pnp.hypotheses > 1`` (or the view pass), refinement on and ``compare_hypotheses``, the plausible poses
+    each get the coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus
+    is not always the right pose); without, the largest consensus of the first pass is taken.
     """
 
     compare_hypotheses: bool = True
 
     def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
-        from .pose import PoseError, solve_pnp_hypotheses
+        from .pose import PoseError
 
         o = registrar.options
         ct, intr = registrar.ct, xray.intrinsics
@@ -75,54 +111,79 @@ class RayEmbPnP:
             raise RegistrationError("nothing to detect: give fiducials or enable automatic bone points.")
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        det = registrar.detector(sub_progress(progress, 0.0, 0.4))
+        det = registrar.detector(sub_progress(progress, 0.0, 0.3))
         timings["detector_setup"] = time.perf_counter() - t
         check_cancel(cancel, "registration")
         bone = registrar.bone_candidates() if o.detection.auto_bone_points else np.zeros((0, 3))
-        pts = np.vstack([fid_ras, bone])
         t = time.perf_counter()
-        d = det.detect(xray.pixels, intr, pts, progress=sub_progress(progress, 0.4, 0.9), cancel=cancel,
-                       fast=o.detection.fast)
+        first = self._detect(det, registrar, xray, fid_ras, bone, "all bone", sub_progress(progress, 0.3, 0.6), cancel)
         timings["detection"] = time.perf_counter() - t
-        nf = len(fid_ras)
-        conf = np.asarray(d.confidence, dtype=np.float64)
-        uv = np.asarray(d.uv, dtype=np.float64)
-        usable = np.isfinite(uv).all(1) & (conf > o.detection.min_confidence)
-        keep_f = np.flatnonzero(usable[:nf])
-        bone_idx = nf + np.flatnonzero(usable[nf:])
-        bone_idx = bone_idx[np.argsort(-conf[bone_idx], kind="stable")[: o.detection.n_bone_keep]]
-        use = np.concatenate([keep_f, bone_idx]).astype(int)
         check_cancel(cancel, "registration")
         t = time.perf_counter()
         try:
-            hyps = solve_pnp_hypotheses(pts[use], uv[use], intr, threshold_px=o.pnp.threshold_px(intr),
-                                        iterations=o.pnp.ransac_iterations, confidence=o.pnp.ransac_confidence,
-                                        seed=o.seed, max_hypotheses=max(1, o.pnp.hypotheses),
-                                        is_plausible=lambda T: is_in_view(ct, Camera(intr, T)))
+            hyps = self._solve(registrar, intr, first, max(1, o.pnp.hypotheses))
         except PoseError as exc:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t
-        pnp, ranked = hyps[0], []
-        if len(hyps) > 1 and o.refine.enabled and self.compare_hypotheses:
+        cands = [(h, first) for h in hyps]
+        if o.detection.view_pass and o.detection.auto_bone_points:
+            t = time.perf_counter()
+            for k, h in enumerate(hyps):
+                check_cancel(cancel, "registration")
+                sub = sub_progress(progress, 0.6 + 0.2 * k / len(hyps), 0.6 + 0.2 * (k + 1) / len(hyps),
+                                   f"view pass {k + 1}/{len(hyps)}: ")
+                in_view = registrar.bone_candidates_in_view(Camera(intr, h.camera_from_world))
+                if len(in_view) < _MIN_VIEW_POINTS:
+                    continue
+                second = self._detect(det, registrar, xray, fid_ras, in_view, f"in view of PnP pose {k + 1}", sub, cancel)
+                try:
+                    cands.append((self._solve(registrar, intr, second, 1)[0], second))
+                except PoseError:
+                    continue
+            timings["view_pass"] = time.perf_counter() - t
+        (pnp, used), ranked = cands[0], []
+        if len(cands) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
             coarse, best = registrar.refiner().refine_from_starts(
-                xray.pixels, intr, [h.camera_from_world for h in hyps],
-                sub_progress(progress, 0.9, 1.0, "comparing PnP hypotheses: "), cancel, max_levels=1)
-            pnp = hyps[best]
-            ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best)
-                      for k, (h, r) in enumerate(zip(hyps, coarse))]
+                xray.pixels, intr, [h.camera_from_world for h, _ in cands],
+                sub_progress(progress, 0.8, 1.0, "comparing PnP poses: "), cancel, max_levels=1)
+            pnp, used = cands[best]
+            ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best,
+                                    detection=p.label)
+                      for k, ((h, p), r) in enumerate(zip(cands, coarse))]
             timings["hypotheses"] = time.perf_counter() - t
         initial = Camera(intr, pnp.camera_from_world)
         check_overlap(ct, initial, "PnP pose")
-        inlier_set = set(use[pnp.inliers].tolist())
-        # Landmarks: all fiducials (detected or not) + the bone points given to PnP.
-        landmarks = [
-            Landmark(label=fid_labels[i] if i < nf else f"bone-{i - nf + 1:05d}", ras=pts[i],
-                     detected_px=uv[i] if usable[i] else np.full(2, np.nan), reprojected_px=np.full(2, np.nan),
-                     confidence=float(conf[i]), kind="fiducial" if i < nf else "bone", inlier=i in inlier_set)
-            for i in list(range(nf)) + bone_idx.tolist()
-        ]
         if progress:
-            progress(1.0, f"PnP: {pnp.n_inliers}/{len(use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
-        return InitialPose(camera=initial, method="rayemb", landmarks=landmarks, n_correspondences=len(use),
-                           inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px, hypotheses=ranked, timings_s=timings)
+            progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
+        return InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
+                           n_correspondences=len(used.use), inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px,
+                           hypotheses=ranked, timings_s=timings)
+
+    @staticmethod
+    def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:
+        """Detect the fiducials and ``bone``; keep the usable fiducials and the most confident bone points."""
+        o = registrar.options.detection
+        pts = np.vstack([fid_ras, bone])
+        d = det.detect(xray.pixels, xray.intrinsics, pts, progress=progress, cancel=cancel, fast=o.fast)
+        nf = len(fid_ras)
+        conf = np.asarray(d.confidence, dtype=np.float64)
+        uv = np.asarray(d.uv, dtype=np.float64)
+        usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
+        keep_f = np.flatnonzero(usable[:nf])
+        bone_idx = nf + np.flatnonzero(usable[nf:])
+        bone_idx = bone_idx[np.argsort(-conf[bone_idx], kind="stable")[: o.n_bone_keep]]
+        use = np.concatenate([keep_f, bone_idx]).astype(int)
+        return DetectionPass(pts=pts, uv=uv, conf=conf, usable=usable, n_fiducials=nf, bone_idx=bone_idx, use=use,
+                             label=label)
+
+    @staticmethod
+    def _solve(registrar, intr, p: DetectionPass, max_hypotheses: int):
+        """The plausible PnP poses of one pass (``pose.solve_pnp_hypotheses``; raises ``pose.PoseError``)."""
+        from .pose import solve_pnp_hypotheses
+
+        o, ct = registrar.options, registrar.ct
+        return solve_pnp_hypotheses(p.pts[p.use], p.uv[p.use], intr, threshold_px=o.pnp.threshold_px(intr),
+                                    iterations=o.pnp.ransac_iterations, confidence=o.pnp.ransac_confidence,
+                                    seed=o.seed, max_hypotheses=max_hypotheses,
+                                    is_plausible=lambda T: is_in_view(ct, Camera(intr, T)))

@@ -104,6 +104,11 @@ class DetectionOptions:
         min_confidence: detections at or below this confidence are not used for PnP.
         fast: ``LandmarkDetector.detect(fast=True)`` (coarse map, full resolution around 4 peaks). Off: 5 of 10
             instead of 6 of 10 simulated pelvis cases (docs/pipeline.md).
+        view_pass: after the first PnP, detect again for each plausible PnP pose the bone points it puts inside the
+            X-ray, and let the poses of that pass compete too (``initial_pose.RayEmbPnP``; docs/pipeline.md,
+            "View pass").
+        n_view_pool: bone points drawn once per CT from which the view pass takes those in view (up to
+            ``bone_candidates`` of them).
     """
 
     n_templates: int = 4
@@ -113,8 +118,11 @@ class DetectionOptions:
     n_bone_keep: int = 600
     min_confidence: float = 0.0
     fast: bool = False
+    view_pass: bool = True
+    n_view_pool: int = 20_000
 
     def __post_init__(self) -> None:
+        _number("detection.n_view_pool", self.n_view_pool, 1, 10_000_000, integer=True)
         if self.n_templates not in TEMPLATE_COUNTS:
             raise OptionsError("detection.n_templates", self.n_templates, f"it must be one of {TEMPLATE_COUNTS}")
         if self.n_bone_candidates is not None:

@@ -55,6 +55,7 @@ class Registrar:
         self._detectors: dict = {}
         self._refiners: dict = {}
         self._hash: str | None = None
+        self._view_pool: tuple | None = None
 
     # --- caches ----------------------------------------------------------------------------------------------
     @property
@@ -110,6 +111,18 @@ class Registrar:
         """(N, 3) RAS bone points to detect (``detection.bone_candidates``, seeded by ``options.seed``)."""
         n = self.options.detection.bone_candidates(self.device)
         return self.ct.sample_bone_points(n, np.random.default_rng(self.options.seed))
+
+    def bone_candidates_in_view(self, camera: Camera) -> np.ndarray:
+        """(M, 3) RAS bone points that ``camera`` puts inside its image and in front of its source: up to
+        ``detection.bone_candidates`` of a pool of ``detection.n_view_pool`` bone points drawn once per CT (seeded
+        by ``options.seed``), in the pool's random order (``initial_pose.RayEmbPnP``'s view pass)."""
+        d = self.options.detection
+        key = (d.n_view_pool, self.options.seed)
+        if self._view_pool is None or self._view_pool[0] != key:
+            self._view_pool = (key, self.ct.sample_bone_points(d.n_view_pool, np.random.default_rng([self.options.seed, 1])))
+        pool = self._view_pool[1]
+        inside = camera.intrinsics.contains_pixels(camera.project(pool)) & (camera.depth(pool) > 0)
+        return pool[inside][: d.bone_candidates(self.device)]
 
     # --- checks ----------------------------------------------------------------------------------------------
     def check_inputs(self, xray) -> None:

@@ -126,11 +126,13 @@ class DetectionResult:
 
 @dataclass(frozen=True)
 class PnPHypothesis:
-    """One competing PnP pose: its RANSAC inliers, its similarity after the coarsest refinement level, chosen?"""
+    """One competing PnP pose: its RANSAC inliers, its similarity after the coarsest refinement level, chosen?, and
+    the detection pass it came from (``"all bone"``, or ``"in view of PnP pose k"``: ``initial_pose.RayEmbPnP``)."""
 
     inliers: int
     coarse_similarity: float
     chosen: bool
+    detection: str = "all bone"
 
 
 @dataclass(frozen=True)

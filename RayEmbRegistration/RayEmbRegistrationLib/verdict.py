@@ -7,7 +7,8 @@ Signals (``signals``), all available without the truth: the footprint similarity
 DRR inside the CT's projection) and the depth tolerance, which the rule reads with the PnP inliers, the warnings
 and whether the refinement ran; and, recorded for calibration but not used by the rule (they did not separate
 successes from failures: ``benchmarks/calibrate_verdict.py``), the plain similarity and its gain, the inlier share
-and reprojection error, the PnP-to-refined pose change and the detections' confidence.
+and reprojection error, the PnP-to-refined pose change, the detections' confidence and how many detections the
+final pose explains (``final_agreement``; session 8: it did not separate either, docs/pipeline.md "Verdict").
 The thresholds of ``VerdictRule`` come from ``benchmarks/calibrate_verdict.py`` (simulated X-rays of several CTs,
 deliberate mismatches included); the calibration table is in the README.
 """
@@ -92,6 +93,22 @@ def depth_tolerance_mm(refiner, xray, camera) -> float:
     return float(abs(offset) + math.sqrt(DEPTH_EPSILON / -a))
 
 
+def final_agreement(result, xray=None) -> int:
+    """How many of the detections given to PnP the *final* pose reprojects within the RANSAC threshold (the PnP
+    inliers counted again at the refined pose; 0 for a result without detections). A refinement that slid to a
+    look-alike pose (a neighbouring vertebra) keeps a high image similarity but leaves the detections behind."""
+    opts = getattr(result, "options", None)
+    intr = getattr(xray, "intrinsics", None) or result.final.intrinsics
+    if opts is None or not result.landmarks:
+        return 0
+    thr = opts.pnp.threshold_px(intr)
+    n = 0
+    for lm in result.landmarks:
+        d = np.linalg.norm(np.asarray(lm.detected_px, dtype=np.float64) - np.asarray(lm.reprojected_px, dtype=np.float64))
+        n += bool(np.isfinite(d) and d <= thr)
+    return n
+
+
 def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
     """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` and its ``xray`` (plain floats / ints /
     bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance."""
@@ -112,6 +129,7 @@ def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
         "pnp_rmse_px": math.nan if result.pnp_rmse_px is None else float(result.pnp_rmse_px),
         "pnp_to_final_mm": float(moved.mean()),
         "inlier_confidence": float(np.median(inl)) if inl else math.nan,
+        "final_agreement": final_agreement(result, xray),
         "depth_corrected": bool(ds is not None and ds.corrected),
         "depth_tolerance_mm": (depth_tolerance_mm(refiner, xray, result.final)
                                if refiner is not None and xray is not None else math.nan),

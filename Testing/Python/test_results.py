@@ -43,6 +43,6 @@ def test_json_fields_are_plain():
     r = _result(pnp_hypotheses=[PnPHypothesis(40, 0.6, True), PnPHypothesis(20, 0.4, False)],
                 depth_search=DepthSearchSummary(1.0, 0.3, 0.3, 64, 17, (0.6,), "PnP start"))
     d = r.to_json_fields()
-    assert d["pnp_hypotheses"][0] == {"inliers": 40, "coarse_similarity": 0.6, "chosen": True}
+    assert d["pnp_hypotheses"][0] == {"inliers": 40, "coarse_similarity": 0.6, "chosen": True, "detection": "all bone"}
     assert d["depth_search"]["candidates"] == 17 and d["depth_search"]["chosen"] == "PnP start"
     assert _result().to_json_fields() == {"pnp_hypotheses": [], "depth_search": {}}

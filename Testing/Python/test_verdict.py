@@ -52,3 +52,24 @@ def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():
     assert fs > 0.9 and fs > plain + 0.1  # the empty background no longer dilutes the correlation
     assert footprint_similarity(rng.random((128, 128)), drr) < 0.3  # another image: no correlation
     assert math.isnan(footprint_similarity(xray, np.zeros((64, 64))))
+
+
+def test_final_agreement_counts_the_detections_the_final_pose_explains():
+    """``final_agreement`` (a recorded signal): detections within the RANSAC threshold of their reprojection at the
+    final pose; undetected points (NaN) and far ones do not count; no detections → 0."""
+    from types import SimpleNamespace
+
+    from RayEmbRegistrationLib.camera import Intrinsics
+    from RayEmbRegistrationLib.options import RegistrationOptions
+    from RayEmbRegistrationLib.results import Landmark
+    from RayEmbRegistrationLib.verdict import final_agreement
+
+    opts = RegistrationOptions()
+    intr = Intrinsics.deepfluoro(256)
+    thr = opts.pnp.threshold_px(intr)
+    lm = lambda d, r: Landmark("p", np.zeros(3), np.array(d, float), np.array(r, float), 0.5, "bone", True)  # noqa: E731
+    marks = [lm([10, 10], [10, 10 + 0.9 * thr]), lm([50, 50], [50 + 1.1 * thr, 50]), lm([np.nan, np.nan], [5, 5]),
+             lm([100, 100], [101, 99])]
+    xray = SimpleNamespace(intrinsics=intr)
+    assert final_agreement(SimpleNamespace(options=opts, landmarks=marks), xray) == 2
+    assert final_agreement(SimpleNamespace(options=opts, landmarks=[]), xray) == 0

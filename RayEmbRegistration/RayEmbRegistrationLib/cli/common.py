@@ -164,6 +164,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--pnp-poses", type=int, default=None, metavar="N",
                    help="PnP poses (disjoint RANSAC consensus sets) that compete by a coarse refinement; 1 = the "
                         f"largest consensus only (default {N.hypotheses})")
+    p.add_argument("--no-view-pass", action="store_true",
+                   help="do not detect again, for each PnP pose, the bone points it puts inside the X-ray (the view "
+                        "pass: more right detections on close-ups; about +1 s)")
     p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
                    help=f"coarse-to-fine DRR grid sizes, longer side in px (default {_levels(R)}; steps "
                         f"{R.lr_mm[0]:g} → {R.lr_mm[-1]:g} mm)")
@@ -185,6 +188,8 @@ def options_from_args(args) -> RegistrationOptions:
         det["n_bone_candidates"] = args.bone_candidates
     if getattr(args, "bone_keep", None) is not None:
         det["n_bone_keep"] = args.bone_keep
+    if getattr(args, "no_view_pass", False):
+        det["view_pass"] = False
     if getattr(args, "ransac_threshold", None) is not None:
         pnp["ransac_threshold_px"] = args.ransac_threshold
     if getattr(args, "pnp_poses", None) is not None:
