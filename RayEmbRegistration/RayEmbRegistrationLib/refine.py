@@ -244,14 +244,10 @@ class Refiner:
         """``refine`` from each of ``starts`` ((4, 4) poses) and pick the most similar result, among those that
         pass ``is_plausible(camera_from_world)`` if any does (``max_levels`` as in ``refine``).
 
-        Returns ``(results in the order of starts, index of the chosen one)``; progress covers all starts.
+        Returns ``(results in the order of starts, index of the chosen one)``. The starts are refined together in
+        one batch (``refine_batch``).
         """
-        results = []
-        for k, start in enumerate(starts):
-            sub = None
-            if progress is not None:
-                sub = lambda f, m, k=k: progress((k + f) / len(starts), m)  # noqa: E731
-            results.append(self.refine(xray_pixels, intrinsics, start, sub, cancel, max_levels=max_levels))
+        results = self.refine_batch(xray_pixels, intrinsics, starts, progress, cancel, max_levels=max_levels)
         ok = [is_plausible is None or is_plausible(r.camera_from_world) for r in results]
         score = [r.similarity_after if good or not any(ok) else -math.inf for r, good in zip(results, ok)]
         return results, int(np.argmax(score))
@@ -295,9 +291,20 @@ class Refiner:
         ``max_levels``: run only the first (coarsest) levels of the schedule; the similarities and the final
         choice are then at the last level run (used to compare several start poses cheaply).
         """
+        return self.refine_batch(xray_pixels, intrinsics, [camera_from_world], progress, cancel, max_levels)[0]
+
+    def refine_batch(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, starts,
+                     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                     max_levels: int | None = None) -> list[RefineResult]:
+        """``refine`` from each of ``starts`` ((4, 4) poses), all at once: one batch of DRRs per iteration (6 starts
+        at 32²: 59 ms per iteration instead of 6 × 22 ms). Each start has its own parameters; Adam is elementwise, so
+        every result is the one ``refine`` alone would give, up to the float rounding of a batched DRR (which the
+        optimiser can carry ~1 mm along the depth, where the similarity is flat). A start whose gradient stops
+        being finite stops for the rest of that level, as alone. ``seconds`` of each result: the whole batch's."""
         t0 = time.perf_counter()
         o = self.options
-        T0 = np.asarray(camera_from_world, dtype=np.float64)
+        T0 = np.stack([np.asarray(T, dtype=np.float64).reshape(4, 4) for T in starts])
+        B = len(T0)
         levels = list(o.levels)
         iters = [int(i) for i in o.per_level(o.iterations, len(levels))]
         lrs = [float(x) for x in o.per_level(o.lr_mm, len(levels))]
@@ -307,10 +314,12 @@ class Refiner:
         total = max(1, sum(iters))
         done = 0
         T0_t = torch.as_tensor(T0, dtype=torch.float64, device=self.device)
-        c_cam = T0_t[:3, :3] @ torch.as_tensor(self.centre_ras, dtype=torch.float64, device=self.device) + T0_t[:3, 3]
-        p = torch.zeros(6, dtype=torch.float64, device=self.device, requires_grad=True)
-        candidates: list[np.ndarray] = [np.zeros(6)]
-        history: list[list[float]] = []
+        centre = torch.as_tensor(self.centre_ras, dtype=torch.float64, device=self.device)
+        c_cam = torch.einsum("bij,j->bi", T0_t[:, :3, :3], centre) + T0_t[:, :3, 3]
+        p = torch.zeros(B, 6, dtype=torch.float64, device=self.device, requires_grad=True)
+        active = torch.ones(B, dtype=torch.bool, device=self.device)
+        candidates: list[list[np.ndarray]] = [[np.zeros(6)] for _ in range(B)]
+        history: list[list[list[float]]] = [[] for _ in range(B)]
         for level, (size, n_it, lr) in enumerate(zip(levels, iters, lrs)):
             intr = level_intrinsics(intrinsics, size)
             target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
@@ -318,34 +327,50 @@ class Refiner:
             patch = max(5, int(round(o.patch_fraction * intr.width)))
             opt = torch.optim.Adam([p], lr=lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_it), eta_min=0.1 * lr)
-            best_sim, best_p = -math.inf, p.detach().cpu().numpy().copy()
-            hist: list[float] = []
+            active[:] = True  # a start stopped by a non-finite gradient resumes at the next level, as alone
+            best_sim = [-math.inf] * B
+            best_p = p.detach().cpu().numpy().copy()
+            hist: list[list[float]] = [[] for _ in range(B)]
             for it in range(n_it):
                 check_cancel(cancel, "refinement")
                 opt.zero_grad()
-                T = pose_perturbation(p, c_cam, self.radius_mm) @ T0_t
-                drr = renderer(T[None].to(torch.float32))
-                sim = multiscale_ncc(drr, target[None], patch)[0]
-                s = float(sim.detach())
-                hist.append(s)
-                if s > best_sim:
-                    best_sim, best_p = s, p.detach().cpu().numpy().copy()
-                (-sim).backward()
-                if not torch.isfinite(p.grad).all():
+                T = torch.stack([pose_perturbation(p[b], c_cam[b], self.radius_mm) @ T0_t[b] for b in range(B)])
+                drr = renderer(T.to(torch.float32))
+                sim = multiscale_ncc(drr, target[None].expand_as(drr), patch)
+                s = sim.detach().cpu().numpy()
+                now = p.detach().cpu().numpy()
+                for b in np.flatnonzero(active.cpu().numpy()):
+                    hist[b].append(float(s[b]))
+                    if s[b] > best_sim[b]:
+                        best_sim[b], best_p[b] = float(s[b]), now[b].copy()
+                (-sim[active].sum()).backward()
+                active &= torch.isfinite(p.grad).all(1)
+                if not bool(active.any()):
                     break
+                frozen = p.detach().clone()
+                p.grad[~active] = 0.0
                 opt.step()
                 sched.step()
+                with torch.no_grad():  # a stopped start keeps its parameters (Adam's momentum would move them)
+                    p[~active] = frozen[~active]
                 done += 1
                 if progress is not None:
-                    progress(done / total, f"refine {intr.width}x{intr.height}: similarity {best_sim:.4f}")
-            history.append(hist)
-            candidates.append(best_p)
+                    progress(done / total, f"refine {intr.width}x{intr.height}: similarity {max(best_sim):.4f}")
+            for b in range(B):
+                history[b].append(hist[b])
+                candidates[b].append(best_p[b])
             with torch.no_grad():
                 p.copy_(torch.as_tensor(best_p, dtype=torch.float64))
         # Final choice at the finest level, the start included: never worse than the start.
-        poses = [perturbation_numpy(c, T0, self.centre_ras, self.radius_mm) if np.any(c) else T0 for c in candidates]
-        sims = self.similarity(xray_pixels, intrinsics, np.stack(poses), levels[-1])
-        k = int(np.argmax(sims))
-        return RefineResult(poses[k], float(sims[0]), float(sims[k]), k != 0, history, candidates[k],
-                            time.perf_counter() - t0)
+        poses = [[perturbation_numpy(c, T0[b], self.centre_ras, self.radius_mm) if np.any(c) else T0[b]
+                  for c in candidates[b]] for b in range(B)]
+        n = len(candidates[0])
+        sims = self.similarity(xray_pixels, intrinsics, np.stack([q for row in poses for q in row]), levels[-1])
+        results = []
+        for b in range(B):
+            sb = sims[b * n:(b + 1) * n]
+            k = int(np.argmax(sb))
+            results.append(RefineResult(poses[b][k], float(sb[0]), float(sb[k]), k != 0, history[b],
+                                        candidates[b][k], time.perf_counter() - t0))
+        return results
 
