@@ -34,8 +34,8 @@ __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_c
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
-#: the time one self-check registration is expected to take on a 2-core CPU (s; ~14 s since the view pass, session 8)
-_CHECK_SHARE, _CHECK_SECONDS = 0.3, 14.0
+#: the time one self-check registration is expected to take on a 2-core CPU (s)
+_CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
