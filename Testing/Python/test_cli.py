@@ -55,6 +55,18 @@ def test_pnp_poses_reach_the_options():
     assert options_from_args(ev).pnp.hypotheses == 5
 
 
+def test_no_view_pass_reaches_the_options():
+    """``--no-view-pass`` switches the view pass off (``detection.view_pass``); it is on by default, for register and
+    evaluate alike."""
+    from RayEmbRegistrationLib.cli.common import options_from_args
+
+    base = ["register", "--ct", "ct.nii.gz", "--xray", "x.tif", "--out", "o"]
+    assert options_from_args(build_parser().parse_args(base)).detection.view_pass is True
+    assert options_from_args(build_parser().parse_args(base + ["--no-view-pass"])).detection.view_pass is False
+    ev = build_parser().parse_args(["evaluate", "--ct", "ct.nii.gz", "--n", "2", "--out", "o", "--no-view-pass"])
+    assert options_from_args(ev).detection.view_pass is False
+
+
 @pytest.fixture(scope="module")
 def geometry_json(tmp_path_factory):
     p = tmp_path_factory.mktemp("geom") / "geometry.json"

@@ -42,6 +42,7 @@ def test_cli_levels_use_the_same_rule():
     (dict(pnp=dict(ransac_threshold_px=float("nan"))), "pnp.ransac_threshold_px"),
     (dict(detection=dict(n_bone_keep=0)), "detection.n_bone_keep"),
     (dict(detection=dict(n_bone_keep=-3)), "detection.n_bone_keep"),
+    (dict(detection=dict(n_view_pool=0)), "detection.n_view_pool"),
     (dict(detection=dict(n_bone_candidates=0)), "detection.n_bone_candidates"),
     (dict(detection=dict(n_templates=3)), "detection.n_templates"), (dict(device="gpu"), "device"),
     (dict(seed=-1), "seed"),
