@@ -98,15 +98,10 @@ def final_agreement(result, xray=None) -> int:
     inliers counted again at the refined pose; 0 for a result without detections). A refinement that slid to a
     look-alike pose (a neighbouring vertebra) keeps a high image similarity but leaves the detections behind."""
     opts = getattr(result, "options", None)
-    intr = getattr(xray, "intrinsics", None) or result.final.intrinsics
-    if opts is None or not result.landmarks:
+    if opts is None:
         return 0
-    thr = opts.pnp.threshold_px(intr)
-    n = 0
-    for lm in result.landmarks:
-        d = np.linalg.norm(np.asarray(lm.detected_px, dtype=np.float64) - np.asarray(lm.reprojected_px, dtype=np.float64))
-        n += bool(np.isfinite(d) and d <= thr)
-    return n
+    thr = opts.pnp.threshold_px(getattr(xray, "intrinsics", None) or result.final.intrinsics)
+    return sum(lm.error_px <= thr for lm in result.landmarks)  # NaN (not detected) never counts
 
 
 def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
