@@ -3,7 +3,8 @@
 Owns: the refinement of a pose by DRR similarity (``Refiner``: coarse-to-fine Adam, depth search, multi-start).
 
 Details: the pose parameterisation used for optimisation (below), the image pyramid, the start-depth search and
-the choice among several starts (refined together: ``refine_batch``, one batch of DRRs per iteration). The similarity itself is ``similarity.py``; the settings ``options.RefineOptions``.
+the choice among several starts (refined together: ``refine_batch``, one batch of DRRs per iteration). The
+similarity itself is ``similarity.py``; the settings ``options.RefineOptions``.
 
 Pose parameterisation: ``camera_from_world = D(p) · T0`` with ``p = (ρ, v)`` ∈ R⁶, both in mm. ``D`` rotates
 the camera frame by ``exp([ρ / r]×)`` about the CT centre ``c`` (expressed in T0's camera frame) and then
