@@ -68,7 +68,7 @@ class DetectionPass:
     n_fiducials: int
     bone_idx: np.ndarray
     use: np.ndarray
-    label: str  # "all bone" | "in view of PnP pose k"
+    label: str  # "all bone" | "in view of PnP pose k (s % of the bone)"
 
     def landmarks(self, fid_labels, inliers) -> list[Landmark]:
         """All fiducials (detected or not) + the bone points given to PnP; ``inliers`` indexes ``use``."""
@@ -87,8 +87,9 @@ class RayEmbPnP:
     """Detect the fiducials and ``n_bone_candidates`` random bone points, keep the fiducials and the
     ``n_bone_keep`` most confident bone points, and solve PnP (MAGSAC++ RANSAC + LM polish) on them.
 
-    With ``detection.view_pass`` (default), a second pass follows for each plausible PnP pose: the bone points *that
-    pose* puts inside the X-ray are detected and PnP is solved on them. A close-up shows a small part of the bone,
+    With ``detection.view_pass`` (default), when the first pass's largest consensus is weak (fewer inliers than
+    ``detection.view_pass_if_inliers_below`` of its correspondences), a second pass follows for each plausible PnP
+    pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up shows a small part of the bone,
     so most random bone points are not in the image and their detections are noise; among the points in view of a
     roughly right pose, far more detections are right (docs/pipeline.md, "View pass"). Its poses join the first
     pass's.
@@ -126,16 +127,20 @@ class RayEmbPnP:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t
         cands = [(h, first) for h in hyps]
-        if o.detection.view_pass and o.detection.auto_bone_points:
+        weak = hyps[0].n_inliers < o.detection.view_pass_if_inliers_below * len(first.use)
+        if o.detection.view_pass and o.detection.auto_bone_points and weak:
             t = time.perf_counter()
             for k, h in enumerate(hyps):
                 check_cancel(cancel, "registration")
                 sub = sub_progress(progress, 0.6 + 0.2 * k / len(hyps), 0.6 + 0.2 * (k + 1) / len(hyps),
                                    f"view pass {k + 1}/{len(hyps)}: ")
-                in_view = registrar.bone_candidates_in_view(Camera(intr, h.camera_from_world))
+                cam = Camera(intr, h.camera_from_world)
+                share = registrar.bone_share_in_view(cam)
+                in_view = registrar.bone_candidates_in_view(cam)
                 if len(in_view) < _MIN_VIEW_POINTS:
                     continue
-                second = self._detect(det, registrar, xray, fid_ras, in_view, f"in view of PnP pose {k + 1}", sub, cancel)
+                second = self._detect(det, registrar, xray, fid_ras, in_view,
+                                      f"in view of PnP pose {k + 1} ({share:.0%} of the bone)", sub, cancel)
                 try:
                     cands.append((self._solve(registrar, intr, second, 1)[0], second))
                 except PoseError:

@@ -107,6 +107,10 @@ class DetectionOptions:
         view_pass: after the first PnP, detect again for each plausible PnP pose the bone points it puts inside the
             X-ray, and let the poses of that pass compete too (``initial_pose.RayEmbPnP``; docs/pipeline.md,
             "View pass").
+        view_pass_if_inliers_below: the view pass runs only when the first pass's largest PnP consensus has fewer
+            inliers than this share of its correspondences — a weak consensus, as on close-ups whose random
+            candidates are mostly outside the image; after a strong one it changes nothing and costs a detection
+            (~1.7 s at 224²) and a coarse comparison per PnP pose (docs/pipeline.md, "View pass"). 1.0 → always.
         n_view_pool: bone points drawn once per CT from which the view pass takes those in view (up to
             ``bone_candidates`` of them).
     """
@@ -119,10 +123,12 @@ class DetectionOptions:
     min_confidence: float = 0.0
     fast: bool = False
     view_pass: bool = True
+    view_pass_if_inliers_below: float = 0.5
     n_view_pool: int = 20_000
 
     def __post_init__(self) -> None:
         _number("detection.n_view_pool", self.n_view_pool, 1, 10_000_000, integer=True)
+        _number("detection.view_pass_if_inliers_below", self.view_pass_if_inliers_below, 0.0, 1.0)
         if self.n_templates not in TEMPLATE_COUNTS:
             raise OptionsError("detection.n_templates", self.n_templates, f"it must be one of {TEMPLATE_COUNTS}")
         if self.n_bone_candidates is not None:

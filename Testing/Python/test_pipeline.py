@@ -221,17 +221,35 @@ def test_view_pass_finds_more_right_detections_on_close_ups(sample_ct):
 
 
 def test_view_pass_poses_compete_and_can_be_switched_off(sample_ct, case):
-    """With the view pass (default) its detections run (timed), its poses compete with the first pass's (each says
-    which pass it came from) and the registration succeeds; ``view_pass=False`` skips it."""
+    """With the view pass forced on (``view_pass_if_inliers_below`` 1) its detections run (timed), its poses compete
+    with the first pass's (each says which pass it came from, and the share of the bone in its view) and the
+    registration succeeds; ``view_pass=False`` skips it."""
     intr, T, xray, pts = case
-    opts = RegistrationOptions(model_path=str(SAMPLE_CT_MODEL), detection=DetectionOptions(n_bone_candidates=1000),
-                               **FAST)
+    opts = RegistrationOptions(model_path=str(SAMPLE_CT_MODEL), detection=DetectionOptions(
+        n_bone_candidates=1000, view_pass_if_inliers_below=1.0), **FAST)
     res = register(sample_ct, xray, None, opts)
     assert "view_pass" in res.timings_s
     passes = {h.detection for h in res.pnp_hypotheses}
-    assert "all bone" in passes and any(p.startswith("in view of PnP pose") for p in passes), passes
+    assert "all bone" in passes and any(p.startswith("in view of PnP pose") and "% of the bone)" in p
+                                        for p in passes), passes
     assert sum(h.chosen for h in res.pnp_hypotheses) == 1
     assert pose_errors(res.final.camera_from_world, T, pts, intr)["mtre_mm"] < 10.0
     off = register(sample_ct, xray, None, opts.replace(detection={"view_pass": False}))
     assert "view_pass" not in off.timings_s
     assert all(h.detection == "all bone" for h in off.pnp_hypotheses)
+
+
+def test_view_pass_runs_only_after_a_weak_first_consensus(sample_ct, case):
+    """``detection.view_pass_if_inliers_below``: after a first pass whose largest consensus holds at least that share
+    of the correspondences the view pass is skipped (it would change nothing); below it, it runs. Real network,
+    real PnP; the threshold is set on each side of this X-ray's own first-pass inlier share."""
+    intr, T, xray, pts = case
+    base = RegistrationOptions(model_path=str(SAMPLE_CT_MODEL), detection=DetectionOptions(n_bone_candidates=1000),
+                               **FAST).replace(refine={"enabled": False})  # no comparison: the largest consensus wins
+    first = register(sample_ct, xray, None, base.replace(detection={"view_pass": False}))
+    share = first.inliers / first.n_correspondences
+    assert 0.05 < share < 0.95, share
+    above = register(sample_ct, xray, None, base.replace(detection={"view_pass_if_inliers_below": share * 0.9}))
+    assert "view_pass" not in above.timings_s
+    below = register(sample_ct, xray, None, base.replace(detection={"view_pass_if_inliers_below": min(1.0, share * 1.1)}))
+    assert "view_pass" in below.timings_s
