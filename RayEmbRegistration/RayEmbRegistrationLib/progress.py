@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Callable, Iterator, Optional
 
 __all__ = ["ProgressFn", "CancelFn", "Cancelled", "Terminated", "check_cancel", "sub_progress", "signals_deferred",
-           "terminate_on_sigterm"]
+           "terminate_on_sigterm", "deliver_lost_interrupts"]
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -31,7 +32,9 @@ class Terminated(Cancelled):
 
 
 def check_cancel(cancel: Optional[CancelFn], what: str = "operation") -> None:
-    """Raise ``Cancelled("<what> cancelled")`` if ``cancel()`` returns True (no-op without a callback)."""
+    """Raise ``Cancelled("<what> cancelled")`` if ``cancel()`` returns True, and deliver an interrupt Python lost in
+    a finaliser (``deliver_lost_interrupts``)."""
+    deliver_lost_interrupts()
     if cancel is not None and cancel():
         raise Cancelled(f"{what} cancelled")
 
@@ -52,10 +55,36 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated("terminated (SIGTERM)")
 
 
+#: interrupts (KeyboardInterrupt / Terminated) that Python swallowed because its signal handler ran inside a
+#: finaliser (``__del__``, a weakref callback): Python only prints "Exception ignored in …" and goes on
+_lost: list[BaseException] = []
+_previous_unraisablehook = None
+
+
+def _keep_lost_interrupts(unraisable) -> None:
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+        _lost.append(unraisable.exc_value)
+    (_previous_unraisablehook or sys.__unraisablehook__)(unraisable)
+
+
+def deliver_lost_interrupts() -> None:
+    """Raise again, once, an interrupt that landed in a finaliser and was swallowed there (so a Ctrl-C or a SIGTERM
+    is never ignored: without this the run would go on and write its results). Called by ``check_cancel``, the
+    CLI's progress callbacks and ``signals_deferred``; a no-op when nothing was lost."""
+    if _lost:
+        exc = _lost[-1]
+        _lost.clear()
+        raise Terminated(str(exc)) if isinstance(exc, Terminated) else KeyboardInterrupt
+
+
 def terminate_on_sigterm() -> None:
-    """Turn SIGTERM into ``Terminated`` (so ``finally`` blocks clean up, as for Ctrl-C); main thread only."""
+    """Turn SIGTERM into ``Terminated`` (so ``finally`` blocks clean up, as for Ctrl-C), and keep interrupts that
+    land in a finaliser for ``deliver_lost_interrupts``; main thread only."""
+    global _previous_unraisablehook
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        if sys.unraisablehook is not _keep_lost_interrupts:
+            _previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, _keep_lost_interrupts
 
 
 @contextlib.contextmanager
@@ -65,6 +94,7 @@ def signals_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    deliver_lost_interrupts()
     caught: list[int] = []
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in old:

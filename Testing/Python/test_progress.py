@@ -55,3 +55,35 @@ def test_signals_are_held_back_inside_a_critical_block(sig, exc):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_that_lands_in_a_finaliser_is_not_lost(sig):
+    """Python swallows what a signal handler raises while a ``__del__`` runs (it prints "Exception ignored" and goes
+    on), so a Ctrl-C or SIGTERM at that moment would let the run finish and write its results (a flaky
+    ``rayemb register`` exit 0 after SIGINT). After ``terminate_on_sigterm`` (the CLI's set-up) the next
+    ``check_cancel`` raises it, once; the CLI's progress callbacks and ``signals_deferred`` do the same."""
+    import os
+    import signal
+    import sys
+
+    from RayEmbRegistrationLib.progress import Terminated, terminate_on_sigterm
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), getattr(signal, sig))
+            for _ in range(1000):  # the handler runs at one of these bytecodes, inside __del__
+                pass
+
+    old_term, old_hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    terminate_on_sigterm()
+    try:
+        x = Finaliser()
+        del x  # the interrupt is raised inside __del__ and swallowed there
+        with pytest.raises(KeyboardInterrupt if sig == "SIGINT" else Terminated):
+            check_cancel(None)
+        check_cancel(None)  # delivered once
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        sys.unraisablehook = old_hook

@@ -1,0 +1,88 @@
+"""Per X-ray of ``rayemb evaluate``'s benchmark: the first detection pass's PnP consensus, the view pass's poses,
+which pose won, the share of the bone in view at the true pose and the true error — the data behind
+``detection.view_pass_if_inliers_below`` (docs/pipeline.md, "View pass").
+
+The X-rays are exactly ``evaluate.run_benchmark``'s (same seed, poses and noise; its random stream is consumed the
+same way), registered with the view pass forced on (``view_pass_if_inliers_below`` 1), so that one run shows for
+every case how strong the first consensus was and what the view pass did with it. Prints one JSON line per case
+and writes them all to ``--out``.
+
+Usage:
+    .venv/bin/python benchmarks/probe_view_pass.py --poses rayemb \\
+        --model Resources/Models/finetuned/pelvis_abdomen_totalseg_3mm.safetensors --out out/vp_ft.json
+    .venv/bin/python benchmarks/probe_view_pass.py --poses clinical --prepared out/prep7 --out out/vp_p7.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RayEmbRegistration"))
+
+from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors  # noqa: E402
+from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
+from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
+from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ct", default=str(SAMPLE_CT))
+    p.add_argument("--poses", choices=("rayemb", "clinical"), default="rayemb")
+    p.add_argument("--model", default=None, help="weights (default: the bundled general network)")
+    p.add_argument("--prepared", default=None, help="a prepared-CT folder (its weights and templates)")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    ct = load_ct(a.ct)
+    intr = Intrinsics.deepfluoro(a.size)
+    opts = RegistrationOptions(**({"model_path": a.model} if a.model else {}))
+    if a.prepared:
+        from RayEmbRegistrationLib.prepare import use_prepared
+
+        opts = use_prepared(opts, ct, a.prepared)
+    registrar = Registrar(ct, opts.replace(detection={"view_pass_if_inliers_below": 1.0}))
+    refiner, sim = registrar.refiner(), DRRRenderer(ct, intr)
+    eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+    rng, rows = np.random.default_rng(a.seed), []
+    for case in range(a.n):  # as evaluate.run_benchmark draws them
+        T = sample_visible_pose(ct, intr, rng, poses=a.poses)
+        xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim), intr, f"case{case}")
+        perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+        t = time.perf_counter()
+        row = {"case": case, "bone_share_in_view_true": registrar.bone_share_in_view(Camera(intr, T))}
+        try:
+            res = registrar.register(xray, None, None)
+        except RegistrationError as exc:
+            row.update(error=str(exc)[:160], s=time.perf_counter() - t)
+        else:
+            first = [h.inliers for h in res.pnp_hypotheses if h.detection == "all bone"] or [res.inliers]
+            row.update(mtre_mm=pose_errors(res.final.camera_from_world, T, eval_pts, intr)["mtre_mm"],
+                       s=time.perf_counter() - t, n_correspondences=res.n_correspondences,
+                       first_consensus=max(first), verdict=res.verdict.status,
+                       hypotheses=[{"inliers": h.inliers, "coarse_similarity": round(h.coarse_similarity, 4),
+                                    "chosen": h.chosen, "detection": h.detection} for h in res.pnp_hypotheses])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
