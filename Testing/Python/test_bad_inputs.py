@@ -199,7 +199,11 @@ def test_interrupted_run_leaves_nothing_half_written(inputs, tmp_path, sig, stat
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "RayEmbRegistrationLib.cli", *map(str, _register(inputs, tmp_path))]
     cmd.remove("--quiet")  # progress lines on stderr (not a terminal: one line per 10 %) tell when work runs
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # A test run started in the background of a non-interactive shell (`scripts/test.sh &`) inherits SIGINT ignored,
+    # and Python then installs no Ctrl-C handler in the child: give the child the default disposition, as a
+    # terminal would.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen, t0 = [], time.time()
     while time.time() - t0 < 120:
         line = proc.stderr.readline()
