@@ -10,7 +10,9 @@ the training, ``training.stream``). Variants (comma-joined keys, each ``=1``):
   * ``cl=1``          channels-last memory format;
   * ``bf16=1``        bfloat16 autocast on the CPU;
   * ``freeze=1``      the stem (first encoder level) frozen: no weight gradients there;
-  * ``comp=1``        ``torch.compile`` (inductor).
+  * ``comp=1``        ``torch.compile`` (inductor);
+  * ``tng=1``         templates without gradients (their embeddings computed under ``torch.no_grad``, only the
+                      queries' backward; measured, not adopted: docs/network.md).
 
 Usage (run alone; one torch thread, as ``prepare`` trains beside its render process on a 2-core CPU):
     .venv/bin/python benchmarks/bench_train_step.py base cl=1 bf16=1 freeze=1 comp=1
@@ -37,7 +39,7 @@ from RayEmbRegistrationLib.training.augment import augment_images  # noqa: E402
 from RayEmbRegistrationLib.training.train import infonce_loss  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 
-KEYS = ("cl", "bf16", "freeze", "comp")
+KEYS = ("cl", "bf16", "freeze", "comp", "tng")
 
 
 def parse_variant(text: str) -> dict[str, bool]:
@@ -52,7 +54,7 @@ def parse_variant(text: str) -> dict[str, bool]:
     return out
 
 
-def time_variant(base, cfg, batch, steps: int, cl=False, bf16=False, freeze=False, comp=False) -> dict:
+def time_variant(base, cfg, batch, steps: int, cl=False, bf16=False, freeze=False, comp=False, tng=False) -> dict:
     model = build_model(cfg)
     model.load_state_dict(base.state_dict())
     model.train()
@@ -70,7 +72,13 @@ def time_variant(base, cfg, batch, steps: int, cl=False, bf16=False, freeze=Fals
     for _ in range(steps + 1):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            f = fwd(x)
+            if tng:
+                fq = fwd(x[:nq])
+                with torch.no_grad():
+                    ft = fwd(x[nq:])
+                f = torch.cat([fq, ft])
+            else:
+                f = fwd(x)
         f = f.float()
         loss = infonce_loss(f[:nq], f[nq:], batch["uv_query"], batch["uv_templates"], batch["valid"], 0.03)
         opt.zero_grad()

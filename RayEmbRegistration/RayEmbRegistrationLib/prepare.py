@@ -292,7 +292,9 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         threads = torch.get_num_threads()
         if workers:  # the render process has a core of its own
             torch.set_num_threads(max(1, min(threads, usable_cores() - workers)))
-        reserve = min(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS * n_selfcheck)  # evaluation + self-check
+        # evaluation + self-check: up to _CHECK_SHARE of the budget, but never less than the one self-check X-ray that
+        # always runs (a tiny budget then trains for the minimum instead of overrunning by a registration)
+        reserve = min(15.0 + _CHECK_SECONDS * n_selfcheck, max(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS))
         train_s = max(5.0, budget - reserve - (time.time() - t0))
         interrupted = ""
         try:

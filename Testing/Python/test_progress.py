@@ -43,8 +43,8 @@ def test_signals_are_held_back_inside_a_critical_block(sig, exc):
     from RayEmbRegistrationLib.progress import Terminated, signals_deferred, terminate_on_sigterm
 
     exc = Terminated if exc == "Terminated" else exc
-    old = signal.getsignal(signal.SIGTERM)
-    terminate_on_sigterm()
+    old, old_int = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGINT, signal.default_int_handler)
+    terminate_on_sigterm()  # (the suite may run with SIGINT ignored: started in the background of a script)
     try:
         done = []
         with pytest.raises(exc):
@@ -55,6 +55,7 @@ def test_signals_are_held_back_inside_a_critical_block(sig, exc):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
@@ -76,6 +77,7 @@ def test_an_interrupt_that_lands_in_a_finaliser_is_not_lost(sig):
                 pass
 
     old_term, old_hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     terminate_on_sigterm()
     try:
         x = Finaliser()
@@ -85,4 +87,5 @@ def test_an_interrupt_that_lands_in_a_finaliser_is_not_lost(sig):
         check_cancel(None)  # delivered once
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
         sys.unraisablehook = old_hook
