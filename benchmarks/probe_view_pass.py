@@ -2,9 +2,9 @@
 which pose won, the share of the bone in view at the true pose and the true error — the data behind
 ``detection.view_pass_if_inliers_below`` (docs/pipeline.md, "View pass").
 
-The X-rays are exactly ``evaluate.run_benchmark``'s (same seed, poses and noise; its random stream is consumed the
-same way), registered with the view pass forced on (``view_pass_if_inliers_below`` 1), so that one run shows for
-every case how strong the first consensus was and what the view pass did with it. Prints one JSON line per case
+The X-rays are exactly ``evaluate.run_benchmark``'s (``evaluate.simulated_cases``: same seed, poses and noise),
+registered with the view pass forced on (``view_pass_if_inliers_below`` 1), so that one run shows for every case how
+strong the first consensus was and what the view pass did with it. Prints one JSON line per case
 and writes them all to ``--out``.
 
 Usage:
@@ -28,14 +28,12 @@ sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
-from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors, simulated_cases  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
-from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
 
 
 def main() -> int:
@@ -59,13 +57,10 @@ def main() -> int:
     registrar = Registrar(ct, opts.replace(detection={"view_pass_if_inliers_below": 1.0}))
     refiner, sim = registrar.refiner(), DRRRenderer(ct, intr)
     eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
-    rng, rows = np.random.default_rng(a.seed), []
-    for case in range(a.n):  # as evaluate.run_benchmark draws them
-        T = sample_visible_pose(ct, intr, rng, poses=a.poses)
-        xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim), intr, f"case{case}")
-        perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+    rows = []
+    for case, T, xray, _ in simulated_cases(ct, intr, a.n, a.seed, a.poses, sim, refiner):
         t = time.perf_counter()
-        row = {"case": case, "bone_share_in_view_true": registrar.bone_share_in_view(Camera(intr, T))}
+        row = {"case": case, "bone_share_in_view_true": registrar.bone_in_view(Camera(intr, T))[1]}
         try:
             res = registrar.register(xray, None, None)
         except RegistrationError as exc:

@@ -24,7 +24,7 @@ from .errors import ModelUnavailable, RegistrationError
 from .options import RegistrationOptions
 from .simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
 
-__all__ = ["pose_errors", "run_benchmark", "summarise", "SUMMARY_COLUMNS", "METHODS"]
+__all__ = ["pose_errors", "run_benchmark", "simulated_cases", "summarise", "SUMMARY_COLUMNS", "METHODS"]
 
 METHODS = ("RayEmb initial", "RayEmb refined", "intensity-only start", "intensity-only (refined)")
 SUMMARY_COLUMNS = ("method", "n", "success_10mm_%", "GFR@10mm_%", "GFR@5mm_%", "mTRE_p25_mm", "mTRE_p50_mm",
@@ -103,6 +103,20 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
     return rows
 
 
+def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, renderer, refiner):
+    """The benchmark's ``n`` X-rays of ``ct``: yields ``(case, camera_from_world (4, 4), XRayImage, start)`` — the
+    true pose (``simulate.sample_visible_pose(poses=…)``), the X-ray simulated there with ``renderer``, and the
+    intensity-only baseline's perturbed start (about ``refiner``'s centre), all from one generator seeded by
+    ``seed``, so that any script that iterates it sees exactly ``run_benchmark``'s cases."""
+    from .xray import XRayImage
+
+    rng = np.random.default_rng(seed)
+    for case in range(n):
+        T = sample_visible_pose(ct, intr, rng, poses=poses)
+        xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=renderer), intr, f"case{case}")
+        yield case, T, xray, perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+
+
 def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int = 256, seed: int = 0,
                   quiet: bool = False, poses: str = "rayemb", prepared: str | None = None) -> list[str]:
     """For each CT, ``n`` X-rays simulated at random poses (``simulate.sample_visible_pose(poses=…)``: ``"rayemb"``
@@ -115,7 +129,6 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
     from .pipeline import Registrar
     from .render import DRRRenderer
     from .volume import load_ct
-    from .xray import XRayImage
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +138,6 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
     rayemb_missing = None
     for ct_path in ct_paths:
         ct = load_ct(ct_path)
-        rng = np.random.default_rng(seed)
         eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
         sim_r = DRRRenderer(ct, intr)
         ct_options = options
@@ -135,10 +147,9 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             ct_options = use_prepared(options, ct, prepared)
         registrar = Registrar(ct, ct_options)
         refiner = registrar.refiner()
-        for case in tqdm(range(n), desc=f"evaluate {Path(ct_path).name}", file=sys.stderr, disable=quiet):
-            T = sample_visible_pose(ct, intr, rng, poses=poses)
-            xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=sim_r), intr, f"case{case}")
-            start = perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+        cases = simulated_cases(ct, intr, n, seed, poses, sim_r, refiner)
+        for case, T, xray, start in tqdm(cases, total=n, desc=f"evaluate {Path(ct_path).name}", file=sys.stderr,
+                                         disable=quiet):
             jobs = [("intensity-only baseline", baseline_opt, start)]
             if rayemb_missing is None:
                 jobs.insert(0, ("rayemb", ct_options, None))

@@ -89,10 +89,10 @@ class RayEmbPnP:
 
     With ``detection.view_pass`` (default), when the first pass's largest consensus is weak (fewer inliers than
     ``detection.view_pass_if_inliers_below`` of its correspondences), a second pass follows for each plausible PnP
-    pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up shows a small part of the bone,
-    so most random bone points are not in the image and their detections are noise; among the points in view of a
-    roughly right pose, far more detections are right (docs/pipeline.md, "View pass"). Its poses join the first
-    pass's.
+    pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up
+    shows a small part of the bone, so most random bone points are not in the image and their detections are
+    noise; among the points in view of a roughly right pose, far more detections are right (docs/pipeline.md,
+    "View pass"). Its poses join the first pass's.
 
     With ``pnp.hypotheses > 1`` (or the view pass), refinement on and ``compare_hypotheses``, the plausible poses
     each get the coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus
@@ -134,9 +134,7 @@ class RayEmbPnP:
                 check_cancel(cancel, "registration")
                 sub = sub_progress(progress, 0.6 + 0.2 * k / len(hyps), 0.6 + 0.2 * (k + 1) / len(hyps),
                                    f"view pass {k + 1}/{len(hyps)}: ")
-                cam = Camera(intr, h.camera_from_world)
-                share = registrar.bone_share_in_view(cam)
-                in_view = registrar.bone_candidates_in_view(cam)
+                in_view, share = registrar.bone_in_view(Camera(intr, h.camera_from_world))
                 if len(in_view) < _MIN_VIEW_POINTS:
                     continue
                 second = self._detect(det, registrar, xray, fid_ras, in_view,

@@ -116,22 +116,19 @@ class Registrar:
         """(M, 3) RAS bone points that ``camera`` puts inside its image and in front of its source: up to
         ``detection.bone_candidates`` of a pool of ``detection.n_view_pool`` bone points drawn once per CT (seeded
         by ``options.seed``), in the pool's random order (``initial_pose.RayEmbPnP``'s view pass)."""
-        pool, inside = self._view_pool_in_view(camera)
-        return pool[inside][: self.options.detection.bone_candidates(self.device)]
+        return self.bone_in_view(camera)[0]
 
-    def bone_share_in_view(self, camera: Camera) -> float:
-        """The share (0–1) of the view pool (see ``bone_candidates_in_view``) that ``camera`` puts inside its image
-        and in front of its source: ~1 for a view of the whole bone, small for a close-up."""
-        return float(self._view_pool_in_view(camera)[1].mean())
-
-    def _view_pool_in_view(self, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-        """The view pool (N, 3) RAS and the mask (N,) of its points inside ``camera``'s image, in front of it."""
+    def bone_in_view(self, camera: Camera) -> tuple[np.ndarray, float]:
+        """``bone_candidates_in_view(camera)`` and the share (0–1) of the whole view pool that ``camera`` puts inside
+        its image and in front of its source (~1 for a view of the whole bone, small for a close-up), from one
+        projection of the pool."""
         d = self.options.detection
         key = (d.n_view_pool, self.options.seed)
         if self._view_pool is None or self._view_pool[0] != key:
             self._view_pool = (key, self.ct.sample_bone_points(d.n_view_pool, np.random.default_rng([self.options.seed, 1])))
         pool = self._view_pool[1]
-        return pool, camera.intrinsics.contains_pixels(camera.project(pool)) & (camera.depth(pool) > 0)
+        inside = camera.intrinsics.contains_pixels(camera.project(pool)) & (camera.depth(pool) > 0)
+        return pool[inside][: d.bone_candidates(self.device)], float(inside.mean())
 
     # --- checks ----------------------------------------------------------------------------------------------
     def check_inputs(self, xray) -> None:

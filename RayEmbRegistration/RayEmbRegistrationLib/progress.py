@@ -69,8 +69,8 @@ def _keep_lost_interrupts(unraisable) -> None:
 
 def deliver_lost_interrupts() -> None:
     """Raise again, once, an interrupt that landed in a finaliser and was swallowed there (so a Ctrl-C or a SIGTERM
-    is never ignored: without this the run would go on and write its results). Called by ``check_cancel``, the
-    CLI's progress callbacks and ``signals_deferred``; a no-op when nothing was lost."""
+    is never ignored: without this the run would go on and write its results). Called by ``check_cancel`` (between
+    units of work) and ``signals_deferred`` (before results are moved into place); a no-op when nothing was lost."""
     if _lost:
         exc = _lost[-1]
         _lost.clear()

@@ -62,8 +62,9 @@ def test_signals_are_held_back_inside_a_critical_block(sig, exc):
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_an_interrupt_that_lands_in_a_finaliser_is_not_lost(sig):
     """Python swallows what a signal handler raises while a ``__del__`` runs (it prints "Exception ignored" and goes
-    on), so a Ctrl-C or SIGTERM at that moment would let the run finish and write its results. After ``terminate_on_sigterm`` (the CLI's set-up) the next
-    ``check_cancel`` raises it, once; the CLI's progress callbacks and ``signals_deferred`` do the same."""
+    on), so a Ctrl-C or SIGTERM at that moment would let the run finish and write its results. After
+    ``terminate_on_sigterm`` (the CLI's set-up) the next ``check_cancel`` raises it, once (``signals_deferred``
+    does the same)."""
     import os
     import signal
     import sys

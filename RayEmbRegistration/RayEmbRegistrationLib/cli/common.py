@@ -57,9 +57,6 @@ class Progress:
         self.decile = -1
 
     def __call__(self, fraction: float, message: str = "") -> None:
-        from ..progress import deliver_lost_interrupts
-
-        deliver_lost_interrupts()  # a Ctrl-C / SIGTERM that Python swallowed in a finaliser stops the run here
         k = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         if k > self.n:
             self.bar.update(k - self.n)
