@@ -87,9 +87,9 @@ class RayEmbPnP:
     """Detect the fiducials and ``n_bone_candidates`` random bone points, keep the fiducials and the
     ``n_bone_keep`` most confident bone points, and solve PnP (MAGSAC++ RANSAC + LM polish) on them.
 
-    With ``detection.view_pass`` (default), when the first pass's largest consensus is weak (fewer inliers than
-    ``detection.view_pass_if_inliers_below`` of its correspondences), a second pass follows for each plausible PnP
-    pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up
+    With ``detection.view_pass`` (default) — always, or with ``detection.view_pass_if_inliers_below`` < 1 only
+    when the first pass's largest consensus has fewer inliers than that share of its correspondences — a second
+    pass follows for each plausible PnP pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up
     shows a small part of the bone, so most random bone points are not in the image and their detections are
     noise; among the points in view of a roughly right pose, far more detections are right (docs/pipeline.md,
     "View pass"). Its poses join the first pass's.
@@ -127,7 +127,8 @@ class RayEmbPnP:
             raise RegistrationError(f"pose estimation failed: {exc}") from exc
         timings["pnp"] = time.perf_counter() - t
         cands = [(h, first) for h in hyps]
-        weak = hyps[0].n_inliers < o.detection.view_pass_if_inliers_below * len(first.use)
+        below = o.detection.view_pass_if_inliers_below
+        weak = below >= 1.0 or hyps[0].n_inliers < below * len(first.use)  # 1.0: always
         if o.detection.view_pass and o.detection.auto_bone_points and weak:
             t = time.perf_counter()
             for k, h in enumerate(hyps):

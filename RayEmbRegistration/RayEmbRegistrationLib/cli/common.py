@@ -166,7 +166,7 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                         f"largest consensus only (default {N.hypotheses})")
     p.add_argument("--no-view-pass", action="store_true",
                    help="do not detect again, for each PnP pose, the bone points it puts inside the X-ray (the view "
-                        "pass, run after a weak first PnP consensus: more right detections on close-ups; about +1 s)")
+                        "pass: more right detections on close-ups; about +1 s)")
     p.add_argument("--refine-levels", type=int, nargs="+", default=None, metavar="SIZE",
                    help=f"coarse-to-fine DRR grid sizes, longer side in px (default {_levels(R)}; steps "
                         f"{R.lr_mm[0]:g} → {R.lr_mm[-1]:g} mm)")
