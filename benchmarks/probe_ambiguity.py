@@ -1,0 +1,147 @@
+"""Is the registered pose the only one that explains the X-ray? Per X-ray of ``rayemb evaluate``'s benchmark: the
+registration's result and true error, then a *competitor search* around its final pose — the data behind the
+verdict's ambiguity signal (docs/pipeline.md, "Verdict").
+
+Repeating anatomy (a lumbar spine: one vertebra looks like the next) and close-ups that show little of the bone
+give wrong poses whose DRR matches the X-ray as well as the right one: their footprint similarity is as high as a
+success's, so the verdict accepts them. A pose is trustworthy only if no *different* pose explains the image about
+as well. The search: start the refinement from the final pose shifted in the image plane (``--shift-mm`` in 8
+directions, twice that along the 4 axes, camera frame), every level (``--levels 1``: the coarsest only), all
+starts in one batch; the final pose itself is start 0, so that every similarity is on the same grid. For each
+start: its similarity, how far (mean bone-point distance, mm) it ended from the final pose, and its true error.
+
+The X-rays are exactly ``evaluate.run_benchmark``'s (``evaluate.simulated_cases``). Prints one JSON line per case
+and writes them all to ``--out``; ``--table OUT.json ...`` prints the separation of successes and failures by the
+margin (the final's similarity minus the best competitor's that ended more than ``--distinct-mm`` away).
+
+Usage:
+    .venv/bin/python benchmarks/probe_ambiguity.py --ct ../shared/data/ct/lumbar_spine_tptbox.nii.gz \\
+        --poses clinical --n 20 --out out/amb_lumbar.json
+    .venv/bin/python benchmarks/probe_ambiguity.py --poses clinical --prepared out/prep10 --out out/amb_p10.json
+    .venv/bin/python benchmarks/probe_ambiguity.py --table out/amb_lumbar.json out/amb_p10.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "RayEmbRegistration"))
+
+from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors, simulated_cases  # noqa: E402
+from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
+from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
+from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+
+
+def shifted_starts(camera_from_world: np.ndarray, shift_mm: float) -> list[np.ndarray]:
+    """The final pose moved in the image plane (camera x / y): 8 directions at ``shift_mm``, 4 axes at twice it."""
+    out = []
+    for k in range(8):
+        a = k * math.pi / 4
+        out.append((shift_mm * math.cos(a), shift_mm * math.sin(a)))
+    out += [(2 * shift_mm, 0.0), (-2 * shift_mm, 0.0), (0.0, 2 * shift_mm), (0.0, -2 * shift_mm)]
+    starts = []
+    for dx, dy in out:
+        T = np.array(camera_from_world, dtype=np.float64)
+        T[0, 3] += dx
+        T[1, 3] += dy
+        starts.append(T)
+    return starts
+
+
+def table(paths, distinct_mm: float) -> int:
+    rows = [r for p in paths for r in json.loads(Path(p).read_text()) if "mtre_mm" in r]
+    print("| source | case | mTRE mm | verdict | footprint sim | margin | best competitor: mTRE to truth, "
+          "distance from final |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        comp = [c for c in r["competitors"] if c["from_final_mm"] > distinct_mm]
+        best = max(comp, key=lambda c: c["similarity"]) if comp else None
+        margin = r["final_similarity"] - best["similarity"] if best else math.inf
+        r["_margin"] = margin
+        print(f"| {r['source']} | {r['case']} | {r['mtre_mm']:.1f} | {r['verdict']} | {r['footprint_similarity']:.3f} "
+              f"| {margin:+.4f} | " + (f"{best['true_mtre_mm']:.1f}, {best['from_final_mm']:.0f}" if best else "—")
+              + " |")
+    ok = sorted(r["_margin"] for r in rows if r["mtre_mm"] <= 10)
+    bad = sorted(r["_margin"] for r in rows if not r["mtre_mm"] <= 10)
+    print(f"\nsuccesses' margins: {[round(x, 4) for x in ok]}\nfailures' margins:  {[round(x, 4) for x in bad]}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", nargs="+", default=None, metavar="JSON")
+    p.add_argument("--ct", default=str(SAMPLE_CT))
+    p.add_argument("--poses", choices=("rayemb", "clinical"), default="clinical")
+    p.add_argument("--model", default=None, help="weights (default: the bundled general network)")
+    p.add_argument("--prepared", default=None, help="a prepared-CT folder (its weights and templates)")
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift-mm", type=float, default=30.0)
+    p.add_argument("--levels", type=int, default=None, help="refinement levels of the search (default: all; 1: the coarsest)")
+    p.add_argument("--distinct-mm", type=float, default=10.0)
+    p.add_argument("--out")
+    a = p.parse_args()
+    if a.table:
+        return table(a.table, a.distinct_mm)
+    ct = load_ct(a.ct)
+    intr = Intrinsics.deepfluoro(a.size)
+    opts = RegistrationOptions(**({"model_path": a.model} if a.model else {}))
+    if a.prepared:
+        from RayEmbRegistrationLib.prepare import use_prepared
+
+        opts = use_prepared(opts, ct, a.prepared)
+    registrar = Registrar(ct, opts)
+    refiner, sim = registrar.refiner(), DRRRenderer(ct, intr)
+    eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+    source = f"{Path(a.ct).name.split('.')[0]}:{a.prepared or a.model or 'bundled'}"
+    rows = []
+    for case, T, xray, _ in simulated_cases(ct, intr, a.n, a.seed, a.poses, sim, refiner):
+        t = time.perf_counter()
+        row = {"source": source, "case": case}
+        try:
+            res = registrar.register(xray, None, None)
+        except RegistrationError as exc:
+            row.update(error=str(exc)[:160], s=time.perf_counter() - t)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            continue
+        t_reg = time.perf_counter() - t
+        F = res.final.camera_from_world
+        sig = res.verdict.signals
+        row.update(mtre_mm=pose_errors(F, T, eval_pts, intr)["mtre_mm"], s=t_reg, verdict=res.verdict.status,
+                   footprint_similarity=sig.get("footprint_similarity"), final_agreement=sig.get("final_agreement"),
+                   inliers=res.inliers, similarity_after=res.similarity_after)
+        t = time.perf_counter()
+        starts = [F] + shifted_starts(F, a.shift_mm)
+        results = refiner.refine_batch(xray.pixels, intr, starts, max_levels=a.levels)
+        comps = []
+        for S, r in zip(starts[1:], results[1:]):
+            Tc = r.camera_from_world
+            comps.append({"similarity": round(float(r.similarity_after), 5),
+                          "from_final_mm": round(pose_errors(Tc, F, eval_pts, intr)["mtre_mm"], 1),
+                          "true_mtre_mm": round(pose_errors(Tc, T, eval_pts, intr)["mtre_mm"], 1)})
+        row.update(final_similarity=float(results[0].similarity_after), competitors=comps,
+                   search_s=time.perf_counter() - t)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
