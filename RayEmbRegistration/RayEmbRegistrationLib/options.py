@@ -197,6 +197,12 @@ class RefineOptions:
         patch_fraction: local-NCC tile size as a fraction of the level's width.
         bone_multiplier: bone attenuation multiplier of the DRRs (X-rays show bone more than a physical DRR).
         backend: DRR backend (``"nanodrr"``, ``"diffdrr"``).
+        competitor_check: before a refined pose is accepted, refine again from it shifted by
+            ``competitor_shift_mm`` along the image axes (4 starts, one batch); when a *different* pose explains the
+            X-ray about as well (repeating anatomy: a neighbouring vertebra), the verdict says uncertain
+            (``verdict.competitor_margin``; docs/pipeline.md, "Verdict"). Costs one batched refinement, only for
+            results that would otherwise be accepted.
+        competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
     """
 
     enabled: bool = True
@@ -209,8 +215,11 @@ class RefineOptions:
     patch_fraction: float = 0.1
     bone_multiplier: float = 2.5
     backend: str = "nanodrr"
+    competitor_check: bool = True
+    competitor_shift_mm: float = 60.0
 
     def __post_init__(self) -> None:
+        _number("refine.competitor_shift_mm", self.competitor_shift_mm, 0.0, 1000.0, open_lo=True)
         levels = self.levels
         if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
             raise OptionsError("refine.levels", levels, f"give 1 to {MAX_LEVELS} grid sizes, coarse first")

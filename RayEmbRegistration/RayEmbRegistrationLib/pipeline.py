@@ -27,7 +27,7 @@ from .plausibility import carm_disagreement, is_in_view, overlap_problem
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .results import (DETECTED, NOT_SEEN, OUTSIDE_CT, OUTSIDE_VIEW, DepthSearchSummary, DetectionResult, PoseCheck,
                       RegistrationResult)
-from .verdict import judge, signals
+from .verdict import competitor_margin, judge, signal_points, signals
 from .volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
@@ -304,7 +304,15 @@ class Registrar:
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
             initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
-        result.verdict = judge(signals(result, self.ct, xray, self.refiner()))
+        sig = signals(result, self.ct, xray, self.refiner())
+        result.verdict = judge(sig)
+        o = self.options.refine
+        if result.verdict.accepted and stage == "refined" and o.competitor_check:
+            # Only an accepted result can be changed by this signal, and it costs a batched refinement.
+            t = time.perf_counter()
+            margin, dist = competitor_margin(self.refiner(), xray, final, signal_points(self.ct), o.competitor_shift_mm)
+            result.timings_s["competitors"] = time.perf_counter() - t
+            result.verdict = judge({**sig, "competitor_margin": margin, "competitor_distance_mm": dist})
         return result
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "footprint_similarity", "depth_tolerance_mm", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
+__all__ = ["signals", "signal_points", "footprint_similarity", "depth_tolerance_mm", "competitor_margin", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
 
 ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
@@ -93,6 +93,50 @@ def depth_tolerance_mm(refiner, xray, camera) -> float:
     return float(abs(offset) + math.sqrt(DEPTH_EPSILON / -a))
 
 
+#: a competitor counts as a *different* pose when its bone points lie this far (mean, mm) from the final pose's
+COMPETITOR_DISTINCT_MM = 10.0
+
+
+def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
+                      distinct_mm: float = COMPETITOR_DISTINCT_MM) -> tuple[float, float]:
+    """How much better the final pose explains the X-ray than the best *different* pose near it.
+
+    Repeating anatomy (one lumbar vertebra looks like the next) and close-ups that show little bone give wrong
+    poses whose DRR matches the X-ray as well as a right one would, so no similarity threshold separates them.
+    A result is unambiguous only if no other pose explains the image about as well: the refinement is started
+    again from the final pose moved by ±``shift_mm`` along the camera's x and y axes (4 starts) and from the final
+    pose itself (so that every similarity is on the same finest grid), all in one batch (``Refiner.refine_batch``).
+
+    Args:
+        points_ras: (N, 3) bone points; a competitor is *different* when their mean camera-frame distance from the
+            final pose exceeds ``distinct_mm``.
+    Returns:
+        ``(margin, distance_mm)``: the final pose's similarity minus the best different competitor's (negative: a
+        different pose explains the X-ray better) and that competitor's distance; ``(inf, nan)`` when every start
+        came back to the final pose.
+    """
+    from .camera import Camera
+
+    T = np.asarray(camera.camera_from_world, dtype=np.float64)
+    starts = [T]
+    for dx, dy in ((shift_mm, 0.0), (-shift_mm, 0.0), (0.0, shift_mm), (0.0, -shift_mm)):
+        S = T.copy()
+        S[0, 3] += dx
+        S[1, 3] += dy
+        starts.append(S)
+    results = refiner.refine_batch(xray.pixels, xray.intrinsics, starts)
+    ref = camera.to_camera(points_ras)
+    best, dist = -math.inf, math.nan
+    for r in results[1:]:
+        d = float(np.linalg.norm(Camera(camera.intrinsics, r.camera_from_world).to_camera(points_ras) - ref,
+                                 axis=1).mean())
+        if d > distinct_mm and r.similarity_after > best:
+            best, dist = float(r.similarity_after), d
+    if not math.isfinite(best):
+        return math.inf, math.nan
+    return float(results[0].similarity_after) - best, dist
+
+
 def final_agreement(result, xray=None) -> int:
     """How many of the detections given to PnP the *final* pose reprojects within the RANSAC threshold (the PnP
     inliers counted again at the refined pose; 0 for a result without detections). A refinement that slid to a
@@ -104,10 +148,16 @@ def final_agreement(result, xray=None) -> int:
     return sum(lm.error_px <= thr for lm in result.landmarks)  # NaN (not detected) never counts
 
 
+def signal_points(ct) -> np.ndarray:
+    """(200, 3) RAS bone points of ``ct`` (fixed seed) over which the signals measure how far poses lie apart."""
+    return ct.sample_bone_points(_AGREEMENT_POINTS, np.random.default_rng(_AGREEMENT_SEED))
+
+
 def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
     """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` and its ``xray`` (plain floats / ints /
-    bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance."""
-    pts = ct.sample_bone_points(_AGREEMENT_POINTS, np.random.default_rng(_AGREEMENT_SEED))
+    bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance. The competitor margin
+    (``competitor_margin``, the costliest signal) is added by the pipeline only where it can change the verdict."""
+    pts = signal_points(ct)
     moved = np.linalg.norm(result.initial.to_camera(pts) - result.final.to_camera(pts), axis=1)
     inl = [lm.confidence for lm in result.landmarks if lm.inlier]
     before, after = result.similarity_before, result.similarity_after
@@ -167,12 +217,18 @@ class VerdictRule:
             rather than "rejected" when in doubt.
         max_depth_tolerance_mm: an accepted result has its depth fixed by the image to within this (mm).
         min_inliers: a RayEmb initial pose needs at least this many PnP inliers to be accepted.
+        min_competitor_margin: an accepted result explains the X-ray better than any different pose near it by at
+            least this much similarity (``competitor_margin``; where it was measured). Chosen on
+            ``benchmarks/probe_ambiguity.py`` (clinical close-ups of the lumbar spine and the pelvis): every
+            wrong pose that the other signals accepted had a different pose that explained its X-ray better
+            (margin < 0); successes had margins of +0.016 and more.
     """
 
     accept_similarity: float = 0.93
     reject_similarity: float = 0.80
     max_depth_tolerance_mm: float = 25.0
     min_inliers: int = 20
+    min_competitor_margin: float = 0.005
 
 
 DEFAULT_RULE = VerdictRule()
@@ -185,7 +241,8 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
       below ``reject_similarity``;
     * accepted: the pose was refined, its footprint similarity is at least ``accept_similarity``, its depth
       tolerance at most ``max_depth_tolerance_mm``, (for a RayEmb initial pose) PnP had at least ``min_inliers``
-      inliers, and nothing else warned;
+      inliers, no different pose near it explains the X-ray almost as well (``competitor_margin`` at least
+      ``min_competitor_margin``, where it was measured) and nothing else warned;
     * uncertain: everything in between — the pose may be right, and the reasons say what to check.
 
     The verdict checks the result against the geometry it was given: a wrong source-to-detector distance is
@@ -212,6 +269,11 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
                        "right in the image and wrong in depth")
     if sig.get("initial_method") == "rayemb" and sig.get("inliers", 0) < rule.min_inliers:
         reasons.append(f"only {sig.get('inliers', 0)} PnP inliers (< {rule.min_inliers})")
+    margin = sig.get("competitor_margin", math.nan)
+    if not math.isnan(margin) and margin < rule.min_competitor_margin:
+        reasons.append(f"a different pose {sig.get('competitor_distance_mm', math.nan):.0f} mm away explains the X-ray "
+                       + ("better" if margin < 0 else "almost as well") + f" (similarity margin {margin:+.3f}): "
+                       "repeating anatomy (a neighbouring vertebra?) or too little bone in view — check the level")
     if sig.get("warnings", 0):
         reasons.append("the registration reported warnings (see them)")
     return Verdict(UNCERTAIN if reasons else ACCEPTED, tuple(reasons), dict(sig))

@@ -22,6 +22,10 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
     ({"refined": False, "similarity": math.nan, "footprint_similarity": math.nan}, UNCERTAIN, "not refined"),
     ({"footprint_similarity": math.nan, "similarity": 0.5}, REJECTED, "similarity 0.500"),
     ({"initial_method": "given", "inliers": 0}, ACCEPTED, None),
+    ({"competitor_margin": -0.01, "competitor_distance_mm": 31.0}, UNCERTAIN, "31 mm away explains the X-ray better"),
+    ({"competitor_margin": 0.002, "competitor_distance_mm": 58.0}, UNCERTAIN, "almost as well"),
+    ({"competitor_margin": 0.02, "competitor_distance_mm": 58.0}, ACCEPTED, None),
+    ({"competitor_margin": math.inf, "competitor_distance_mm": math.nan}, ACCEPTED, None),
 ])
 def test_rule(changes, status, words):
     v = judge({**GOOD, **changes})
@@ -32,7 +36,8 @@ def test_rule(changes, status, words):
 
 def test_rule_thresholds_are_the_documented_ones():
     r = VerdictRule()
-    assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers) == (0.93, 0.80, 25.0, 20)
+    assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers,
+            r.min_competitor_margin) == (0.93, 0.80, 25.0, 20, 0.005)
 
 
 def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():
@@ -73,3 +78,34 @@ def test_final_agreement_counts_the_detections_the_final_pose_explains():
     xray = SimpleNamespace(intrinsics=intr)
     assert final_agreement(SimpleNamespace(options=opts, landmarks=marks), xray) == 2
     assert final_agreement(SimpleNamespace(options=opts, landmarks=[]), xray) == 0
+
+
+def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one(sample_ct):
+    """``competitor_margin`` on a DRR of the real sample CT: from the true pose, the starts moved ±60 mm end at
+    poses that explain the image worse (or come back); from a pose 40 mm off, a different pose explains it better
+    or as well — below the rule's margin."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from RayEmbRegistrationLib.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.options import RefineOptions
+    from RayEmbRegistrationLib.refine import Refiner
+    from RayEmbRegistrationLib.render import DRRRenderer
+    from RayEmbRegistrationLib.verdict import competitor_margin, signal_points
+
+    torch.set_num_threads(1)
+    intr = Intrinsics.deepfluoro(96)
+    T = RAYEMB_SAMPLER.poses(np.zeros((1, 3)), np.array([[0.0, 0.0, 250.0]]), sample_ct.center_ras)[0]
+    img = DRRRenderer(sample_ct, intr, bone_multiplier=2.0).render_numpy(T)
+    img = (img + np.random.default_rng(3).normal(0, 0.02 * img.max(), img.shape)).astype(np.float32)
+    refiner = Refiner(sample_ct, RefineOptions(levels=(32, 64), iterations=(40, 20), bone_multiplier=2.5))
+    xray, pts = SimpleNamespace(pixels=img, intrinsics=intr), signal_points(sample_ct)
+    rule = VerdictRule()
+    m_true, _ = competitor_margin(refiner, xray, Camera(intr, T), pts)
+    assert m_true >= rule.min_competitor_margin
+    W = T.copy()
+    W[0, 3] += 40.0
+    m_wrong, d = competitor_margin(refiner, xray, Camera(intr, W), pts)
+    assert m_wrong < rule.min_competitor_margin and d > 10.0

@@ -152,6 +152,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-depth-search", action="store_true",
                    help="refine from the PnP pose as it is, without first searching its depth along the viewing ray "
                         "by image similarity")
+    p.add_argument("--no-competitor-check", action="store_true",
+                   help="accept a result without first checking that no different pose near it (a neighbouring "
+                        "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
@@ -198,6 +201,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["enabled"] = False
     if getattr(args, "no_depth_search", False):
         ref["depth_search"] = False
+    if getattr(args, "no_competitor_check", False):
+        ref["competitor_check"] = False
     try:
         o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
         o = o.replace(detection=det, pnp=pnp, refine=ref)
