@@ -307,8 +307,10 @@ class Registrar:
         sig = signals(result, self.ct, xray, self.refiner())
         result.verdict = judge(sig)
         o = self.options.refine
-        if result.verdict.accepted and stage == "refined" and o.competitor_check:
-            # Only an accepted result can be changed by this signal, and it costs a batched refinement.
+        if (result.verdict.accepted and stage == "refined" and o.competitor_check
+                and (o.competitor_check_below >= 1.0 or not sig.get("footprint_similarity") >= o.competitor_check_below)):
+            # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
+            # matches (footprint similarity ≥ competitor_check_below) skip it.
             t = time.perf_counter()
             margin, dist = competitor_margin(self.refiner(), xray, final, signal_points(self.ct), o.competitor_shift_mm)
             result.timings_s["competitors"] = time.perf_counter() - t
