@@ -35,30 +35,19 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
-from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors, simulated_cases  # noqa: E402
-from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
-from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
-from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.evaluate import pose_errors, simulated_cases  # noqa: E402
+from RayEmbRegistrationLib.verdict import shifted_poses  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_cases import add_case_args, case_setup  # noqa: E402  (the same cases as probe_view_pass.py)
 
 
 def shifted_starts(camera_from_world: np.ndarray, shift_mm: float) -> list[np.ndarray]:
     """The final pose moved in the image plane (camera x / y): 8 directions at ``shift_mm``, 4 axes at twice it."""
-    out = []
-    for k in range(8):
-        a = k * math.pi / 4
-        out.append((shift_mm * math.cos(a), shift_mm * math.sin(a)))
-    out += [(2 * shift_mm, 0.0), (-2 * shift_mm, 0.0), (0.0, 2 * shift_mm), (0.0, -2 * shift_mm)]
-    starts = []
-    for dx, dy in out:
-        T = np.array(camera_from_world, dtype=np.float64)
-        T[0, 3] += dx
-        T[1, 3] += dy
-        starts.append(T)
-    return starts
+    ring = [(shift_mm * math.cos(k * math.pi / 4), shift_mm * math.sin(k * math.pi / 4)) for k in range(8)]
+    axes = [(2 * shift_mm, 0.0), (-2 * shift_mm, 0.0), (0.0, 2 * shift_mm), (0.0, -2 * shift_mm)]
+    return shifted_poses(camera_from_world, ring + axes)
 
 
 def table(paths, distinct_mm: float) -> int:
@@ -83,13 +72,7 @@ def table(paths, distinct_mm: float) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--table", nargs="+", default=None, metavar="JSON")
-    p.add_argument("--ct", default=str(SAMPLE_CT))
-    p.add_argument("--poses", choices=("rayemb", "clinical"), default="clinical")
-    p.add_argument("--model", default=None, help="weights (default: the bundled general network)")
-    p.add_argument("--prepared", default=None, help="a prepared-CT folder (its weights and templates)")
-    p.add_argument("--n", type=int, default=20)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    add_case_args(p, poses="clinical")
     p.add_argument("--shift-mm", type=float, default=30.0)
     p.add_argument("--levels", type=int, default=None, help="refinement levels of the search (default: all; 1: the coarsest)")
     p.add_argument("--distinct-mm", type=float, default=10.0)
@@ -97,16 +80,11 @@ def main() -> int:
     a = p.parse_args()
     if a.table:
         return table(a.table, a.distinct_mm)
-    ct = load_ct(a.ct)
-    intr = Intrinsics.deepfluoro(a.size)
-    opts = RegistrationOptions(**({"model_path": a.model} if a.model else {}))
-    if a.prepared:
-        from RayEmbRegistrationLib.prepare import use_prepared
-
-        opts = use_prepared(opts, ct, a.prepared)
-    registrar = Registrar(ct, opts)
-    refiner, sim = registrar.refiner(), DRRRenderer(ct, intr)
-    eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+    if not a.out:
+        p.error("--out is required (or --table JSON ...)")
+    # The registration's own competitor check off: this script runs the wider search itself, and its verdict
+    # column is the rule without that check (the "before" of docs/pipeline.md, "Verdict").
+    ct, intr, registrar, refiner, sim, eval_pts = case_setup(a, refine={"competitor_check": False})
     source = f"{Path(a.ct).name.split('.')[0]}:{a.prepared or a.model or 'bundled'}"
     rows = []
     for case, T, xray, _ in simulated_cases(ct, intr, a.n, a.seed, a.poses, sim, refiner):
@@ -129,7 +107,7 @@ def main() -> int:
         starts = [F] + shifted_starts(F, a.shift_mm)
         results = refiner.refine_batch(xray.pixels, intr, starts, max_levels=a.levels)
         comps = []
-        for S, r in zip(starts[1:], results[1:]):
+        for r in results[1:]:
             Tc = r.camera_from_world
             comps.append({"similarity": round(float(r.similarity_after), 5),
                           "from_final_mm": round(pose_errors(Tc, F, eval_pts, intr)["mtre_mm"], 1),

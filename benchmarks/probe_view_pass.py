@@ -21,42 +21,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.camera import Camera  # noqa: E402
 from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
-from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors, simulated_cases  # noqa: E402
-from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
-from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
-from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.evaluate import pose_errors, simulated_cases  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_cases import add_case_args, case_setup  # noqa: E402  (the same cases as probe_ambiguity.py)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ct", default=str(SAMPLE_CT))
-    p.add_argument("--poses", choices=("rayemb", "clinical"), default="rayemb")
-    p.add_argument("--model", default=None, help="weights (default: the bundled general network)")
-    p.add_argument("--prepared", default=None, help="a prepared-CT folder (its weights and templates)")
-    p.add_argument("--n", type=int, default=20)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    add_case_args(p, poses="rayemb")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    ct = load_ct(a.ct)
-    intr = Intrinsics.deepfluoro(a.size)
-    opts = RegistrationOptions(**({"model_path": a.model} if a.model else {}))
-    if a.prepared:
-        from RayEmbRegistrationLib.prepare import use_prepared
-
-        opts = use_prepared(opts, ct, a.prepared)
-    registrar = Registrar(ct, opts.replace(detection={"view_pass_if_inliers_below": 1.0}))
-    refiner, sim = registrar.refiner(), DRRRenderer(ct, intr)
-    eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
+    ct, intr, registrar, refiner, sim, eval_pts = case_setup(a, detection={"view_pass_if_inliers_below": 1.0})
     rows = []
     for case, T, xray, _ in simulated_cases(ct, intr, a.n, a.seed, a.poses, sim, refiner):
         t = time.perf_counter()

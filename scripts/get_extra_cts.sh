@@ -4,7 +4,7 @@
 # in-plane, 5 mm slices; provenance of the images: Resources/Models/MODEL.md, "Extra CTs").
 # No network has been trained on them: they are the project's clean held-out patients (leave-one-out).
 # Written to .cache/extra_ct/ (git-ignored); the archive and both images are checked against pinned sha256.
-# Used only by benchmarks (``--ct pyradiomics:lung1``); the tool itself never fetches anything.
+# Used only by benchmarks (``--ct .cache/extra_ct/lung1_image.nrrd``); the tool itself never fetches anything.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/.cache/extra_ct"

