@@ -10,6 +10,10 @@ directions, twice that along the 4 axes, camera frame), every level (``--levels 
 starts in one batch; the final pose itself is start 0, so that every similarity is on the same grid. For each
 start: its similarity, how far (mean bone-point distance, mm) it ended from the final pose, and its true error.
 
+``--rule-levels L ...`` measures instead the pipeline's own check (``verdict.competitor_margin``: 4 starts at
+±``refine.competitor_shift_mm``) run over the first L refinement levels only (0: every level), each L on the same
+registration, with its cost in seconds: the data for ``refine.competitor_levels``.
+
 The X-rays are exactly ``evaluate.run_benchmark``'s (``evaluate.simulated_cases``). Prints one JSON line per case
 and writes them all to ``--out``; ``--table OUT.json ...`` prints the separation of successes and failures by the
 margin (the final's similarity minus the best competitor's that ended more than ``--distinct-mm`` away).
@@ -19,6 +23,9 @@ Usage:
         --poses clinical --n 20 --out out/amb_lumbar.json
     .venv/bin/python benchmarks/probe_ambiguity.py --poses clinical --prepared out/prep10 --out out/amb_p10.json
     .venv/bin/python benchmarks/probe_ambiguity.py --table out/amb_lumbar.json out/amb_p10.json
+    .venv/bin/python benchmarks/probe_ambiguity.py --ct .cache/extra_ct/lung1_image.nrrd --n 10 \
+        --rule-levels 1 2 0 --out out/amb_rule_lung1.json
+    .venv/bin/python benchmarks/probe_ambiguity.py --table out/amb_rule_lung1.json
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
 from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
 from RayEmbRegistrationLib.evaluate import pose_errors, simulated_cases  # noqa: E402
-from RayEmbRegistrationLib.verdict import shifted_poses  # noqa: E402
+from RayEmbRegistrationLib.verdict import competitor_margin, shifted_poses, signal_points  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_cases import add_case_args, case_setup  # noqa: E402  (the same cases as probe_view_pass.py)
@@ -50,8 +57,29 @@ def shifted_starts(camera_from_world: np.ndarray, shift_mm: float) -> list[np.nd
     return shifted_poses(camera_from_world, ring + axes)
 
 
+def rule_table(rows) -> int:
+    """Per case the pipeline rule's margin at each level count, and the separation of successes and failures."""
+    levels = sorted({c["levels"] for r in rows for c in r["rule"]}, key=lambda L: L or 99)
+    name = {L: f"{L} level{'s' if L != 1 else ''}" if L else "every level" for L in levels}
+    print("| source | case | mTRE mm | verdict | footprint sim | " + " | ".join(f"margin, {name[L]}" for L in levels)
+          + " |\n|---|---|---|---|---|" + "---|" * len(levels))
+    for r in rows:
+        m = {c["levels"]: c["margin"] for c in r["rule"]}
+        print(f"| {r['source']} | {r['case']} | {r['mtre_mm']:.1f} | {r['verdict']} | {r['footprint_similarity']:.3f} | "
+              + " | ".join(f"{m.get(L, math.nan):+.4f}" for L in levels) + " |")
+    for L in levels:
+        ok = sorted(c["margin"] for r in rows for c in r["rule"] if c["levels"] == L and r["mtre_mm"] <= 10)
+        bad = sorted(c["margin"] for r in rows for c in r["rule"] if c["levels"] == L and not r["mtre_mm"] <= 10)
+        secs = [c["s"] for r in rows for c in r["rule"] if c["levels"] == L]
+        print(f"\n{name[L]}: median {np.median(secs):.1f} s per check\n  successes' margins: "
+              f"{[round(x, 4) for x in ok]}\n  failures' margins:  {[round(x, 4) for x in bad]}")
+    return 0
+
+
 def table(paths, distinct_mm: float) -> int:
     rows = [r for p in paths for r in json.loads(Path(p).read_text()) if "mtre_mm" in r]
+    if rows and "rule" in rows[0]:
+        return rule_table(rows)
     print("| source | case | mTRE mm | verdict | footprint sim | margin | best competitor: mTRE to truth, "
           "distance from final |")
     print("|---|---|---|---|---|---|---|")
@@ -76,6 +104,8 @@ def main() -> int:
     p.add_argument("--shift-mm", type=float, default=30.0)
     p.add_argument("--levels", type=int, default=None, help="refinement levels of the search (default: all; 1: the coarsest)")
     p.add_argument("--distinct-mm", type=float, default=10.0)
+    p.add_argument("--rule-levels", type=int, nargs="+", default=None, metavar="L",
+                   help="measure the pipeline's 4-start check over the first L levels (0: every level) instead")
     p.add_argument("--out")
     a = p.parse_args()
     if a.table:
@@ -103,6 +133,19 @@ def main() -> int:
         row.update(mtre_mm=pose_errors(F, T, eval_pts, intr)["mtre_mm"], s=t_reg, verdict=res.verdict.status,
                    footprint_similarity=sig.get("footprint_similarity"), final_agreement=sig.get("final_agreement"),
                    inliers=res.inliers, similarity_after=res.similarity_after)
+        if a.rule_levels:
+            pts = signal_points(ct)
+            row["rule"] = []
+            for L in a.rule_levels:
+                t = time.perf_counter()
+                margin, dist = competitor_margin(refiner, xray, res.final, pts, registrar.options.refine.competitor_shift_mm,
+                                                 max_levels=L or None)
+                row["rule"].append({"levels": L, "margin": margin, "distance_mm": dist, "s": time.perf_counter() - t})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(rows, indent=1))
+            continue
         t = time.perf_counter()
         starts = [F] + shifted_starts(F, a.shift_mm)
         results = refiner.refine_batch(xray.pixels, intr, starts, max_levels=a.levels)

@@ -203,6 +203,10 @@ class RefineOptions:
             (``verdict.competitor_margin``; docs/pipeline.md, "Verdict"). Costs one batched refinement, only for
             results that would otherwise be accepted.
         competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
+        competitor_levels: how many levels of the refinement schedule the competitor search runs, coarse first (0:
+            every level). Default 2 (session 11, ``benchmarks/probe_ambiguity.py --rule-levels``): on 30 clinical
+            X-rays of three CTs it separated successes from failures as well as every level did, for about half
+            the cost (docs/pipeline.md, "Verdict").
         competitor_check_below: run the check only when the footprint similarity is below this (1.0: always). It
             costs up to ~30 s at the demo's 224² schedule (5 starts, every level); every wrong result the rest of
             the rule accepted in sessions 7–10 scored 0.953–0.969, clear successes 0.978–0.997.
@@ -220,11 +224,13 @@ class RefineOptions:
     backend: str = "nanodrr"
     competitor_check: bool = True
     competitor_shift_mm: float = 60.0
+    competitor_levels: int = 2
     competitor_check_below: float = 0.975
 
     def __post_init__(self) -> None:
         _number("refine.competitor_shift_mm", self.competitor_shift_mm, 0.0, 1000.0, open_lo=True)
         _number("refine.competitor_check_below", self.competitor_check_below, 0.0, 1.0)
+        _number("refine.competitor_levels", self.competitor_levels, 0, MAX_LEVELS, integer=True)
         levels = self.levels
         if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
             raise OptionsError("refine.levels", levels, f"give 1 to {MAX_LEVELS} grid sizes, coarse first")

@@ -312,7 +312,8 @@ class Registrar:
             # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
             # matches (footprint similarity ≥ competitor_check_below) skip it.
             t = time.perf_counter()
-            margin, dist = competitor_margin(self.refiner(), xray, final, signal_points(self.ct), o.competitor_shift_mm)
+            margin, dist = competitor_margin(self.refiner(), xray, final, signal_points(self.ct), o.competitor_shift_mm,
+                                             max_levels=o.competitor_levels or None)
             result.timings_s["competitors"] = time.perf_counter() - t
             result.verdict = judge({**sig, "competitor_margin": margin, "competitor_distance_mm": dist})
         return result

@@ -110,7 +110,7 @@ def shifted_poses(camera_from_world, offsets_mm) -> list[np.ndarray]:
 
 
 def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
-                      distinct_mm: float = COMPETITOR_DISTINCT_MM) -> tuple[float, float]:
+                      distinct_mm: float = COMPETITOR_DISTINCT_MM, max_levels: int | None = None) -> tuple[float, float]:
     """How much better the final pose explains the X-ray than the best *different* pose near it.
 
     Repeating anatomy (one lumbar vertebra looks like the next) and close-ups that show little bone give wrong
@@ -122,6 +122,8 @@ def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
     Args:
         points_ras: (N, 3) bone points; a competitor is *different* when their mean camera-frame distance from the
             final pose exceeds ``distinct_mm``.
+        max_levels: run only the first (coarsest) levels of the refinement schedule (``Refiner.refine_batch``);
+            every similarity is then on that level's grid. None: every level.
     Returns:
         ``(margin, distance_mm)``: the final pose's similarity minus the best different competitor's (negative: a
         different pose explains the X-ray better) and that competitor's distance; ``(inf, nan)`` when every start
@@ -131,7 +133,7 @@ def competitor_margin(refiner, xray, camera, points_ras, shift_mm: float = 60.0,
 
     T = np.asarray(camera.camera_from_world, dtype=np.float64)
     starts = [T] + shifted_poses(T, ((shift_mm, 0.0), (-shift_mm, 0.0), (0.0, shift_mm), (0.0, -shift_mm)))
-    results = refiner.refine_batch(xray.pixels, xray.intrinsics, starts)
+    results = refiner.refine_batch(xray.pixels, xray.intrinsics, starts, max_levels=max_levels)
     ref = camera.to_camera(points_ras)
     best, dist = -math.inf, math.nan
     for r in results[1:]:

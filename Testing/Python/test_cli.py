@@ -67,6 +67,19 @@ def test_no_view_pass_reaches_the_options():
     assert options_from_args(ev).detection.view_pass is False
 
 
+def test_competitor_levels_reach_the_options_and_a_bad_count_names_the_flag():
+    """``--competitor-levels N`` sets how many refinement levels the competitor check runs (0: every level); a
+    count beyond the schedule's limit is refused with the flag's name."""
+    from RayEmbRegistrationLib.cli.common import CLIError, options_from_args
+    from RayEmbRegistrationLib.options import RefineOptions
+
+    base = ["register", "--ct", "ct.nii.gz", "--xray", "x.tif", "--out", "o"]
+    assert options_from_args(build_parser().parse_args(base)).refine.competitor_levels == RefineOptions().competitor_levels
+    assert options_from_args(build_parser().parse_args(base + ["--competitor-levels", "0"])).refine.competitor_levels == 0
+    with pytest.raises(CLIError, match="--competitor-levels -1"):
+        options_from_args(build_parser().parse_args(base + ["--competitor-levels", "-1"]))
+
+
 @pytest.fixture(scope="module")
 def geometry_json(tmp_path_factory):
     p = tmp_path_factory.mktemp("geom") / "geometry.json"

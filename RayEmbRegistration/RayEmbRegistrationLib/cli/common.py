@@ -34,7 +34,8 @@ EXIT_TERMINATED = 143   # terminated (SIGTERM); nothing half written
 FLAGS = {
     "detection.n_bone_candidates": "--bone-candidates", "detection.n_bone_keep": "--bone-keep",
     "pnp.ransac_threshold_px": "--ransac-threshold", "pnp.hypotheses": "--pnp-poses", "refine.levels": "--refine-levels",
-    "refine.iterations": "--refine-iterations", "device": "--device", "seed": "--seed",
+    "refine.iterations": "--refine-iterations", "refine.competitor_levels": "--competitor-levels", "device": "--device",
+    "seed": "--seed",
 }
 
 
@@ -155,6 +156,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
+    p.add_argument("--competitor-levels", type=int, default=None, metavar="N",
+                   help="refinement levels the competitor check runs, coarse first (0: every level; default "
+                        f"{R.competitor_levels})")
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
@@ -203,6 +207,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["depth_search"] = False
     if getattr(args, "no_competitor_check", False):
         ref["competitor_check"] = False
+    if getattr(args, "competitor_levels", None) is not None:
+        ref["competitor_levels"] = args.competitor_levels
     try:
         o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
         o = o.replace(detection=det, pnp=pnp, refine=ref)
