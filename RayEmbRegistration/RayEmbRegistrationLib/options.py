@@ -208,8 +208,9 @@ class RefineOptions:
             X-rays of three CTs it separated successes from failures as well as every level did, for about half
             the cost (docs/pipeline.md, "Verdict").
         competitor_check_below: run the check only when the footprint similarity is below this (1.0: always). It
-            costs up to ~30 s at the demo's 224² schedule (5 starts, every level); every wrong result the rest of
-            the rule accepted in sessions 7–10 scored 0.953–0.969, clear successes 0.978–0.997.
+            cost ~30 s at the demo's 224² schedule over every level (session 10; about half that over 2 levels);
+            every wrong result the rest of the rule accepted in sessions 7–10 scored 0.953–0.969, clear successes
+            0.978–0.997.
     """
 
     enabled: bool = True
