@@ -472,3 +472,33 @@ def test_extra_cts_are_never_trained_on_and_a_missing_one_names_its_fetch_script
         cts.resolve_ct_path("pyradiomics:lung1")
     (tmp_path / "lung1_image.nrrd").write_bytes(b"NRRD0004\n")
     assert cts.resolve_ct_path("pyradiomics:lung1") == tmp_path / "lung1_image.nrrd"
+
+
+def test_export_writes_the_checkpoints_weights_and_refuses_a_corrupt_one(tiny_data, tmp_path):
+    """``training.export``: a ``last.pt`` of a real (2-step) run → ``.safetensors`` that ``load_model`` reads
+    (sha256 checked) with the checkpoint's weights, config and provenance; a checkpoint that no longer matches its
+    sha256 manifest is refused, naming the file, and nothing is written."""
+    import hashlib
+    import json
+
+    from RayEmbRegistrationLib.model import load_model
+    from RayEmbRegistrationLib.training.export import export_checkpoint, main
+
+    train(tiny_data, tmp_path / "run", steps=2, batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG,
+          bar=False, val_every=10**9, seed=3, log=lambda m: None, ckpt_every=1, threads=1)
+    ck = tmp_path / "run" / "last.pt"
+    (tmp_path / "run" / "last.pt.sha256").write_text(hashlib.sha256(ck.read_bytes()).hexdigest() + "  last.pt\n")
+    assert main([str(ck), str(tmp_path / "w.safetensors"), "--note", "test export"]) == 0
+    m = load_model(tmp_path / "w.safetensors")
+    state = torch.load(ck, weights_only=True)
+    assert all(torch.equal(m.state_dict()[k], state["model"][k].float()) for k in state["model"])
+    meta = json.loads((tmp_path / "w.json").read_text())
+    assert meta["config"]["widths"] == list(TINY_CFG.widths) and meta["metadata"]["step"] == 2
+    assert meta["metadata"]["note"] == "test export"
+    assert meta["metadata"]["source_sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
+    raw = bytearray(ck.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # corrupt one byte: the manifest no longer matches
+    ck.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="does not match its manifest"):
+        export_checkpoint(ck, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
