@@ -117,6 +117,7 @@ def main() -> int:
     ct, intr, registrar, refiner, sim, eval_pts = case_setup(a, refine={"competitor_check": False})
     source = f"{Path(a.ct).name.split('.')[0]}:{a.prepared or a.model or 'bundled'}"
     rows = []
+    pts = signal_points(ct) if a.rule_levels else None  # the check's bone points, drawn once per CT (as the pipeline)
     for case, T, xray, _ in simulated_cases(ct, intr, a.n, a.seed, a.poses, sim, refiner):
         t = time.perf_counter()
         row = {"source": source, "case": case}
@@ -134,7 +135,6 @@ def main() -> int:
                    footprint_similarity=sig.get("footprint_similarity"), final_agreement=sig.get("final_agreement"),
                    inliers=res.inliers, similarity_after=res.similarity_after)
         if a.rule_levels:
-            pts = signal_points(ct)
             row["rule"] = []
             for L in a.rule_levels:
                 t = time.perf_counter()

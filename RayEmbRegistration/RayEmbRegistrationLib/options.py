@@ -204,9 +204,9 @@ class RefineOptions:
             results that would otherwise be accepted.
         competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
         competitor_levels: how many levels of the refinement schedule the competitor search runs, coarse first (0:
-            every level). Default 2 (session 11, ``benchmarks/probe_ambiguity.py --rule-levels``): on 30 clinical
-            X-rays of three CTs it separated successes from failures as well as every level did, for about half
-            the cost (docs/pipeline.md, "Verdict").
+            every level). Default 2 (session 11, ``benchmarks/probe_ambiguity.py --rule-levels``): on 40 clinical
+            X-rays of three CTs (two networks) it gave the same decision as every level in all 40, for about half the
+            cost (docs/pipeline.md, "Verdict").
         competitor_check_below: run the check only when the footprint similarity is below this (1.0: always). It
             cost ~30 s at the demo's 224² schedule over every level (session 10; about half that over 2 levels);
             every wrong result the rest of the rule accepted in sessions 7–10 scored 0.953–0.969, clear successes
