@@ -47,7 +47,7 @@ from RayEmbRegistrationLib.evaluate import pose_errors, simulated_cases  # noqa:
 from RayEmbRegistrationLib.verdict import competitor_margin, shifted_poses, signal_points  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_cases import add_case_args, case_setup  # noqa: E402  (the same cases as probe_view_pass.py)
+from probe_cases import add_case_args, case_setup, emit_row  # noqa: E402  (the same cases as probe_view_pass.py)
 
 
 def shifted_starts(camera_from_world: np.ndarray, shift_mm: float) -> list[np.ndarray]:
@@ -141,10 +141,7 @@ def main() -> int:
                 margin, dist = competitor_margin(refiner, xray, res.final, pts, registrar.options.refine.competitor_shift_mm,
                                                  max_levels=L or None)
                 row["rule"].append({"levels": L, "margin": margin, "distance_mm": dist, "s": time.perf_counter() - t})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(rows, indent=1))
+            emit_row(rows, row, a.out)
             continue
         t = time.perf_counter()
         starts = [F] + shifted_starts(F, a.shift_mm)
@@ -157,10 +154,7 @@ def main() -> int:
                           "true_mtre_mm": round(pose_errors(Tc, T, eval_pts, intr)["mtre_mm"], 1)})
         row.update(final_similarity=float(results[0].similarity_after), competitors=comps,
                    search_s=time.perf_counter() - t)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(rows, indent=1))
+        emit_row(rows, row, a.out)
     return 0
 
 

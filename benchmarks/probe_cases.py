@@ -1,11 +1,12 @@
 """The probes' shared set-up: the command-line flags that pick ``rayemb evaluate``'s benchmark cases (CT, poses,
 network or prepared folder, count, size, seed) and the registrar, refiner, simulator and evaluation points for
-them — so that ``probe_view_pass.py`` and ``probe_ambiguity.py`` iterate exactly ``evaluate.simulated_cases``.
+them (and ``emit_row``, how they record a case) — so that ``probe_view_pass.py`` and ``probe_ambiguity.py`` iterate exactly ``evaluate.simulated_cases``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,3 +48,12 @@ def case_setup(a, **changes):
     registrar = Registrar(ct, opts.replace(**changes) if changes else opts)
     eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
     return ct, intr, registrar, registrar.refiner(), DRRRenderer(ct, intr), eval_pts
+
+
+def emit_row(rows: list, row: dict, out) -> None:
+    """Append ``row`` to ``rows``, print it as one JSON line and rewrite ``out`` with all rows so far (a probe that
+    is stopped keeps what it measured)."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(rows, indent=1))

@@ -240,11 +240,55 @@ class Registrar:
         init = strategy.initial_pose(self, xray, fiducials, sub_progress(progress, *_INITIAL), cancel)
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
-        result = self._finalise(xray, init, refined, depth, sims, warnings)
+        result = self._finalise(xray, init, refined, depth, sims, list(warnings))
+        if self._rescue_applies(result):
+            check_cancel(cancel, "registration")
+            result = self._rescue(xray, init, result, depth, warnings, cancel)
         result.timings_s = {**init.timings_s, **({"refine": t_refine} if refined is not None else {}),
                             **result.timings_s, "total": time.perf_counter() - t_start}
         if progress:
             progress(1.0, f"done ({result.final_stage})")
+        return result
+
+    def _rescue_applies(self, result) -> bool:
+        """The rescue search runs for a refined registration from a RayEmb (PnP) start that the verdict did not accept
+        (``options.RefineOptions.rescue``); a caller's start pose is refined as given."""
+        o = self.options.refine
+        return (o.enabled and o.rescue and result.initial_method == "rayemb" and result.verdict is not None
+                and not result.verdict.accepted)
+
+    def _rescue(self, xray, init: InitialPose, result, depth, warnings, cancel):
+        """``rescue.search`` from the final and the PnP pose; its pose replaces the result (finalised and judged
+        again) when it is more similar and plausible, else the result is kept. Either way ``result.rescue`` says
+        what was tried."""
+        from . import rescue
+        from .refine import RefineResult
+
+        o = self.options.refine
+        bases = [result.final.camera_from_world]
+        if not np.allclose(init.camera.camera_from_world, bases[0]):
+            bases.append(init.camera.camera_from_world)
+        pool, _ = self.bone_in_view(result.final)
+        points = pool if len(pool) >= rescue.MIN_POINTS_IN_VIEW else signal_points(self.ct)
+        best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, points,
+                                               o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,
+                                               compare_levels=o.rescue_compare_levels or None)
+        before = result.similarity_after if result.similarity_after is not None else -np.inf
+        adopt = (best.similarity_after > before
+                 and overlap_problem(self.ct, Camera(xray.intrinsics, best.camera_from_world)) is None)
+        summary = rescue.RescueSummary(
+            status_before=result.verdict.status, reasons_before=tuple(result.verdict.reasons), starts=n_starts,
+            refined=min(o.rescue_top, n_starts), grid_px=o.rescue_grid_px, similarity_before=float(before),
+            similarity=float(best.similarity_after), adopted=bool(adopt), seconds=seconds)
+        if adopt:
+            t = result.timings_s
+            rr = RefineResult(best.camera_from_world, result.similarity_before, best.similarity_after, True,
+                              best.history, best.params, seconds)
+            result = self._finalise(xray, init, rr, depth, (result.similarity_before, best.similarity_after),
+                                    list(warnings), rescued=True)
+            result.timings_s = {**t, **result.timings_s}
+        result.rescue = summary
+        result.timings_s["rescue"] = seconds
         return result
 
     def _refine(self, xray, init: InitialPose, progress, cancel):
@@ -274,9 +318,13 @@ class Registrar:
             rr = refiner.refine(xray.pixels, intr, T0, progress, cancel)
         return rr, depth, (rr.similarity_before, rr.similarity_after), warnings, time.perf_counter() - t
 
-    def _finalise(self, xray, init: InitialPose, rr, depth, sims, warnings) -> RegistrationResult:
+    def _finalise(self, xray, init: InitialPose, rr, depth, sims, warnings,
+                  rescued: bool = False) -> RegistrationResult:
         """Choose the final pose (a refined pose that leaves the field of view is rejected), check it against the
-        recorded C-arm angles, reproject the landmarks, render the final DRR, give the verdict."""
+        recorded C-arm angles, reproject the landmarks, render the final DRR, give the verdict.
+        ``rescued``: the pose comes from the rescue search; the verdict then also asks that it explain enough of the
+        detections (``VerdictRule.min_rescued_agreement``), and the competitor check runs on it whatever its
+        footprint similarity (a wide search can end in a local optimum near the truth)."""
         from .refine import level_intrinsics
 
         intr = xray.intrinsics
@@ -304,11 +352,12 @@ class Registrar:
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
             initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
-        sig = signals(result, self.ct, xray, self.refiner())
+        sig = {**signals(result, self.ct, xray, self.refiner()), "rescued": bool(rescued)}
         result.verdict = judge(sig)
         o = self.options.refine
         if (result.verdict.accepted and stage == "refined" and o.competitor_check
-                and (o.competitor_check_below >= 1.0 or not sig.get("footprint_similarity") >= o.competitor_check_below)):
+                and (rescued or o.competitor_check_below >= 1.0
+                     or not sig.get("footprint_similarity") >= o.competitor_check_below)):
             # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
             # matches (footprint similarity ≥ competitor_check_below) skip it.
             t = time.perf_counter()

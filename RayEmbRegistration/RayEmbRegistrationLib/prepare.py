@@ -36,6 +36,9 @@ READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
 #: the time one self-check registration is expected to take on a 2-core CPU (s)
 _CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
+#: what the rescue search adds to a self-check registration the verdict does not accept (s, 2-core CPU; session 12:
+#: 5–10 s, plus a competitor check): a self-check X-ray runs it only while this much of the budget is left
+_RESCUE_SECONDS = 20.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
@@ -339,7 +342,10 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
                 break
             T = sample_visible_pose(ct, intr, rng, poses="clinical")
             x = XRayImage(simulate_xray(ct, intr, T, rng), intr, f"self-check {k + 1}")
-            checks.append(self_check_case(registrar, x, T, pts, cancel))
+            # The rescue search (only for a result the verdict does not accept) as in use, while the budget allows it.
+            rescue = budget - spent >= last + _RESCUE_SECONDS
+            registrar.options = registrar.options.replace(refine={"rescue": rescue})
+            checks.append({**self_check_case(registrar, x, T, pts, cancel), "rescue": rescue})
             if progress:
                 progress(0.75 + 0.25 * (k + 1) / n_selfcheck, f"self-check {k + 1}/{n_selfcheck}")
         m = np.array([c["mtre_mm"] for c in checks])

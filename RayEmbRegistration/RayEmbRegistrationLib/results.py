@@ -174,6 +174,7 @@ class RegistrationResult:
         pnp_rmse_px: RMS reprojection error of the PnP inliers.
         pnp_hypotheses: the competing PnP poses, if more than one.
         depth_search: the refinement's start-depth search, if it ran.
+        rescue: ``rescue.RescueSummary`` of the wider search run for a result the verdict did not accept, if it ran.
         verdict: ``verdict.Verdict`` — whether to trust the result (accepted / uncertain / rejected) and why.
     """
 
@@ -195,6 +196,7 @@ class RegistrationResult:
     options: Any = field(default=None, repr=False)
     pnp_hypotheses: list[PnPHypothesis] = field(default_factory=list)
     depth_search: DepthSearchSummary | None = None
+    rescue: Any = None  # rescue.RescueSummary, when the rescue search ran
     verdict: Any = None  # verdict.Verdict: accepted / uncertain / rejected, with reasons
 
     def headline(self) -> str:
@@ -218,6 +220,11 @@ class RegistrationResult:
             lines.append(f"  similarity (multiscale NCC): {self.similarity_before:.4f} -> {self.similarity_after:.4f}")
         if self.depth_search is not None and self.depth_search.corrected:
             lines.append(f"  depth search: PnP depth corrected x{self.depth_search.factor:.2f}")
+        if self.rescue is not None:
+            r = self.rescue
+            lines.append(f"  rescue search ({r.status_before} before, {r.starts} rotated starts): "
+                         + (f"adopted, similarity {r.similarity_before:.4f} -> {r.similarity:.4f}" if r.adopted
+                            else f"kept the result (best rescued similarity {r.similarity:.4f})"))
         lines.append("  timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings_s.items()))
         lines += [f"  warning: {w}" for w in self.warnings]
         return lines
@@ -234,7 +241,8 @@ class RegistrationResult:
     def to_json_fields(self) -> dict[str, Any]:
         """The typed sub-results as plain dicts (for ``registration.json``)."""
         d = {"pnp_hypotheses": [asdict(h) for h in self.pnp_hypotheses],
-             "depth_search": asdict(self.depth_search) if self.depth_search is not None else {}}
+             "depth_search": asdict(self.depth_search) if self.depth_search is not None else {},
+             "rescue": asdict(self.rescue) if self.rescue is not None else {}}
         if self.verdict is not None:
             d["verdict"] = self.verdict.to_dict()
         return d

@@ -231,6 +231,12 @@ class VerdictRule:
             ``benchmarks/probe_ambiguity.py`` (clinical close-ups of the lumbar spine and the pelvis): every
             wrong pose that the other signals accepted had a different pose that explained its X-ray better
             (margin < 0); successes had margins of +0.016 and more.
+        min_rescued_agreement: a pose found by the rescue search (``rescue.py``: wide rotations, not the detections)
+            is accepted only if at least this many of the detections given to PnP agree with it (``final_agreement``).
+            Session 12 (``benchmarks/probe_rescue.py`` and ``rayemb evaluate``, 40 clinical X-rays of two unseen chest
+            CTs, prepared networks): the three right rescued poses explained 38–48 detections, the one wrong (20 mm
+            off, a local optimum near the truth, footprint similarity 0.98 and a clear competitor margin) 9. The
+            same number as ``min_inliers``; four cases, re-check on more CTs.
     """
 
     accept_similarity: float = 0.93
@@ -238,6 +244,7 @@ class VerdictRule:
     max_depth_tolerance_mm: float = 25.0
     min_inliers: int = 20
     min_competitor_margin: float = 0.005
+    min_rescued_agreement: int = 20
 
 
 DEFAULT_RULE = VerdictRule()
@@ -251,7 +258,8 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
     * accepted: the pose was refined, its footprint similarity is at least ``accept_similarity``, its depth
       tolerance at most ``max_depth_tolerance_mm``, (for a RayEmb initial pose) PnP had at least ``min_inliers``
       inliers, no different pose near it explains the X-ray almost as well (``competitor_margin`` at least
-      ``min_competitor_margin``, where it was measured) and nothing else warned;
+      ``min_competitor_margin``, where it was measured), a rescued pose (``rescued``) agrees with at least
+      ``min_rescued_agreement`` detections, and nothing else warned;
     * uncertain: everything in between — the pose may be right, and the reasons say what to check.
 
     The verdict checks the result against the geometry it was given: a wrong source-to-detector distance is
@@ -283,6 +291,9 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
         reasons.append(f"a different pose {sig.get('competitor_distance_mm', math.nan):.0f} mm away explains the X-ray "
                        + ("better" if margin < 0 else "almost as well") + f" (similarity margin {margin:+.3f}): "
                        "repeating anatomy (a neighbouring vertebra?) or too little bone in view — check the level")
+    if sig.get("rescued") and sig.get("final_agreement", 0) < rule.min_rescued_agreement:
+        reasons.append(f"the pose was found by the rescue search and only {sig.get('final_agreement', 0)} of the "
+                       f"detections agree with it (< {rule.min_rescued_agreement}): it may be a near miss — check the overlay")
     if sig.get("warnings", 0):
         reasons.append("the registration reported warnings (see them)")
     return Verdict(UNCERTAIN if reasons else ACCEPTED, tuple(reasons), dict(sig))

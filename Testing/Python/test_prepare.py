@@ -47,6 +47,7 @@ def test_the_folder_is_complete_and_reports_readiness(prepared, sample_ct):
         assert np.isfinite(r["heldout_before"][k]) and np.isfinite(r["heldout_after"][k])
     sc = r["self_check"]
     assert 1 <= sc["n"] <= 2 and 0 <= sc["success_10mm_%"] <= 100 and len(sc["cases"]) == sc["n"]
+    assert all(isinstance(c["rescue"], bool) for c in sc["cases"])  # whether the budget let the rescue search run
     assert r["training"]["fresh_drrs"] > 0 and r["training"]["steps"] >= 1 and r["model_sha256"] != r["base_sha256"]
     from RayEmbRegistrationLib.prepare import render_workers
 

@@ -45,4 +45,11 @@ def test_json_fields_are_plain():
     d = r.to_json_fields()
     assert d["pnp_hypotheses"][0] == {"inliers": 40, "coarse_similarity": 0.6, "chosen": True, "detection": "all bone"}
     assert d["depth_search"]["candidates"] == 17 and d["depth_search"]["chosen"] == "PnP start"
-    assert _result().to_json_fields() == {"pnp_hypotheses": [], "depth_search": {}}
+    assert _result().to_json_fields() == {"pnp_hypotheses": [], "depth_search": {}, "rescue": {}}
+    from RayEmbRegistrationLib.rescue import RescueSummary
+
+    rescued = _result(rescue=RescueSummary("uncertain", ("low similarity",), 50, 4, 32, 0.77, 0.83, True, 6.5))
+    assert rescued.to_json_fields()["rescue"] == {
+        "status_before": "uncertain", "reasons_before": ("low similarity",), "starts": 50, "refined": 4, "grid_px": 32,
+        "similarity_before": 0.77, "similarity": 0.83, "adopted": True, "seconds": 6.5}
+    assert any("adopted, similarity 0.7700 -> 0.8300" in line for line in rescued.summary_lines())

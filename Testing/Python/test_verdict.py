@@ -26,6 +26,9 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
     ({"competitor_margin": 0.002, "competitor_distance_mm": 58.0}, UNCERTAIN, "almost as well"),
     ({"competitor_margin": 0.02, "competitor_distance_mm": 58.0}, ACCEPTED, None),
     ({"competitor_margin": math.inf, "competitor_distance_mm": math.nan}, ACCEPTED, None),
+    ({"rescued": True, "final_agreement": 9}, UNCERTAIN, "rescue search and only 9 of the detections"),
+    ({"rescued": True, "final_agreement": 38}, ACCEPTED, None),
+    ({"rescued": False, "final_agreement": 9}, ACCEPTED, None),
 ])
 def test_rule(changes, status, words):
     v = judge({**GOOD, **changes})
@@ -37,7 +40,7 @@ def test_rule(changes, status, words):
 def test_rule_thresholds_are_the_documented_ones():
     r = VerdictRule()
     assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers,
-            r.min_competitor_margin) == (0.93, 0.80, 25.0, 20, 0.005)
+            r.min_competitor_margin, r.min_rescued_agreement) == (0.93, 0.80, 25.0, 20, 0.005, 20)
 
 
 def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():

@@ -159,6 +159,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--competitor-levels", type=int, default=None, metavar="N",
                    help="refinement levels the competitor check runs, coarse first (0: every level; default "
                         f"{R.competitor_levels})")
+    p.add_argument("--no-rescue", action="store_true",
+                   help="give a result the verdict does not accept as it is, without first searching rotated starts "
+                        "about the bone in view (the rescue search: one batched refinement, only for such results)")
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
@@ -209,6 +212,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["competitor_check"] = False
     if getattr(args, "competitor_levels", None) is not None:
         ref["competitor_levels"] = args.competitor_levels
+    if getattr(args, "no_rescue", False):
+        ref["rescue"] = False
     try:
         o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
         o = o.replace(detection=det, pnp=pnp, refine=ref)

@@ -1,0 +1,110 @@
+"""The rescue search: a wider pose search for a registration that the verdict did not accept.
+
+Owns: the rotated starts about the bone in view (``rotation_starts``), their coarse scoring and the refinement of
+the best few (``search``), and what ``registration.json`` says about it (``RescueSummary``). When to run it and
+whether its pose replaces the registration's is ``pipeline.Registrar`` (``options.RefineOptions.rescue``).
+
+Why: on clinical close-ups, a registration that fails has mostly a *rotation* wrong by 20–50° (PnP from a few
+hundred noisy detections, then a gradient refinement that captures about 10°): the multiscale NCC at the true pose
+is higher than at the final one — the objective is right, the start is outside its basin. Session 12
+(``benchmarks/probe_rescue.py``, prepared networks, 20 clinical X-rays each of two chest CTs no network was
+trained on): of the 7 results the verdict did not accept, the true pose was more similar than the final one in
+all 7; with the search in the pipeline (``rayemb evaluate``) 32 → 36 of the 40 registered, no failure accepted
+(docs/pipeline.md, "Rescue").
+
+Frames: poses are (4, 4) ``camera_from_world`` (RAS mm → OpenCV camera, ``camera.py``). A start is a base pose
+with the world rotated about the camera's x (image u) and y (image v) axes through the camera-frame centroid of the
+bone that the base pose puts in the image, so that the bone in view stays where it is in the image while its
+3D orientation changes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .camera import Camera, Intrinsics
+
+__all__ = ["RescueSummary", "rotated_about", "view_centre", "rotation_starts", "search"]
+
+#: fewer bone points in the image than this: rotate about the centroid of all the points given instead
+MIN_POINTS_IN_VIEW = 20
+
+
+@dataclass(frozen=True)
+class RescueSummary:
+    """What the rescue search did (``registration.json``'s ``rescue``).
+
+    ``status_before`` / ``reasons_before``: the verdict that triggered it; ``starts`` rotated starts scored on the
+    ``grid_px`` grid, the best ``refined`` of them refined with the full schedule; ``similarity_before``: the
+    registration's similarity (finest level), ``similarity``: the best rescued pose's; ``adopted``: the rescued pose
+    became the result (it was more similar; the verdict was then given again).
+    """
+
+    status_before: str
+    reasons_before: tuple[str, ...]
+    starts: int
+    refined: int
+    grid_px: int
+    similarity_before: float
+    similarity: float
+    adopted: bool
+    seconds: float
+
+
+def rotated_about(camera_from_world, centre_cam, ax_deg: float, ay_deg: float) -> np.ndarray:
+    """``camera_from_world`` (4, 4) with the world rotated about the camera-frame point ``centre_cam`` (3,) by
+    ``ax_deg`` about the camera's x axis, then ``ay_deg`` about its y axis."""
+    ax, ay = math.radians(ax_deg), math.radians(ay_deg)
+    rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(ax), -math.sin(ax)], [0.0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0.0, math.sin(ay)], [0.0, 1.0, 0.0], [-math.sin(ay), 0.0, math.cos(ay)]])
+    R = ry @ rx
+    c = np.asarray(centre_cam, dtype=np.float64).reshape(3)
+    D = np.eye(4)
+    D[:3, :3] = R
+    D[:3, 3] = c - R @ c
+    return D @ np.asarray(camera_from_world, dtype=np.float64)
+
+
+def view_centre(camera: Camera, points_ras: np.ndarray) -> np.ndarray:
+    """Camera-frame centroid (3,) of the ``points_ras`` (N, 3) that ``camera`` puts in its image in front of the
+    source (of all of them when fewer than ``MIN_POINTS_IN_VIEW`` are)."""
+    pts = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    inside = camera.intrinsics.contains_pixels(camera.project(pts)) & (camera.depth(pts) > 0)
+    if inside.sum() >= MIN_POINTS_IN_VIEW:
+        pts = pts[inside]
+    return camera.to_camera(pts).mean(0)
+
+
+def rotation_starts(bases: Sequence[np.ndarray], intrinsics: Intrinsics, points_ras: np.ndarray,
+                    angles_deg: Sequence[float]) -> np.ndarray:
+    """(len(bases) · len(angles)², 4, 4): each base rotated by every pair of ``angles_deg`` about its camera's x and
+    y axes through the bone it puts in view (``view_centre``); a pair (0, 0) gives the base itself."""
+    out = []
+    for T in bases:
+        c = view_centre(Camera(intrinsics, np.asarray(T, dtype=np.float64)), points_ras)
+        out += [rotated_about(T, c, ax, ay) for ax in angles_deg for ay in angles_deg]
+    return np.stack(out)
+
+
+def search(refiner, xray_pixels: np.ndarray, intrinsics: Intrinsics, bases: Sequence[np.ndarray],
+           points_ras: np.ndarray, angles_deg: Sequence[float], top: int, grid_px: int, cancel=None,
+           compare_levels: int | None = None):
+    """Score ``rotation_starts`` of ``bases`` on the ``grid_px`` grid in one batch (``Refiner.similarity``), refine
+    the ``top`` most similar together (``Refiner.refine_batch``) and return ``(the most similar refined result,
+    number of starts scored, seconds)``. ``compare_levels``: the ``top`` starts compete over the first levels of the
+    schedule only and the winner is then refined with the full schedule (None: all compete over every level)."""
+    t0 = time.perf_counter()
+    starts = rotation_starts(bases, intrinsics, points_ras, angles_deg)
+    scores = refiner.similarity(xray_pixels, intrinsics, starts, grid_px)
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[: max(1, int(top))]
+    results = refiner.refine_batch(xray_pixels, intrinsics, [starts[k] for k in order], cancel=cancel,
+                                   max_levels=compare_levels)
+    best = max(results, key=lambda r: r.similarity_after)
+    if compare_levels is not None and compare_levels < len(refiner.options.levels):
+        best = refiner.refine(xray_pixels, intrinsics, best.camera_from_world, cancel=cancel)
+    return best, len(starts), time.perf_counter() - t0
