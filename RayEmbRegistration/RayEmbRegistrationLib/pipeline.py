@@ -273,7 +273,7 @@ class Registrar:
         best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, points,
                                                o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,
                                                compare_levels=o.rescue_compare_levels or None)
-        before = result.similarity_after if result.similarity_after is not None else -np.inf
+        before = result.similarity_after  # refined (``_rescue_applies``), so measured
         adopt = (best.similarity_after > before
                  and overlap_problem(self.ct, Camera(xray.intrinsics, best.camera_from_world)) is None)
         summary = rescue.RescueSummary(
