@@ -41,6 +41,8 @@ class InitialPose:
     pnp_rmse_px: float | None = None
     hypotheses: list[PnPHypothesis] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: PnP found only implausible poses and the start is one of them re-seated in depth (``RayEmbPnP``)
+    reseated: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,11 +123,19 @@ class RayEmbPnP:
         timings["detection"] = time.perf_counter() - t
         check_cancel(cancel, "registration")
         t = time.perf_counter()
+        reseated = False
         try:
             hyps = self._solve(registrar, intr, first, max(1, o.pnp.hypotheses))
         except PoseError as exc:
-            raise RegistrationError(f"pose estimation failed: {exc}") from exc
-        timings["pnp"] = time.perf_counter() - t
+            timings["pnp"] = time.perf_counter() - t
+            t = time.perf_counter()
+            hyps = self._reseat(registrar, xray, first, exc.implausible[: max(1, o.pnp.hypotheses)])
+            timings["reseat"] = time.perf_counter() - t
+            if not hyps:
+                raise RegistrationError(f"pose estimation failed: {exc}") from exc
+            reseated = True
+        else:
+            timings["pnp"] = time.perf_counter() - t
         cands = [(h, first) for h in hyps]
         below = o.detection.view_pass_if_inliers_below
         weak = below >= 1.0 or hyps[0].n_inliers < below * len(first.use)  # 1.0: always
@@ -144,8 +154,10 @@ class RayEmbPnP:
                     cands.append((self._solve(registrar, intr, second, 1)[0], second))
                 except PoseError:
                     continue
+
             timings["view_pass"] = time.perf_counter() - t
-        (pnp, used), ranked = cands[0], []
+        n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
+        (pnp, used), ranked, best = cands[0], [], 0
         if len(cands) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
             coarse, best = registrar.refiner().refine_from_starts(
@@ -153,7 +165,7 @@ class RayEmbPnP:
                 sub_progress(progress, 0.8, 1.0, "comparing PnP poses: "), cancel, max_levels=1)
             pnp, used = cands[best]
             ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best,
-                                    detection=p.label)
+                                    detection=p.label + (" (re-seated in depth)" if k < n_reseated else ""))
                       for k, ((h, p), r) in enumerate(zip(cands, coarse))]
             timings["hypotheses"] = time.perf_counter() - t
         initial = Camera(intr, pnp.camera_from_world)
@@ -162,7 +174,7 @@ class RayEmbPnP:
             progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
         return InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
                            n_correspondences=len(used.use), inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px,
-                           hypotheses=ranked, timings_s=timings)
+                           hypotheses=ranked, timings_s=timings, reseated=best < n_reseated)
 
     @staticmethod
     def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:
@@ -180,6 +192,36 @@ class RayEmbPnP:
         use = np.concatenate([keep_f, bone_idx]).astype(int)
         return DetectionPass(pts=pts, uv=uv, conf=conf, usable=usable, n_fiducials=nf, bone_idx=bone_idx, use=use,
                              label=label)
+
+    @staticmethod
+    def _reseat(registrar, xray, p: DetectionPass, implausible) -> list:
+        """PnP poses (``pose.PnPResult``) that PnP found but the field-of-view test refused, each slid along the
+        viewing ray of its inliers' centroid to the most similar depth (``refine.Refiner.search_depth``, as the
+        refinement's own depth search but over the whole 0.3–0.95 × SDD range from far outside it); the plausible ones, with their inliers counted again at the new depth
+        (``PnPOptions.reseat_implausible``). Empty when the option or the refinement is off."""
+        from .pose import PnPResult, reprojection_errors
+
+        o = registrar.options
+        if not (o.pnp.reseat_implausible and o.refine.enabled) or not implausible:
+            return []
+        intr, ct = xray.intrinsics, registrar.ct
+        X, x = p.pts[p.use], p.uv[p.use]
+        thr = o.pnp.threshold_px(intr)
+        out = []
+        for h in implausible:
+            centre = X[h.inliers].mean(0)
+            try:
+                ds = registrar.refiner().search_depth(xray.pixels, intr, h.camera_from_world, centre_ras=centre)
+            except ValueError:  # its inliers behind the source: no ray to slide along
+                continue
+            T = ds.camera_from_world
+            if not is_in_view(ct, Camera(intr, T)):
+                continue
+            err = reprojection_errors(T, intr, X, x)
+            inl = np.flatnonzero(err <= thr)
+            rmse = float(np.sqrt(np.mean(err[inl] ** 2))) if len(inl) else float("nan")
+            out.append(PnPResult(T, inl, h.n_correspondences, err, rmse, h.method + " re-seated", h.attempts))
+        return out
 
     @staticmethod
     def _solve(registrar, intr, p: DetectionPass, max_hypotheses: int):

@@ -158,12 +158,19 @@ class PnPOptions:
             Default 3 (session 7): on 20 clinical close-ups of the pelvis with a prepared network, 14 instead of 13
             registered, median mTRE 0.71 instead of 1.11 mm, +1.3 s per registration (5: no further gain, +3.8 s);
             the largest consensus is often a wrong pose whose detections agree with each other.
+        reseat_implausible: when every PnP pose of the first detection pass is implausible (mostly: the CT placed
+            beyond the detector — detections bunched together read as a far, small bone), keep their orientations
+            and slide each along the viewing ray of its inliers' centroid to the most similar depth
+            (``refine.Refiner.search_depth``, one batch of coarse DRRs); the plausible ones then compete as the
+            PnP poses would (view pass, coarse comparison). Needs refinement on. A registration from such a start is
+            judged as a rescued one (``verdict.VerdictRule.min_rescued_agreement``, competitor check always).
     """
 
     ransac_threshold_px: float = 10.0
     ransac_iterations: int = 10_000
     ransac_confidence: float = 0.9999
     hypotheses: int = 3
+    reseat_implausible: bool = True
 
     def __post_init__(self) -> None:
         _number("pnp.ransac_threshold_px", self.ransac_threshold_px, 0.0, 1000.0, open_lo=True)
@@ -188,6 +195,8 @@ class RefineOptions:
         depth_search: before refining a PnP pose, slide the CT along the viewing ray of its centre and also refine
             from the most similar depth (``Refiner.refine_with_depth_search``): PnP from noisy detections is
             weakest in depth. Not applied to a caller's start pose.
+        depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
+            only the winner goes through the rest of the schedule (0: both run every level).
         levels: coarse-to-fine grid sizes (longer side, px), coarse first (``schedule_levels``).
         iterations: Adam iterations per level (one number for all levels, or one per level).
         lr_mm: initial learning rate per level (mm of translation / of arc at the bone radius); cosine decay to
@@ -233,6 +242,7 @@ class RefineOptions:
     patch_fraction: float = 0.1
     bone_multiplier: float = 2.5
     backend: str = "nanodrr"
+    depth_compare_levels: int = 0
     competitor_check: bool = True
     competitor_shift_mm: float = 60.0
     competitor_levels: int = 2
@@ -254,6 +264,7 @@ class RefineOptions:
         _number("refine.competitor_shift_mm", self.competitor_shift_mm, 0.0, 1000.0, open_lo=True)
         _number("refine.competitor_check_below", self.competitor_check_below, 0.0, 1.0)
         _number("refine.competitor_levels", self.competitor_levels, 0, MAX_LEVELS, integer=True)
+        _number("refine.depth_compare_levels", self.depth_compare_levels, 0, MAX_LEVELS, integer=True)
         levels = self.levels
         if not isinstance(levels, tuple) or not 1 <= len(levels) <= MAX_LEVELS:
             raise OptionsError("refine.levels", levels, f"give 1 to {MAX_LEVELS} grid sizes, coarse first")

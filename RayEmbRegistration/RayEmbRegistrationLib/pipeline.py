@@ -118,15 +118,21 @@ class Registrar:
         by ``options.seed``), in the pool's random order (``initial_pose.RayEmbPnP``'s view pass)."""
         return self.bone_in_view(camera)[0]
 
+    def view_pool(self) -> np.ndarray:
+        """(``detection.n_view_pool``, 3) RAS bone points drawn once per CT (seeded by ``options.seed``): the pool
+        from which the points a pose puts in view are taken (``bone_in_view``, the rescue's rotation centres)."""
+        d = self.options.detection
+        key = (d.n_view_pool, self.options.seed)
+        if self._view_pool is None or self._view_pool[0] != key:
+            self._view_pool = (key, self.ct.sample_bone_points(d.n_view_pool, np.random.default_rng([self.options.seed, 1])))
+        return self._view_pool[1]
+
     def bone_in_view(self, camera: Camera) -> tuple[np.ndarray, float]:
         """``bone_candidates_in_view(camera)`` and the share (0–1) of the whole view pool that ``camera`` puts inside
         its image and in front of its source (~1 for a view of the whole bone, small for a close-up), from one
         projection of the pool."""
         d = self.options.detection
-        key = (d.n_view_pool, self.options.seed)
-        if self._view_pool is None or self._view_pool[0] != key:
-            self._view_pool = (key, self.ct.sample_bone_points(d.n_view_pool, np.random.default_rng([self.options.seed, 1])))
-        pool = self._view_pool[1]
+        pool = self.view_pool()
         inside = camera.intrinsics.contains_pixels(camera.project(pool)) & (camera.depth(pool) > 0)
         return pool[inside][: d.bone_candidates(self.device)], float(inside.mean())
 
@@ -268,9 +274,8 @@ class Registrar:
         bases = [result.final.camera_from_world]
         if not np.allclose(init.camera.camera_from_world, bases[0]):
             bases.append(init.camera.camera_from_world)
-        pool, _ = self.bone_in_view(result.final)
-        points = pool if len(pool) >= rescue.MIN_POINTS_IN_VIEW else signal_points(self.ct)
-        best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, points,
+        # Each base rotates about the bone of the pool that it puts in view (all of the pool when it sees too little).
+        best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, self.view_pool(),
                                                o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,
                                                compare_levels=o.rescue_compare_levels or None)
         before = result.similarity_after  # refined (``_rescue_applies``), so measured
@@ -306,7 +311,8 @@ class Registrar:
             # PnP is weakest in depth: also refine from the most similar depth along the viewing ray.
             try:
                 rr, ds, results, k = refiner.refine_with_depth_search(
-                    xray.pixels, intr, T0, progress, cancel, is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)))
+                    xray.pixels, intr, T0, progress, cancel, is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)),
+                    compare_levels=o.depth_compare_levels or None)
             except ValueError as exc:  # the bone centre behind the source: nothing to slide along
                 warnings.append(f"depth search skipped: {exc}")
             else:
@@ -324,7 +330,8 @@ class Registrar:
         recorded C-arm angles, reproject the landmarks, render the final DRR, give the verdict.
         ``rescued``: the pose comes from the rescue search; the verdict then also asks that it explain enough of the
         detections (``VerdictRule.min_rescued_agreement``), and the competitor check runs on it whatever its
-        footprint similarity (a wide search can end in a local optimum near the truth)."""
+        footprint similarity (a wide search can end in a local optimum near the truth). The same holds for a start
+        re-seated in depth (``init.reseated``: PnP found only implausible poses)."""
         from .refine import level_intrinsics
 
         intr = xray.intrinsics
@@ -350,13 +357,13 @@ class Registrar:
             n_correspondences=init.n_correspondences, inliers=init.inliers, similarity_before=sims[0],
             similarity_after=sims[1], timings_s=timings, drr=drr,
             drr_intrinsics=level_intrinsics(intr, self.options.refine.levels[-1]), warnings=warnings,
-            initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, options=self.options,
+            initial_method=init.method, pnp_rmse_px=init.pnp_rmse_px, initial_reseated=init.reseated, options=self.options,
             pnp_hypotheses=init.hypotheses, depth_search=depth)
         sig = {**signals(result, self.ct, xray, self.refiner()), "rescued": bool(rescued)}
         result.verdict = judge(sig)
         o = self.options.refine
         if (result.verdict.accepted and stage == "refined" and o.competitor_check
-                and (rescued or o.competitor_check_below >= 1.0
+                and (rescued or init.reseated or o.competitor_check_below >= 1.0
                      or not sig.get("footprint_similarity") >= o.competitor_check_below)):
             # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
             # matches (footprint similarity ≥ competitor_check_below) skip it.

@@ -13,7 +13,7 @@ X-ray *as given* (full detector resolution); ``camera_from_world`` (4, 4) float6
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -38,7 +38,15 @@ HAS_MAGSAC = hasattr(cv2, "USAC_MAGSAC")
 
 
 class PoseError(ValueError):
-    """PnP impossible or failed (too few usable correspondences, degenerate points, no consensus)."""
+    """PnP impossible or failed (too few usable correspondences, degenerate points, no consensus).
+
+    ``implausible``: the poses that RANSAC found but the caller's plausibility test refused (``solve_pnp_hypotheses``;
+    empty otherwise), largest consensus first — a caller may still use their orientation
+    (``initial_pose.RayEmbPnP``'s re-seating)."""
+
+    def __init__(self, message: str, implausible: Sequence["PnPResult"] = ()) -> None:
+        super().__init__(message)
+        self.implausible = tuple(implausible)
 
 
 @dataclass
@@ -172,7 +180,7 @@ def solve_pnp_hypotheses(
     n_usable = int(active.sum())
     kwargs = dict(threshold_px=threshold_px, iterations=iterations, confidence=confidence, method=method,
                   seed=seed, polish=polish)
-    rejected: list[int] = []
+    rejected: list[PnPResult] = []
     found: list[PnPResult] = []
     for attempt in range(max(1, int(max_attempts))):
         Xa = np.where(active[:, None], X, np.nan)
@@ -192,11 +200,12 @@ def solve_pnp_hypotheses(
             if len(found) >= max_hypotheses:
                 break
         else:
-            rejected.append(res.n_inliers)
+            rejected.append(res)
     if not found:
         raise PoseError(
-            f"PnP found only implausible poses ({len(rejected)} consensus sets of {rejected} inliers put the CT outside "
-            "the X-ray's field of view); the detections do not agree on a camera pose."
+            f"PnP found only implausible poses ({len(rejected)} consensus sets of {[r.n_inliers for r in rejected]} "
+            "inliers put the CT outside the X-ray's field of view); the detections do not agree on a camera pose.",
+            implausible=rejected,
         )
     return found
 

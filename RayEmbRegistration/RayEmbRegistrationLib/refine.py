@@ -30,7 +30,7 @@ import torch
 
 from .camera import Intrinsics
 from .options import RefineOptions
-from .progress import CancelFn, ProgressFn, check_cancel
+from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .render import DRRRenderer
 from .similarity import multiscale_ncc
 from .volume import BONE_HU, CTVolume
@@ -210,14 +210,16 @@ class Refiner:
 
     @torch.no_grad()
     def search_depth(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world, n: int = 16,
-                     range_fraction: tuple[float, float] = (0.3, 0.95), size: int = 64) -> DepthSearch:
+                     range_fraction: tuple[float, float] = (0.3, 0.95), size: int = 64,
+                     centre_ras=None) -> DepthSearch:
         """Slide the CT along the viewing ray of its centre and keep the most similar depth.
 
         A pose from a few noisy 2D–3D correspondences is weakest in depth (magnification), and the gradient
         refinement captures depth errors of only ~10 %. This tries the start and ``n`` rigid translations of it
-        along the ray from the source through the refinement centre ``c`` (so ``c`` keeps its pixel), with
-        the depth of ``c`` geometrically spaced over ``range_fraction`` × the source-to-detector distance,
-        and scores each by the multiscale NCC on the ``size`` grid (one batch of cheap coarse DRRs).
+        along the ray from the source through the point ``c`` (``centre_ras``; default the refinement centre) so
+        that ``c`` keeps its pixel, with the depth of ``c`` geometrically spaced over ``range_fraction`` × the
+        source-to-detector distance, and scores each by the multiscale NCC on the ``size`` grid (one batch of cheap
+        coarse DRRs).
 
         Args:
             camera_from_world: (4, 4) the start pose (``c`` must be in front of the source).
@@ -225,10 +227,11 @@ class Refiner:
             ``DepthSearch``; its pose is the start unless a candidate is more similar.
         """
         T0 = np.asarray(camera_from_world, dtype=np.float64)
-        c_cam = T0[:3, :3] @ self.centre_ras + T0[:3, 3]
+        c = self.centre_ras if centre_ras is None else np.asarray(centre_ras, dtype=np.float64).reshape(3)
+        c_cam = T0[:3, :3] @ c + T0[:3, 3]
         z0 = float(c_cam[2])
         if not z0 > 0:
-            raise ValueError(f"the refinement centre is behind the source at the start pose (depth {z0:.1f} mm)")
+            raise ValueError(f"the depth-search centre is behind the source at the start pose (depth {z0:.1f} mm)")
         sdd = float(intrinsics.source_to_detector_mm)
         depths = np.geomspace(range_fraction[0] * sdd, range_fraction[1] * sdd, int(n))
         factors = np.concatenate([[1.0], depths / z0])
@@ -256,47 +259,66 @@ class Refiner:
     def refine_with_depth_search(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                                  progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                                  is_plausible: Callable[[np.ndarray], bool] | None = None,
+                                 compare_levels: int | None = None,
                                  ) -> tuple[RefineResult, DepthSearch, list[RefineResult], int]:
         """``search_depth``, then ``refine`` from the start and (if the search moved it) from the searched pose.
 
         The coarse depth score alone sometimes prefers a wrong basin when the rotation is far off, and the start
         alone cannot recover a wrong magnification: both are refined and the more similar result wins, among
-        those that pass ``is_plausible(camera_from_world)`` if any does.
+        those that pass ``is_plausible(camera_from_world)`` if any does. ``compare_levels``: the two starts compete
+        over the first levels of the schedule only, and the winner goes through the rest (None: both run every
+        level; ``options.RefineOptions.depth_compare_levels``).
 
         Returns:
             (the chosen result, the depth search, all results — index 0 from the start, 1 from the searched
-            pose —, the index of the chosen one). The chosen result's ``similarity_before`` is the *start's*
-            similarity and ``improved`` is relative to the start (not improved → the start pose is returned).
+            pose; with ``compare_levels``, after those levels and scored on the last of them —, the index of the
+            chosen one). The chosen result's ``similarity_before`` is the *start's* similarity (finest level) and
+            ``improved`` is relative to the start (not improved → the start pose is returned).
         Raises:
             ValueError: the refinement centre is behind the source at the start (see ``search_depth``).
         """
+        t0 = time.perf_counter()
         ds = self.search_depth(xray_pixels, intrinsics, camera_from_world)
         starts = [np.asarray(camera_from_world, dtype=np.float64)]
         if ds.factor != 1.0:
             starts.append(ds.camera_from_world)
-        results, k = self.refine_from_starts(xray_pixels, intrinsics, starts, progress, cancel,
-                                             is_plausible=is_plausible)
-        best = results[k]
-        before = results[0].similarity_before
+        split = compare_levels is not None and len(starts) > 1 and 0 < compare_levels < len(self.options.levels)
+        if not split:
+            results, k = self.refine_from_starts(xray_pixels, intrinsics, starts, progress, cancel,
+                                                 is_plausible=is_plausible)
+            best, before = results[k], results[0].similarity_before
+        else:
+            n = int(compare_levels)
+            results, k = self.refine_from_starts(xray_pixels, intrinsics, starts,
+                                                 sub_progress(progress, 0.0, 0.5), cancel, max_levels=n,
+                                                 is_plausible=is_plausible)
+            rest = self.refine(xray_pixels, intrinsics, results[k].camera_from_world, sub_progress(progress, 0.5, 1.0),
+                               cancel, first_level=n)
+            # one result over the whole schedule: the winner's coarse levels, then the rest (``params`` of the rest)
+            best = RefineResult(rest.camera_from_world, rest.similarity_before, rest.similarity_after, rest.improved,
+                                results[k].history + rest.history, rest.params, rest.seconds)
+            before = float(self.similarity(xray_pixels, intrinsics, starts[:1])[0])
         chosen = RefineResult(best.camera_from_world, before, max(best.similarity_after, before),
-                              best.similarity_after > before, best.history, best.params, sum(r.seconds for r in results))
+                              best.similarity_after > before, best.history, best.params, time.perf_counter() - t0)
         if not chosen.improved:
             chosen.camera_from_world = starts[0]
         return chosen, ds, results, k
 
     def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-               max_levels: int | None = None) -> RefineResult:
+               max_levels: int | None = None, first_level: int = 0) -> RefineResult:
         """Refine ``camera_from_world`` (4, 4) for the X-ray ``xray_pixels`` (H, W) of detector ``intrinsics``.
 
         ``max_levels``: run only the first (coarsest) levels of the schedule; the similarities and the final
-        choice are then at the last level run (used to compare several start poses cheaply).
+        choice are then at the last level run (used to compare several start poses cheaply). ``first_level``: skip
+        the schedule's first levels (a start that has already been through them: ``rescue.search``).
         """
-        return self.refine_batch(xray_pixels, intrinsics, [camera_from_world], progress, cancel, max_levels)[0]
+        return self.refine_batch(xray_pixels, intrinsics, [camera_from_world], progress, cancel, max_levels,
+                                 first_level)[0]
 
     def refine_batch(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, starts,
                      progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                     max_levels: int | None = None) -> list[RefineResult]:
+                     max_levels: int | None = None, first_level: int = 0) -> list[RefineResult]:
         """``refine`` from each of ``starts`` ((4, 4) poses), all at once: one batch of DRRs per iteration (6 starts
         at 32²: 59 ms per iteration instead of 6 × 22 ms). Each start has its own parameters; Adam is elementwise, so
         every result is the one ``refine`` alone would give, up to the float rounding of a batched DRR (which the
@@ -312,6 +334,8 @@ class Refiner:
         if max_levels is not None:
             k = max(1, int(max_levels))
             levels, iters, lrs = levels[:k], iters[:k], lrs[:k]
+        j = min(max(0, int(first_level)), len(levels) - 1)
+        levels, iters, lrs = levels[j:], iters[j:], lrs[j:]
         total = max(1, sum(iters))
         done = 0
         T0_t = torch.as_tensor(T0, dtype=torch.float64, device=self.device)

@@ -70,6 +70,7 @@ def registration_dict(result, ct=None, xray=None, extra: dict | None = None) -> 
         "conventions": CONVENTIONS,
         "final_stage": result.final_stage,
         "initial_method": result.initial_method,
+        "initial_reseated": bool(getattr(result, "initial_reseated", False)),
         # The final pose at the top level (the contract of `rayemb register`).
         "intrinsics": final.intrinsics.K,
         "camera_from_world": final.camera_from_world,

@@ -97,7 +97,9 @@ def search(refiner, xray_pixels: np.ndarray, intrinsics: Intrinsics, bases: Sequ
     """Score ``rotation_starts`` of ``bases`` on the ``grid_px`` grid in one batch (``Refiner.similarity``), refine
     the ``top`` most similar together (``Refiner.refine_batch``) and return ``(the most similar refined result,
     number of starts scored, seconds)``. ``compare_levels``: the ``top`` starts compete over the first levels of the
-    schedule only and the winner is then refined with the full schedule (None: all compete over every level)."""
+    schedule only and the winner then goes through the rest of the schedule (None: all compete over every level).
+    ``points_ras``: bone points (N, 3); each base rotates about those of them it puts in its image
+    (``view_centre``)."""
     t0 = time.perf_counter()
     starts = rotation_starts(bases, intrinsics, points_ras, angles_deg)
     scores = refiner.similarity(xray_pixels, intrinsics, starts, grid_px)
@@ -106,5 +108,6 @@ def search(refiner, xray_pixels: np.ndarray, intrinsics: Intrinsics, bases: Sequ
                                    max_levels=compare_levels)
     best = max(results, key=lambda r: r.similarity_after)
     if compare_levels is not None and compare_levels < len(refiner.options.levels):
-        best = refiner.refine(xray_pixels, intrinsics, best.camera_from_world, cancel=cancel)
+        # The winner has been through the first ``compare_levels`` levels: the rest of the schedule finishes it.
+        best = refiner.refine(xray_pixels, intrinsics, best.camera_from_world, cancel=cancel, first_level=compare_levels)
     return best, len(starts), time.perf_counter() - t0

@@ -172,6 +172,8 @@ class RegistrationResult:
         warnings: human-readable remarks (e.g. disagreement with the DICOM C-arm angles).
         initial_method: ``"rayemb"`` (detection + PnP) or ``"given"`` (a caller's start pose).
         pnp_rmse_px: RMS reprojection error of the PnP inliers.
+        initial_reseated: every PnP pose was implausible and the start is one of them slid to the most similar depth
+            (``initial_pose.RayEmbPnP``, ``options.PnPOptions.reseat_implausible``).
         pnp_hypotheses: the competing PnP poses, if more than one.
         depth_search: the refinement's start-depth search, if it ran.
         rescue: ``rescue.RescueSummary`` of the wider search run for a result the verdict did not accept, if it ran.
@@ -193,6 +195,7 @@ class RegistrationResult:
     warnings: list[str] = field(default_factory=list)
     initial_method: str = "rayemb"
     pnp_rmse_px: float | None = None
+    initial_reseated: bool = False
     options: Any = field(default=None, repr=False)
     pnp_hypotheses: list[PnPHypothesis] = field(default_factory=list)
     depth_search: DepthSearchSummary | None = None
@@ -215,7 +218,9 @@ class RegistrationResult:
         if self.verdict is not None:
             lines.append(f"  verdict: {self.verdict.line()}")
         if self.initial_method == "rayemb":
-            lines.append(f"  PnP: {self.inliers}/{self.n_correspondences} inliers, {self.pnp_rmse_px:.2f} px RMS")
+            lines.append(f"  PnP: {self.inliers}/{self.n_correspondences} inliers, {self.pnp_rmse_px:.2f} px RMS"
+                         + ("; every PnP pose put the CT out of view: started from PnP's orientation at the most "
+                            "similar depth" if self.initial_reseated else ""))
         if self.similarity_after is not None:
             lines.append(f"  similarity (multiscale NCC): {self.similarity_before:.4f} -> {self.similarity_after:.4f}")
         if self.depth_search is not None and self.depth_search.corrected:

@@ -173,6 +173,7 @@ def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
     ds = result.depth_search
     return {
         "initial_method": result.initial_method,
+        "reseated": bool(getattr(result, "initial_reseated", False)),
         "refined": result.final_stage == "refined",
         "similarity": math.nan if after is None else float(after),
         "footprint_similarity": (footprint_similarity(xray.pixels, result.drr)
@@ -225,7 +226,8 @@ class VerdictRule:
             X-ray shows). Set low, so that real X-rays (their contrast differs from DRRs) land in "uncertain"
             rather than "rejected" when in doubt.
         max_depth_tolerance_mm: an accepted result has its depth fixed by the image to within this (mm).
-        min_inliers: a RayEmb initial pose needs at least this many PnP inliers to be accepted.
+        min_inliers: a RayEmb initial pose needs at least this many PnP inliers to be accepted (a re-seated one is
+            judged by ``min_rescued_agreement`` instead).
         min_competitor_margin: an accepted result explains the X-ray better than any different pose near it by at
             least this much similarity (``competitor_margin``; where it was measured). Chosen on
             ``benchmarks/probe_ambiguity.py`` (clinical close-ups of the lumbar spine and the pelvis): every
@@ -258,8 +260,8 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
     * accepted: the pose was refined, its footprint similarity is at least ``accept_similarity``, its depth
       tolerance at most ``max_depth_tolerance_mm``, (for a RayEmb initial pose) PnP had at least ``min_inliers``
       inliers, no different pose near it explains the X-ray almost as well (``competitor_margin`` at least
-      ``min_competitor_margin``, where it was measured), a rescued pose (``rescued``) agrees with at least
-      ``min_rescued_agreement`` detections, and nothing else warned;
+      ``min_competitor_margin``, where it was measured), a rescued pose (``rescued``) or one from a re-seated PnP
+      start (``reseated``) agrees with at least ``min_rescued_agreement`` detections, and nothing else warned;
     * uncertain: everything in between — the pose may be right, and the reasons say what to check.
 
     The verdict checks the result against the geometry it was given: a wrong source-to-detector distance is
@@ -284,15 +286,19 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
     if not math.isnan(tol) and tol > rule.max_depth_tolerance_mm:  # inf: the similarity is flat in depth
         reasons.append(f"the image fixes the depth only to ±{tol:.0f} mm (a small CT or a far source): the pose may be "
                        "right in the image and wrong in depth")
-    if sig.get("initial_method") == "rayemb" and sig.get("inliers", 0) < rule.min_inliers:
+    # A re-seated start's inliers are a recount at a guessed depth, not a consensus: its detections are judged at the
+    # final pose instead (``final_agreement`` below).
+    if sig.get("initial_method") == "rayemb" and not sig.get("reseated") and sig.get("inliers", 0) < rule.min_inliers:
         reasons.append(f"only {sig.get('inliers', 0)} PnP inliers (< {rule.min_inliers})")
     margin = sig.get("competitor_margin", math.nan)
     if not math.isnan(margin) and margin < rule.min_competitor_margin:
         reasons.append(f"a different pose {sig.get('competitor_distance_mm', math.nan):.0f} mm away explains the X-ray "
                        + ("better" if margin < 0 else "almost as well") + f" (similarity margin {margin:+.3f}): "
                        "repeating anatomy (a neighbouring vertebra?) or too little bone in view — check the level")
-    if sig.get("rescued") and sig.get("final_agreement", 0) < rule.min_rescued_agreement:
-        reasons.append(f"the pose was found by the rescue search and only {sig.get('final_agreement', 0)} of the "
+    wide = ("the rescue search" if sig.get("rescued") else
+            "re-seating a PnP orientation in depth (every PnP pose was implausible)" if sig.get("reseated") else None)
+    if wide and sig.get("final_agreement", 0) < rule.min_rescued_agreement:
+        reasons.append(f"the pose was found by {wide} and only {sig.get('final_agreement', 0)} of the "
                        f"detections agree with it (< {rule.min_rescued_agreement}): it may be a near miss — check the overlay")
     if sig.get("warnings", 0):
         reasons.append("the registration reported warnings (see them)")

@@ -108,8 +108,15 @@ def test_implausible_consensus_is_set_aside(sample_ct):
     assert np.linalg.norm(Camera(intr, res.camera_from_world).source_ras - cam.source_ras) < 5.0
     assert np.isin(np.arange(140, 200), res.inliers).mean() > 0.9
     assert len(res.reprojection_errors_px) == 200 and np.isfinite(res.reprojection_errors_px).all()
-    with pytest.raises(PoseError, match="implausible"):
+    with pytest.raises(PoseError, match="implausible") as refused:
         solve_pnp(bad, uv[:140], intr, threshold_px=3.0, is_plausible=plausible)
+    # The refused poses travel with the error (initial_pose.RayEmbPnP re-seats their orientation in depth).
+    decoy_pose = refused.value.implausible[0]
+    assert not plausible(decoy_pose.camera_from_world) and decoy_pose.n_inliers > 120
+    assert rotation_angle_rad(decoy_pose.camera_from_world[:3, :3], decoy.camera_from_world[:3, :3]) < 0.02
+    with pytest.raises(PoseError) as too_few:
+        solve_pnp(bad[:3], uv[:3], intr)
+    assert too_few.value.implausible == ()
 
 
 def test_sequential_ransac_returns_disjoint_hypotheses(sample_ct):

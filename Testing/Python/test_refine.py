@@ -99,6 +99,17 @@ def test_refine_max_levels_runs_the_coarse_levels_only(setup):
     assert res.similarity_after >= res.similarity_before
 
 
+def test_refine_first_level_skips_the_coarse_levels(setup):
+    """``first_level`` finishes a start that has already been through the coarse levels (``rescue.search``): only
+    the remaining levels run, and the result is never worse than the start."""
+    intr, T, img, refiner, pts = setup
+    start = perturbation_numpy([1.0, -1.0, 0.5, 2.0, -2.0, 3.0], T, refiner.centre_ras, refiner.radius_mm)
+    res = refiner.refine(img, intr, start, first_level=1)
+    assert len(res.history) == 1 and len(res.history[0]) == 10  # the 128² level only
+    assert res.similarity_after >= res.similarity_before
+    assert _mtre(intr, res.camera_from_world, T, pts) < _mtre(intr, start, T, pts)
+
+
 def test_refine_batch_gives_each_start_its_own_refinement(setup):
     """``refine_batch`` refines several starts in one batch of DRRs per iteration: each result is what ``refine``
     alone gives from that start (same history length per level; pose and similarity up to the float rounding of
@@ -143,9 +154,16 @@ def test_search_depth_recovers_a_wrong_magnification(setup, true_over_start):
 
 
 def test_search_depth_keeps_a_correct_start(setup):
-    intr, T, img, refiner, _ = setup
+    intr, T, img, refiner, pts = setup
     ds = refiner.search_depth(img, intr, T)
     assert ds.factor == 1.0 and np.allclose(ds.camera_from_world, T)
+    # About another point (``centre_ras``: what a re-seated PnP pose slides along): that point keeps its pixel.
+    c = pts[:20].mean(0)
+    far = T.copy()
+    far[:3, 3] += 1.5 * (T[:3, :3] @ c + T[:3, 3])  # 2.5× too deep along the ray through c
+    ds = refiner.search_depth(img, intr, far, centre_ras=c)
+    assert np.allclose(Camera(intr, ds.camera_from_world).project(c[None]), Camera(intr, far).project(c[None]), atol=1e-6)
+    assert ds.factor < 0.6
     behind = T.copy()
     behind[:3, 3] -= [0.0, 0.0, 5000.0]
     with pytest.raises(ValueError, match="behind the source"):
@@ -166,3 +184,20 @@ def test_refine_with_depth_search_keeps_the_more_similar_plausible_result(setup)
     far = lambda A: abs(float((A[:3, :3] @ refiner.centre_ras + A[:3, 3])[2]) - c_true[2]) > 100.0  # noqa: E731
     res2, _, results2, k2 = refiner.refine_with_depth_search(img, intr, T0, is_plausible=far)
     assert k2 == 0 and np.allclose(res2.camera_from_world, results2[0].camera_from_world)
+
+
+def test_refine_with_depth_search_compare_levels_finishes_the_winner_only(setup):
+    """``compare_levels=1``: the two starts compete over the coarsest level, the winner goes through the rest — the
+    same choice and accuracy as refining both over every level, with its similarity_before still the start's at the
+    finest level and one history over the whole schedule."""
+    intr, T, img, refiner, pts = setup
+    c_true = T[:3, :3] @ refiner.centre_ras + T[:3, 3]
+    T0 = T.copy()
+    T0[:3, 3] += (1.0 / 0.6 - 1.0) * c_true
+    res, ds, results, k = refiner.refine_with_depth_search(img, intr, T0, compare_levels=1)
+    assert ds.factor != 1.0 and len(results) == 2 and k == 1
+    assert [len(h) for h in results[0].history] == [40]  # the compared level only
+    assert [len(h) for h in res.history] == [40, 10]
+    assert res.similarity_before == pytest.approx(float(refiner.similarity(img, intr, T0[None])[0]))
+    assert res.improved and res.similarity_after > res.similarity_before
+    assert _mtre(intr, res.camera_from_world, T, pts) < 3.0

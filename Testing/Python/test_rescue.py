@@ -90,6 +90,8 @@ def test_rescue_options_and_flag():
     base = ["register", "--ct", "ct.nii.gz", "--xray", "x.dcm", "--out", "o"]
     assert options_from_args(build_parser().parse_args(base)).refine.rescue
     assert not options_from_args(build_parser().parse_args(base + ["--no-rescue"])).refine.rescue
+    assert options_from_args(build_parser().parse_args(base)).pnp.reseat_implausible
+    assert not options_from_args(build_parser().parse_args(base + ["--no-reseat"])).pnp.reseat_implausible
 
 
 def test_pipeline_rescue_adopts_a_more_similar_pose_and_judges_it_again(sample_ct, setup):

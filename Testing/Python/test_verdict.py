@@ -29,6 +29,9 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
     ({"rescued": True, "final_agreement": 9}, UNCERTAIN, "rescue search and only 9 of the detections"),
     ({"rescued": True, "final_agreement": 38}, ACCEPTED, None),
     ({"rescued": False, "final_agreement": 9}, ACCEPTED, None),
+    # a start re-seated in depth: its recounted inliers do not count, the detections at the final pose do
+    ({"reseated": True, "inliers": 10, "final_agreement": 51}, ACCEPTED, None),
+    ({"reseated": True, "inliers": 300, "final_agreement": 7}, UNCERTAIN, "re-seating a PnP orientation"),
 ])
 def test_rule(changes, status, words):
     v = judge({**GOOD, **changes})

@@ -34,7 +34,8 @@ EXIT_TERMINATED = 143   # terminated (SIGTERM); nothing half written
 FLAGS = {
     "detection.n_bone_candidates": "--bone-candidates", "detection.n_bone_keep": "--bone-keep",
     "pnp.ransac_threshold_px": "--ransac-threshold", "pnp.hypotheses": "--pnp-poses", "refine.levels": "--refine-levels",
-    "refine.iterations": "--refine-iterations", "refine.competitor_levels": "--competitor-levels", "device": "--device",
+    "refine.iterations": "--refine-iterations", "refine.competitor_levels": "--competitor-levels",
+    "refine.depth_compare_levels": "--depth-compare-levels", "device": "--device",
     "seed": "--seed",
 }
 
@@ -159,6 +160,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--competitor-levels", type=int, default=None, metavar="N",
                    help="refinement levels the competitor check runs, coarse first (0: every level; default "
                         f"{R.competitor_levels})")
+    p.add_argument("--depth-compare-levels", type=int, default=None, metavar="N",
+                   help="refinement levels over which the PnP start and the depth-searched start compete before only "
+                        f"the winner is refined further (0: both run every level; default {R.depth_compare_levels})")
     p.add_argument("--no-rescue", action="store_true",
                    help="give a result the verdict does not accept as it is, without first searching rotated starts "
                         "about the bone in view (the rescue search: one batched refinement, only for such results)")
@@ -174,6 +178,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--pnp-poses", type=int, default=None, metavar="N",
                    help="PnP poses (disjoint RANSAC consensus sets) that compete by a coarse refinement; 1 = the "
                         f"largest consensus only (default {N.hypotheses})")
+    p.add_argument("--no-reseat", action="store_true",
+                   help="when every PnP pose puts the CT out of view, fail instead of sliding their orientations to "
+                        "the most similar depth along the viewing ray (one batch of coarse DRRs per pose)")
     p.add_argument("--no-view-pass", action="store_true",
                    help="do not detect again, for each PnP pose, the bone points it puts inside the X-ray (the view "
                         "pass: more right detections on close-ups; about +1 s)")
@@ -204,6 +211,8 @@ def options_from_args(args) -> RegistrationOptions:
         pnp["ransac_threshold_px"] = args.ransac_threshold
     if getattr(args, "pnp_poses", None) is not None:
         pnp["hypotheses"] = args.pnp_poses
+    if getattr(args, "no_reseat", False):
+        pnp["reseat_implausible"] = False
     if getattr(args, "no_refine", False):
         ref["enabled"] = False
     if getattr(args, "no_depth_search", False):
@@ -212,6 +221,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["competitor_check"] = False
     if getattr(args, "competitor_levels", None) is not None:
         ref["competitor_levels"] = args.competitor_levels
+    if getattr(args, "depth_compare_levels", None) is not None:
+        ref["depth_compare_levels"] = args.depth_compare_levels
     if getattr(args, "no_rescue", False):
         ref["rescue"] = False
     try:
