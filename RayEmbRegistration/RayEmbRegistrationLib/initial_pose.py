@@ -96,6 +96,10 @@ class RayEmbPnP:
     noise; among the points in view of a roughly right pose, far more detections are right (docs/pipeline.md,
     "View pass"). Its poses join the first pass's.
 
+    When every PnP pose of the first pass is implausible (``pnp.reseat_implausible``, refinement on), the refused
+    poses are re-seated in depth (``_reseat``) and take the first pass's place; ``InitialPose.reseated`` says when the
+    start is one of them (the verdict then judges it by the detections that agree with the final pose).
+
     With ``pnp.hypotheses > 1`` (or the view pass), refinement on and ``compare_hypotheses``, the plausible poses
     each get the coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus
     is not always the right pose); without, the largest consensus of the first pass is taken.

@@ -166,7 +166,8 @@ def test_register_and_detect_through_main(sample_ct_path, sample_ct, tmp_path, c
     text = capsys.readouterr().out
     assert "final pose from stage" in text and "registration.json" in text
     d = json.loads((out / "registration.json").read_text())
-    assert d["initial_method"] == "rayemb" and d["inliers"] >= 6
+    assert d["initial_method"] == "rayemb" and d["inliers"] >= 6 and d["initial_reseated"] is False
+    assert d["options"]["pnp"]["reseat_implausible"] is True
     assert d["options"]["refine"]["levels"] == [32, 64, 128] and d["options"]["detection"]["n_bone_candidates"] == 1000
     assert (out / "overlay.png").is_file() and not (out / "scene.mrb").exists()
     e = pose_errors(np.array(d["camera_from_world"]), T, sample_ct.sample_bone_points(300, 4), Intrinsics.deepfluoro(128))

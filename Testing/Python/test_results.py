@@ -53,3 +53,6 @@ def test_json_fields_are_plain():
         "status_before": "uncertain", "reasons_before": ("low similarity",), "starts": 50, "refined": 4, "grid_px": 32,
         "similarity_before": 0.77, "similarity": 0.83, "adopted": True, "seconds": 6.5}
     assert any("adopted, similarity 0.7700 -> 0.8300" in line for line in rescued.summary_lines())
+    reseated = _result(initial_reseated=True)
+    assert any("started from PnP's orientation at the most similar depth" in line for line in reseated.summary_lines())
+    assert not any("most similar depth" in line for line in _result().summary_lines())

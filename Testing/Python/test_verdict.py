@@ -32,12 +32,20 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
     # a start re-seated in depth: its recounted inliers do not count, the detections at the final pose do
     ({"reseated": True, "inliers": 10, "final_agreement": 51}, ACCEPTED, None),
     ({"reseated": True, "inliers": 300, "final_agreement": 7}, UNCERTAIN, "re-seating a PnP orientation"),
+    # a small X-ray scores lower even at the true pose: the reason says so (and what to do)
+    ({"footprint_similarity": 0.92, "xray_px": 128}, UNCERTAIN, "full resolution"),
+    ({"footprint_similarity": 0.92, "xray_px": 256}, UNCERTAIN, "where failures begin"),
 ])
 def test_rule(changes, status, words):
     v = judge({**GOOD, **changes})
     assert v.status == status, v
     assert (not v.reasons) if words is None else any(words in r for r in v.reasons), v.reasons
     assert v.line().startswith(status) and v.to_dict()["status"] == status
+
+
+def test_small_xray_hint_only_for_small_xrays():
+    assert not any("full resolution" in r for r in judge({**GOOD, "footprint_similarity": 0.92, "xray_px": 256}).reasons)
+    assert judge({**GOOD, "xray_px": 128}).status == ACCEPTED  # a good small-X-ray result is accepted as any
 
 
 def test_rule_thresholds_are_the_documented_ones():
