@@ -158,7 +158,6 @@ class RayEmbPnP:
                     cands.append((self._solve(registrar, intr, second, 1)[0], second))
                 except PoseError:
                     continue
-
             timings["view_pass"] = time.perf_counter() - t
         n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
         (pnp, used), ranked, best = cands[0], [], 0
@@ -200,9 +199,10 @@ class RayEmbPnP:
     @staticmethod
     def _reseat(registrar, xray, p: DetectionPass, implausible) -> list:
         """PnP poses (``pose.PnPResult``) that PnP found but the field-of-view test refused, each slid along the
-        viewing ray of its inliers' centroid to the most similar depth (``refine.Refiner.search_depth``, as the
-        refinement's own depth search but over the whole 0.3–0.95 × SDD range from far outside it); the plausible ones, with their inliers counted again at the new depth
-        (``PnPOptions.reseat_implausible``). Empty when the option or the refinement is off."""
+        viewing ray of its inliers' centroid to the most similar depth (``refine.Refiner.search_depth``: the
+        refinement's own depth search, 0.3–0.95 × SDD, here from a start far outside that range); the plausible
+        ones, with their inliers counted again at the new depth (``PnPOptions.reseat_implausible``). Empty when the
+        option or the refinement is off."""
         from .pose import PnPResult, reprojection_errors
 
         o = registrar.options

@@ -92,6 +92,12 @@ def test_rescue_options_and_flag():
     assert not options_from_args(build_parser().parse_args(base + ["--no-rescue"])).refine.rescue
     assert options_from_args(build_parser().parse_args(base)).pnp.reseat_implausible
     assert not options_from_args(build_parser().parse_args(base + ["--no-reseat"])).pnp.reseat_implausible
+    wide = options_from_args(build_parser().parse_args(base + ["--rescue-angles", "-60", "0", "60"]))
+    assert wide.refine.rescue_angles_deg == (-60.0, 0.0, 60.0)
+    from RayEmbRegistrationLib.cli.common import CLIError
+
+    with pytest.raises(CLIError, match="--rescue-angles"):
+        options_from_args(build_parser().parse_args(base + ["--rescue-angles", "200"]))
 
 
 def test_pipeline_rescue_adopts_a_more_similar_pose_and_judges_it_again(sample_ct, setup):

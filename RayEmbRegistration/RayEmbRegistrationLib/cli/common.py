@@ -35,7 +35,8 @@ FLAGS = {
     "detection.n_bone_candidates": "--bone-candidates", "detection.n_bone_keep": "--bone-keep",
     "pnp.ransac_threshold_px": "--ransac-threshold", "pnp.hypotheses": "--pnp-poses", "refine.levels": "--refine-levels",
     "refine.iterations": "--refine-iterations", "refine.competitor_levels": "--competitor-levels",
-    "refine.depth_compare_levels": "--depth-compare-levels", "device": "--device",
+    "refine.depth_compare_levels": "--depth-compare-levels", "refine.rescue_angles_deg": "--rescue-angles",
+    "device": "--device",
     "seed": "--seed",
 }
 
@@ -166,6 +167,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-rescue", action="store_true",
                    help="give a result the verdict does not accept as it is, without first searching rotated starts "
                         "about the bone in view (the rescue search: one batched refinement, only for such results)")
+    p.add_argument("--rescue-angles", type=float, nargs="+", default=None, metavar="DEG",
+                   help="rotations (degrees) of the rescue search about each image axis; every pair is a start "
+                        f"(default {' '.join(f'{x:g}' for x in R.rescue_angles_deg)})")
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
@@ -225,6 +229,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["depth_compare_levels"] = args.depth_compare_levels
     if getattr(args, "no_rescue", False):
         ref["rescue"] = False
+    if getattr(args, "rescue_angles", None) is not None:
+        ref["rescue_angles_deg"] = tuple(args.rescue_angles)
     try:
         o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
         o = o.replace(detection=det, pnp=pnp, refine=ref)
