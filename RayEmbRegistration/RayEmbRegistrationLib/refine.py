@@ -288,21 +288,33 @@ class Refiner:
                                                  is_plausible=is_plausible)
             best, before = results[k], results[0].similarity_before
         else:
-            n = int(compare_levels)
-            results, k = self.refine_from_starts(xray_pixels, intrinsics, starts,
-                                                 sub_progress(progress, 0.0, 0.5), cancel, max_levels=n,
-                                                 is_plausible=is_plausible)
-            rest = self.refine(xray_pixels, intrinsics, results[k].camera_from_world, sub_progress(progress, 0.5, 1.0),
-                               cancel, first_level=n)
-            # one result over the whole schedule: the winner's coarse levels, then the rest (``params`` of the rest)
-            best = RefineResult(rest.camera_from_world, rest.similarity_before, rest.similarity_after, rest.improved,
-                                results[k].history + rest.history, rest.params, rest.seconds)
+            results, k, best = self.compete(xray_pixels, intrinsics, starts, int(compare_levels), progress, cancel,
+                                            is_plausible=is_plausible)
             before = float(self.similarity(xray_pixels, intrinsics, starts[:1])[0])
         chosen = RefineResult(best.camera_from_world, before, max(best.similarity_after, before),
                               best.similarity_after > before, best.history, best.params, time.perf_counter() - t0)
         if not chosen.improved:
             chosen.camera_from_world = starts[0]
         return chosen, ds, results, k
+
+    def compete(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, starts, compare_levels: int,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                is_plausible: Callable[[np.ndarray], bool] | None = None) -> tuple[list[RefineResult], int, RefineResult]:
+        """The ``starts`` compete over the first ``compare_levels`` levels of the schedule (one batch,
+        ``refine_from_starts``) and only the winner goes through the rest (``refine(first_level=…)``): cheaper than
+        refining every start fully when one of them will be kept (the depth search's two starts, the rescue's best).
+
+        Returns ``(results after the compared levels, scored on the last of them; the winner's index; the winner over
+        the whole schedule)`` — the last with the history of every level, its similarities at the finest level and
+        ``similarity_before`` that of the winner's pose after the compared levels."""
+        n = int(compare_levels)
+        results, k = self.refine_from_starts(xray_pixels, intrinsics, starts, sub_progress(progress, 0.0, 0.5), cancel,
+                                             max_levels=n, is_plausible=is_plausible)
+        rest = self.refine(xray_pixels, intrinsics, results[k].camera_from_world, sub_progress(progress, 0.5, 1.0),
+                           cancel, first_level=n)
+        winner = RefineResult(rest.camera_from_world, rest.similarity_before, rest.similarity_after, rest.improved,
+                              results[k].history + rest.history, rest.params, rest.seconds)
+        return results, k, winner
 
     def refine(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                progress: ProgressFn | None = None, cancel: CancelFn | None = None,

@@ -104,10 +104,10 @@ def search(refiner, xray_pixels: np.ndarray, intrinsics: Intrinsics, bases: Sequ
     starts = rotation_starts(bases, intrinsics, points_ras, angles_deg)
     scores = refiner.similarity(xray_pixels, intrinsics, starts, grid_px)
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[: max(1, int(top))]
-    results = refiner.refine_batch(xray_pixels, intrinsics, [starts[k] for k in order], cancel=cancel,
-                                   max_levels=compare_levels)
-    best = max(results, key=lambda r: r.similarity_after)
+    chosen = [starts[k] for k in order]
     if compare_levels is not None and compare_levels < len(refiner.options.levels):
-        # The winner has been through the first ``compare_levels`` levels: the rest of the schedule finishes it.
-        best = refiner.refine(xray_pixels, intrinsics, best.camera_from_world, cancel=cancel, first_level=compare_levels)
+        best = refiner.compete(xray_pixels, intrinsics, chosen, compare_levels, cancel=cancel)[2]
+    else:
+        best = max(refiner.refine_batch(xray_pixels, intrinsics, chosen, cancel=cancel, max_levels=compare_levels),
+                   key=lambda r: r.similarity_after)
     return best, len(starts), time.perf_counter() - t0
