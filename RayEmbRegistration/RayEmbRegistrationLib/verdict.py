@@ -29,7 +29,7 @@ ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 #: the rule was calibrated on (session 13, the refinement's DRR at the true pose of 6 simulated X-rays each: the
 #: sample CT at RayEmb-benchmark poses 0.91–0.95 at 128², 0.96–0.98 at 256², 0.98–0.99 at 512² — not the quantum
 #: noise: 4× the photons at 128² gave 0.92–0.95; lung2 clinical close-ups 0.98–0.99 at 128² and 256²), so the verdict
-#: says so when it does not accept one
+#: says so when it does not accept one (``benchmarks/probe_footprint_size.py``)
 SMALL_XRAY_PX = 192
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
 
