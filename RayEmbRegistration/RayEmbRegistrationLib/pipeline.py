@@ -277,14 +277,16 @@ class Registrar:
         # Each base rotates about the bone of the pool that it puts in view (all of the pool when it sees too little).
         best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, self.view_pool(),
                                                o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,
-                                               compare_levels=o.rescue_compare_levels or None)
+                                               compare_levels=o.rescue_compare_levels or None,
+                                               screen_iterations=o.rescue_screen_iterations)
         before = result.similarity_after  # refined (``_rescue_applies``), so measured
         adopt = (best.similarity_after > before
                  and overlap_problem(self.ct, Camera(xray.intrinsics, best.camera_from_world)) is None)
         summary = rescue.RescueSummary(
             status_before=result.verdict.status, reasons_before=tuple(result.verdict.reasons), starts=n_starts,
             refined=min(o.rescue_top, n_starts), grid_px=o.rescue_grid_px, similarity_before=float(before),
-            similarity=float(best.similarity_after), adopted=bool(adopt), seconds=seconds)
+            similarity=float(best.similarity_after), adopted=bool(adopt), seconds=seconds,
+            screen_iterations=int(o.rescue_screen_iterations))
         if adopt:
             t = result.timings_s
             rr = RefineResult(best.camera_from_world, result.similarity_before, best.similarity_after, True,

@@ -39,8 +39,9 @@ MIN_POINTS_IN_VIEW = 20
 class RescueSummary:
     """What the rescue search did (``registration.json``'s ``rescue``).
 
-    ``status_before`` / ``reasons_before``: the verdict that triggered it; ``starts`` rotated starts scored on the
-    ``grid_px`` grid, the best ``refined`` of them refined with the full schedule; ``similarity_before``: the
+    ``status_before`` / ``reasons_before``: the verdict that triggered it; ``starts`` rotated starts ranked — after
+    ``screen_iterations`` iterations each at the coarsest level, or (0) as they are on the ``grid_px`` grid —, the
+    best ``refined`` of them refined with the full schedule; ``similarity_before``: the
     registration's similarity (finest level), ``similarity``: the best rescued pose's; ``adopted``: the rescued pose
     became the result (it was more similar; the verdict was then given again).
     """
@@ -54,6 +55,7 @@ class RescueSummary:
     similarity: float
     adopted: bool
     seconds: float
+    screen_iterations: int = 0
 
 
 def rotated_about(camera_from_world, centre_cam, ax_deg: float, ay_deg: float) -> np.ndarray:
@@ -93,16 +95,26 @@ def rotation_starts(bases: Sequence[np.ndarray], intrinsics: Intrinsics, points_
 
 def search(refiner, xray_pixels: np.ndarray, intrinsics: Intrinsics, bases: Sequence[np.ndarray],
            points_ras: np.ndarray, angles_deg: Sequence[float], top: int, grid_px: int, cancel=None,
-           compare_levels: int | None = None):
-    """Score ``rotation_starts`` of ``bases`` on the ``grid_px`` grid in one batch (``Refiner.similarity``), refine
-    the ``top`` most similar together (``Refiner.refine_batch``) and return ``(the most similar refined result,
-    number of starts scored, seconds)``. ``compare_levels``: the ``top`` starts compete over the first levels of the
-    schedule only and the winner then goes through the rest of the schedule (None: all compete over every level).
+           compare_levels: int | None = None, screen_iterations: int = 0):
+    """Rank the ``rotation_starts`` of ``bases``, refine the ``top`` best together and return ``(the most similar
+    refined result, number of starts ranked, seconds)``.
+
+    Ranking: with ``screen_iterations`` > 0, every start is refined for that many iterations at the schedule's
+    coarsest level (one batch, ``Refiner.refine_batch``) and ranked by its similarity there, and the ``top`` go on
+    from their screened poses; with 0, the raw starts are ranked by their similarity on the ``grid_px`` grid (one
+    batch of DRRs, no refinement). ``compare_levels``: the ``top`` compete over the first levels of the schedule
+    only and the winner then goes through the rest of the schedule (None: all compete over every level).
     ``points_ras``: bone points (N, 3); each base rotates about those of them it puts in its image
     (``view_centre``)."""
     t0 = time.perf_counter()
     starts = rotation_starts(bases, intrinsics, points_ras, angles_deg)
-    scores = refiner.similarity(xray_pixels, intrinsics, starts, grid_px)
+    if screen_iterations > 0:
+        screened = refiner.refine_batch(xray_pixels, intrinsics, list(starts), cancel=cancel, max_levels=1,
+                                        iterations=int(screen_iterations))
+        scores = np.array([r.similarity_after for r in screened])
+        starts = np.stack([r.camera_from_world for r in screened])
+    else:
+        scores = refiner.similarity(xray_pixels, intrinsics, starts, grid_px)
     order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[: max(1, int(top))]
     chosen = [starts[k] for k in order]
     if compare_levels is not None and compare_levels < len(refiner.options.levels):

@@ -99,6 +99,23 @@ def test_refine_max_levels_runs_the_coarse_levels_only(setup):
     assert res.similarity_after >= res.similarity_before
 
 
+def test_refine_batch_iterations_override_the_schedule(setup):
+    """``iterations`` (the rescue's short screening of many starts): that many iterations at every level run, the
+    schedule's counts untouched, the result never worse than its start; given the schedule's own count, the result
+    is the schedule's."""
+    intr, T, img, refiner, pts = setup
+    start = perturbation_numpy([3.0, -2.0, 1.0, 4.0, -3.0, 6.0], T, refiner.centre_ras, refiner.radius_mm)
+    short = refiner.refine_batch(img, intr, [start, T], max_levels=1, iterations=15)
+    assert [[len(h) for h in r.history] for r in short] == [[15], [15]]
+    assert all(r.similarity_after >= r.similarity_before for r in short)
+    scheduled = refiner.refine(img, intr, start, max_levels=1)
+    assert [len(h) for h in scheduled.history] == [40]
+    same = refiner.refine_batch(img, intr, [start], max_levels=1, iterations=40)[0]
+    assert same.similarity_after == pytest.approx(scheduled.similarity_after, abs=1e-6)
+    assert np.allclose(same.camera_from_world, scheduled.camera_from_world, atol=1e-6)
+    assert _mtre(intr, scheduled.camera_from_world, T, pts) < _mtre(intr, start, T, pts)
+
+
 def test_refine_first_level_skips_the_coarse_levels(setup):
     """``first_level`` finishes a start that has already been through the coarse levels (``rescue.search``): only
     the remaining levels run, and the result is never worse than the start."""

@@ -65,16 +65,18 @@ def test_rotation_starts_keep_the_bone_in_view_at_its_pixel(sample_ct, setup):
         assert np.allclose(D[:3, :3] @ c_cam + D[:3, 3], c_cam, atol=1e-6)
 
 
-def test_search_recovers_a_start_rotated_beyond_the_capture_range(sample_ct, setup):
+@pytest.mark.parametrize("screen", [0, 8])
+def test_search_recovers_a_start_rotated_beyond_the_capture_range(sample_ct, setup, screen):
     """A start 30° off about the image's x axis (through the bone in view): the refinement alone does not get back,
-    the rescue search does — the failure mode of clinical close-ups it is for (docs/pipeline.md, "Rescue")."""
+    the rescue search does — the failure mode of clinical close-ups it is for (docs/pipeline.md, "Rescue") —
+    whether its starts are ranked as they are (``screen`` 0) or after a short refinement each."""
     intr, T, img, pts = setup
     refiner = Refiner(sample_ct, RefineOptions.schedule(128, 40))
     start = rescue.rotated_about(T, rescue.view_centre(Camera(intr, T), pts), 30.0, 0.0)
     assert _mtre(intr, start, T, pts) > 30.0
     plain = refiner.refine(img, intr, start)
     best, n, seconds = rescue.search(refiner, img, intr, [start], pts, (-30.0, -15.0, 0.0, 15.0, 30.0), top=3,
-                                     grid_px=32, compare_levels=1)
+                                     grid_px=32, compare_levels=1, screen_iterations=screen)
     assert n == 25 and seconds > 0
     assert _mtre(intr, best.camera_from_world, T, pts) < 3.0
     assert best.similarity_after >= plain.similarity_after
@@ -84,7 +86,8 @@ def test_search_recovers_a_start_rotated_beyond_the_capture_range(sample_ct, set
 def test_rescue_options_and_flag():
     assert RefineOptions().rescue and RefineOptions().rescue_compare_levels == 1
     for bad in ({"rescue_top": 0}, {"rescue_angles_deg": (10.0, 200.0)}, {"rescue_angles_deg": [0.0]},
-                {"rescue_grid_px": 4}, {"rescue_compare_levels": -1}):
+                {"rescue_grid_px": 4}, {"rescue_compare_levels": -1}, {"rescue_screen_iterations": -1},
+                {"rescue_screen_iterations": 2.5}):
         with pytest.raises(OptionsError, match="refine.rescue_"):
             RefineOptions(**bad)
     base = ["register", "--ct", "ct.nii.gz", "--xray", "x.dcm", "--out", "o"]
@@ -98,6 +101,9 @@ def test_rescue_options_and_flag():
 
     with pytest.raises(CLIError, match="--rescue-angles"):
         options_from_args(build_parser().parse_args(base + ["--rescue-angles", "200"]))
+    assert options_from_args(build_parser().parse_args(base + ["--rescue-screen", "0"])).refine.rescue_screen_iterations == 0
+    with pytest.raises(CLIError, match="--rescue-screen"):
+        options_from_args(build_parser().parse_args(base + ["--rescue-screen", "-3"]))
 
 
 def test_pipeline_rescue_adopts_a_more_similar_pose_and_judges_it_again(sample_ct, setup):
@@ -140,4 +146,5 @@ def test_pipeline_rescue_adopts_a_more_similar_pose_and_judges_it_again(sample_c
     clean = judge({**out.verdict.signals, "footprint_similarity": 0.99})
     assert clean.status == "uncertain" and any("rescue search" in reason for reason in clean.reasons)
     assert out.to_json_fields()["rescue"]["adopted"] is True and out.timings_s["rescue"] > 0
+    assert out.to_json_fields()["rescue"]["screen_iterations"] == opts.refine.rescue_screen_iterations
     assert any("rescue search" in line and "adopted" in line for line in out.summary_lines())
