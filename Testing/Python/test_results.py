@@ -48,10 +48,10 @@ def test_json_fields_are_plain():
     assert _result().to_json_fields() == {"pnp_hypotheses": [], "depth_search": {}, "rescue": {}}
     from RayEmbRegistrationLib.rescue import RescueSummary
 
-    rescued = _result(rescue=RescueSummary("uncertain", ("low similarity",), 50, 4, 32, 0.77, 0.83, True, 6.5))
+    rescued = _result(rescue=RescueSummary("uncertain", ("low similarity",), 50, 4, 32, 0.77, 0.83, True, 6.5, 10))
     assert rescued.to_json_fields()["rescue"] == {
         "status_before": "uncertain", "reasons_before": ("low similarity",), "starts": 50, "refined": 4, "grid_px": 32,
-        "similarity_before": 0.77, "similarity": 0.83, "adopted": True, "seconds": 6.5}
+        "similarity_before": 0.77, "similarity": 0.83, "adopted": True, "seconds": 6.5, "screen_iterations": 10}
     assert any("adopted, similarity 0.7700 -> 0.8300" in line for line in rescued.summary_lines())
     reseated = _result(initial_reseated=True)
     assert any("started from PnP's orientation at the most similar depth" in line for line in reseated.summary_lines())
