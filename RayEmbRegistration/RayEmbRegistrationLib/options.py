@@ -307,6 +307,12 @@ class RefineOptions:
         return cls(levels=levels, iterations=schedule_iterations(coarse_iterations, len(levels)),
                    lr_mm=schedule_lrs(len(levels)), **other)
 
+    @property
+    def rescue_ranking_px(self) -> int:
+        """The grid (longer side, px) on which the rescue ranks its starts: the schedule's coarsest level when
+        they are screened (``rescue_screen_iterations`` > 0), else ``rescue_grid_px``."""
+        return int(self.levels[0]) if self.rescue_screen_iterations > 0 else int(self.rescue_grid_px)
+
     def with_levels(self, levels=None, iterations=None) -> "RefineOptions":
         """These options with other ``levels`` (learning rates by ``schedule_lrs``) and/or ``iterations``
         (the CLI's ``--refine-levels`` / ``--refine-iterations``)."""

@@ -39,8 +39,9 @@ MIN_POINTS_IN_VIEW = 20
 class RescueSummary:
     """What the rescue search did (``registration.json``'s ``rescue``).
 
-    ``status_before`` / ``reasons_before``: the verdict that triggered it; ``starts`` rotated starts ranked — after
-    ``screen_iterations`` iterations each at the coarsest level, or (0) as they are on the ``grid_px`` grid —, the
+    ``status_before`` / ``reasons_before``: the verdict that triggered it; ``starts`` rotated starts ranked on the
+    ``grid_px`` grid — after ``screen_iterations`` iterations each at the schedule's coarsest level (then
+    ``grid_px`` is that level's), or (0) as they are on ``RefineOptions.rescue_grid_px`` —, the
     best ``refined`` of them refined with the full schedule; ``similarity_before``: the
     registration's similarity (finest level), ``similarity``: the best rescued pose's; ``adopted``: the rescued pose
     became the result (it was more similar; the verdict was then given again).
