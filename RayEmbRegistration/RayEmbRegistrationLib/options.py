@@ -214,6 +214,9 @@ class RefineOptions:
             X-ray about as well (repeating anatomy: a neighbouring vertebra), the verdict says uncertain
             (``verdict.competitor_margin``; docs/pipeline.md, "Verdict"). Costs one batched refinement, only for
             results that would otherwise be accepted.
+        local_check: before a refined pose is accepted, score it against 8 poses rotated 2–4° about the bone in
+            view (``verdict.neighbour_gain``, one batch of DRRs, ~0.3 s); when one is more similar the refinement
+            stopped short and the verdict says uncertain (``VerdictRule.max_neighbour_gain``).
         competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
         competitor_levels: how many levels of the refinement schedule the competitor search runs, coarse first (0:
             every level). Default 2 (session 11, ``benchmarks/probe_ambiguity.py --rule-levels``): on 40 clinical
@@ -254,6 +257,7 @@ class RefineOptions:
     backend: str = "nanodrr"
     depth_compare_levels: int = 0
     competitor_check: bool = True
+    local_check: bool = True
     competitor_shift_mm: float = 60.0
     competitor_levels: int = 2
     competitor_check_below: float = 0.975

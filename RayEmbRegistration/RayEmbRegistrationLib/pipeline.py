@@ -27,7 +27,7 @@ from .plausibility import carm_disagreement, is_in_view, overlap_problem
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .results import (DETECTED, NOT_SEEN, OUTSIDE_CT, OUTSIDE_VIEW, DepthSearchSummary, DetectionResult, PoseCheck,
                       RegistrationResult)
-from .verdict import competitor_margin, judge, signal_points, signals
+from .verdict import competitor_margin, judge, neighbour_gain, signal_points, signals
 from .volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
@@ -366,6 +366,13 @@ class Registrar:
         sig = {**signals(result, self.ct, xray, self.refiner()), "rescued": bool(rescued)}
         result.verdict = judge(sig)
         o = self.options.refine
+        if result.verdict.accepted and stage == "refined" and o.local_check:
+            # Cheap (one batch of 9 DRRs): is the accepted pose a local optimum about the bone in view?
+            t = time.perf_counter()
+            gain, ax, ay = neighbour_gain(self.refiner(), xray, final, self.view_pool())
+            result.timings_s["local_check"] = time.perf_counter() - t
+            sig = {**sig, "neighbour_gain": gain, "neighbour_ax_deg": ax, "neighbour_ay_deg": ay}
+            result.verdict = judge(sig)
         if (result.verdict.accepted and stage == "refined" and o.competitor_check
                 and (rescued or init.reseated or o.competitor_check_below >= 1.0
                      or not sig.get("footprint_similarity") >= o.competitor_check_below)):

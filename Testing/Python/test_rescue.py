@@ -86,8 +86,9 @@ def test_search_recovers_a_start_rotated_beyond_the_capture_range(sample_ct, set
 def test_rescue_options_and_flag():
     assert RefineOptions().rescue and RefineOptions().rescue_compare_levels == 1
     # registration.json's rescue.grid_px: the grid the starts were ranked on (the coarsest level when screened)
-    assert RefineOptions(levels=(48, 96), rescue_screen_iterations=10, rescue_grid_px=64).rescue_ranking_px == 48
-    assert RefineOptions(levels=(48, 96), rescue_screen_iterations=0, rescue_grid_px=64).rescue_ranking_px == 64
+    two = dict(levels=(48, 96), iterations=(40, 20), rescue_grid_px=64)
+    assert RefineOptions(**two, rescue_screen_iterations=10).rescue_ranking_px == 48
+    assert RefineOptions(**two, rescue_screen_iterations=0).rescue_ranking_px == 64
     for bad in ({"rescue_top": 0}, {"rescue_angles_deg": (10.0, 200.0)}, {"rescue_angles_deg": [0.0]},
                 {"rescue_grid_px": 4}, {"rescue_compare_levels": -1}, {"rescue_screen_iterations": -1},
                 {"rescue_screen_iterations": 2.5}):

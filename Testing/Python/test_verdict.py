@@ -35,6 +35,12 @@ GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_si
     # a small X-ray scores lower even at the true pose: the reason says so (and what to do)
     ({"footprint_similarity": 0.92, "xray_px": 128}, UNCERTAIN, "full resolution"),
     ({"footprint_similarity": 0.92, "xray_px": 256}, UNCERTAIN, "where failures begin"),
+    # a pose turned a few degrees about the bone in view is more similar: the refinement stopped short
+    ({"neighbour_gain": 0.008, "neighbour_ax_deg": -4.0, "neighbour_ay_deg": 0.0}, UNCERTAIN,
+     "turned by -4° about the image's x axis"),
+    ({"neighbour_gain": 0.008, "neighbour_ax_deg": 0.0, "neighbour_ay_deg": 2.0}, UNCERTAIN, "+2° about the image's y"),
+    ({"neighbour_gain": 0.002, "neighbour_ax_deg": 2.0, "neighbour_ay_deg": 0.0}, ACCEPTED, None),
+    ({"neighbour_gain": -0.01, "neighbour_ax_deg": 2.0, "neighbour_ay_deg": 0.0}, ACCEPTED, None),
 ])
 def test_rule(changes, status, words):
     v = judge({**GOOD, **changes})
@@ -51,7 +57,8 @@ def test_small_xray_hint_only_for_small_xrays():
 def test_rule_thresholds_are_the_documented_ones():
     r = VerdictRule()
     assert (r.accept_similarity, r.reject_similarity, r.max_depth_tolerance_mm, r.min_inliers,
-            r.min_competitor_margin, r.min_rescued_agreement) == (0.93, 0.80, 25.0, 20, 0.005, 20)
+            r.min_competitor_margin, r.min_rescued_agreement, r.max_neighbour_gain) == (0.93, 0.80, 25.0, 20, 0.005, 20,
+                                                                                       0.003)
 
 
 def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():
@@ -123,3 +130,44 @@ def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one
     W[0, 3] += 40.0
     m_wrong, d = competitor_margin(refiner, xray, Camera(intr, W), pts)
     assert m_wrong < rule.min_competitor_margin and d > 10.0
+
+
+def test_neighbour_gain_is_negative_at_the_true_pose_and_finds_the_way_back_from_a_turned_one(sample_ct):
+    """``neighbour_gain`` on a noisy DRR of the real sample CT: at the true pose every pose turned 2–4° about the
+    bone in view is less similar; at the true pose turned by 4° about the image's x axis (through the same bone),
+    the neighbour turned back by −4° is the most similar and beats it by more than the rule's threshold."""
+    import torch
+
+    from types import SimpleNamespace
+
+    from RayEmbRegistrationLib.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.options import RefineOptions
+    from RayEmbRegistrationLib.refine import Refiner
+    from RayEmbRegistrationLib.render import DRRRenderer
+    from RayEmbRegistrationLib.rescue import rotated_about, view_centre
+    from RayEmbRegistrationLib.verdict import neighbour_gain, signal_points
+
+    torch.set_num_threads(1)
+    intr = Intrinsics.deepfluoro(96)
+    T = RAYEMB_SAMPLER.poses(np.zeros((1, 3)), np.array([[0.0, 0.0, 250.0]]), sample_ct.center_ras)[0]
+    img = DRRRenderer(sample_ct, intr, bone_multiplier=2.0).render_numpy(T)
+    img = (img + np.random.default_rng(3).normal(0, 0.02 * img.max(), img.shape)).astype(np.float32)
+    refiner = Refiner(sample_ct, RefineOptions(levels=(96,), iterations=(1,), bone_multiplier=2.5))
+    xray, pts = SimpleNamespace(pixels=img, intrinsics=intr), signal_points(sample_ct)
+    gain, _, _ = neighbour_gain(refiner, xray, Camera(intr, T), pts)
+    assert gain < 0.0
+    W = rotated_about(T, view_centre(Camera(intr, T), pts), 4.0, 0.0)
+    gain, ax, ay = neighbour_gain(refiner, xray, Camera(intr, W), pts)
+    assert gain > VerdictRule().max_neighbour_gain and (ax, ay) == (-4.0, 0.0)
+
+
+def test_local_check_option_and_flag():
+    from RayEmbRegistrationLib.cli import build_parser
+    from RayEmbRegistrationLib.cli.common import options_from_args
+    from RayEmbRegistrationLib.options import RefineOptions
+
+    assert RefineOptions().local_check
+    base = ["register", "--ct", "ct.nii.gz", "--xray", "x.dcm", "--out", "o"]
+    assert options_from_args(build_parser().parse_args(base)).refine.local_check
+    assert not options_from_args(build_parser().parse_args(base + ["--no-local-check"])).refine.local_check

@@ -159,6 +159,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
+    p.add_argument("--no-local-check", action="store_true",
+                   help="accept a result without first checking that no pose turned 2-4 degrees about the bone in view "
+                        "explains the X-ray better (saves ~0.3 s per accepted result)")
     p.add_argument("--competitor-levels", type=int, default=None, metavar="N",
                    help="refinement levels the competitor check runs, coarse first (0: every level; default "
                         f"{R.competitor_levels})")
@@ -228,6 +231,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["depth_search"] = False
     if getattr(args, "no_competitor_check", False):
         ref["competitor_check"] = False
+    if getattr(args, "no_local_check", False):
+        ref["local_check"] = False
     if getattr(args, "competitor_levels", None) is not None:
         ref["competitor_levels"] = args.competitor_levels
     if getattr(args, "depth_compare_levels", None) is not None:
