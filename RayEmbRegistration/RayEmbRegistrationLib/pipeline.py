@@ -284,9 +284,7 @@ class Registrar:
                  and overlap_problem(self.ct, Camera(xray.intrinsics, best.camera_from_world)) is None)
         summary = rescue.RescueSummary(
             status_before=result.verdict.status, reasons_before=tuple(result.verdict.reasons), starts=n_starts,
-            refined=min(o.rescue_top, n_starts),
-            grid_px=o.rescue_ranking_px,
-            similarity_before=float(before),
+            refined=min(o.rescue_top, n_starts), grid_px=o.rescue_ranking_px, similarity_before=float(before),
             similarity=float(best.similarity_after), adopted=bool(adopt), seconds=seconds,
             screen_iterations=int(o.rescue_screen_iterations))
         if adopt:

@@ -101,28 +101,38 @@ def test_final_agreement_counts_the_detections_the_final_pose_explains():
     assert final_agreement(SimpleNamespace(options=opts, landmarks=[]), xray) == 0
 
 
-def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one(sample_ct):
-    """``competitor_margin`` on a DRR of the real sample CT: from the true pose, the starts moved ±60 mm end at
-    poses that explain the image worse (or come back); from a pose 40 mm off, a different pose explains it better
-    or as well — below the rule's margin."""
+@pytest.fixture(scope="module")
+def noisy_sample_drr(sample_ct):
+    """A noisy 96² DRR of the real sample CT at a known pose, as an X-ray: ``(intrinsics, true pose, xray, the
+    verdict's bone points)`` — shared by the checks that render (competitor margin, neighbour gain)."""
     from types import SimpleNamespace
 
     import torch
 
-    from RayEmbRegistrationLib.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.camera import Intrinsics
     from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
-    from RayEmbRegistrationLib.options import RefineOptions
-    from RayEmbRegistrationLib.refine import Refiner
     from RayEmbRegistrationLib.render import DRRRenderer
-    from RayEmbRegistrationLib.verdict import competitor_margin, signal_points
+    from RayEmbRegistrationLib.verdict import signal_points
 
     torch.set_num_threads(1)
     intr = Intrinsics.deepfluoro(96)
     T = RAYEMB_SAMPLER.poses(np.zeros((1, 3)), np.array([[0.0, 0.0, 250.0]]), sample_ct.center_ras)[0]
     img = DRRRenderer(sample_ct, intr, bone_multiplier=2.0).render_numpy(T)
     img = (img + np.random.default_rng(3).normal(0, 0.02 * img.max(), img.shape)).astype(np.float32)
+    return intr, T, SimpleNamespace(pixels=img, intrinsics=intr), signal_points(sample_ct)
+
+
+def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one(sample_ct, noisy_sample_drr):
+    """``competitor_margin`` on a DRR of the real sample CT: from the true pose, the starts moved ±60 mm end at
+    poses that explain the image worse (or come back); from a pose 40 mm off, a different pose explains it better
+    or as well — below the rule's margin."""
+    from RayEmbRegistrationLib.camera import Camera
+    from RayEmbRegistrationLib.options import RefineOptions
+    from RayEmbRegistrationLib.refine import Refiner
+    from RayEmbRegistrationLib.verdict import competitor_margin
+
+    intr, T, xray, pts = noisy_sample_drr
     refiner = Refiner(sample_ct, RefineOptions(levels=(32, 64), iterations=(40, 20), bone_multiplier=2.5))
-    xray, pts = SimpleNamespace(pixels=img, intrinsics=intr), signal_points(sample_ct)
     rule = VerdictRule()
     m_true, _ = competitor_margin(refiner, xray, Camera(intr, T), pts)
     assert m_true >= rule.min_competitor_margin
@@ -132,29 +142,19 @@ def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one
     assert m_wrong < rule.min_competitor_margin and d > 10.0
 
 
-def test_neighbour_gain_is_negative_at_the_true_pose_and_finds_the_way_back_from_a_turned_one(sample_ct):
+def test_neighbour_gain_is_negative_at_the_true_pose_and_finds_the_way_back_from_a_turned_one(sample_ct,
+                                                                                              noisy_sample_drr):
     """``neighbour_gain`` on a noisy DRR of the real sample CT: at the true pose every pose turned 2–4° about the
     bone in view is less similar; at the true pose turned by 4° about the image's x axis (through the same bone),
     the neighbour turned back by −4° is the most similar and beats it by more than the rule's threshold."""
-    import torch
-
-    from types import SimpleNamespace
-
-    from RayEmbRegistrationLib.camera import Camera, Intrinsics
-    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.camera import Camera
     from RayEmbRegistrationLib.options import RefineOptions
     from RayEmbRegistrationLib.refine import Refiner
-    from RayEmbRegistrationLib.render import DRRRenderer
     from RayEmbRegistrationLib.rescue import rotated_about, view_centre
-    from RayEmbRegistrationLib.verdict import neighbour_gain, signal_points
+    from RayEmbRegistrationLib.verdict import neighbour_gain
 
-    torch.set_num_threads(1)
-    intr = Intrinsics.deepfluoro(96)
-    T = RAYEMB_SAMPLER.poses(np.zeros((1, 3)), np.array([[0.0, 0.0, 250.0]]), sample_ct.center_ras)[0]
-    img = DRRRenderer(sample_ct, intr, bone_multiplier=2.0).render_numpy(T)
-    img = (img + np.random.default_rng(3).normal(0, 0.02 * img.max(), img.shape)).astype(np.float32)
+    intr, T, xray, pts = noisy_sample_drr
     refiner = Refiner(sample_ct, RefineOptions(levels=(96,), iterations=(1,), bone_multiplier=2.5))
-    xray, pts = SimpleNamespace(pixels=img, intrinsics=intr), signal_points(sample_ct)
     gain, _, _ = neighbour_gain(refiner, xray, Camera(intr, T), pts)
     assert gain < 0.0
     W = rotated_about(T, view_centre(Camera(intr, T), pts), 4.0, 0.0)
