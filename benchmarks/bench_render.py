@@ -1,14 +1,17 @@
-"""Benchmark the two DRR backends (nanodrr, DiffDRR) on real CTs: time per DRR, per gradient step, peak memory.
+"""Benchmark the DRR backends (nanodrr, DiffDRR, Joseph) on real CTs: time per DRR, per gradient step, peak memory.
 
 For each CT × backend × size: the median of ``--repeats`` timed runs (after one warm-up) in this one process of
 (a) a forward render without gradients and (b) a gradient step (render + NCC-free scalar loss ``mean`` +
-backward to a 4×4 pose tensor). Peak memory = the highest resident set size (RSS, read from /proc/self/statm
-by a sampling thread every 2 ms) during the timed calls minus the RSS just before them (CPU), or
-``torch.cuda.max_memory_allocated`` minus the allocation before them (CUDA). The renderer is built before the
-measurement (its volume is not counted). Prints a markdown table; ratio = nanodrr time / DiffDRR time.
+backward to a 4×4 pose tensor), for a batch of ``--batch`` poses (the refinement renders 1–6 at once). Peak
+memory = the highest resident set size (RSS, read from /proc/self/statm by a sampling thread every 2 ms) during
+the timed calls minus the RSS just before them (CPU), or ``torch.cuda.max_memory_allocated`` minus the allocation
+before them (CUDA). The renderer is built before the
+measurement (its volume is not counted). Prints a markdown table; ratio = first backend's time / second's.
 
     .venv/bin/python benchmarks/bench_render.py                       # all real CTs, 128² and 256², CPU
     .venv/bin/python benchmarks/bench_render.py --ct Resources/SampleData/pelvis_abdomen_totalseg_3mm.nii.gz --sizes 128
+    # what the refinement does (5 starts, 1 ray sample per voxel as refine.Refiner):
+    .venv/bin/python benchmarks/bench_render.py --backends nanodrr joseph --sizes 32 64 96 --batch 5 --samples-per-voxel 1
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +33,7 @@ sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
 
 from RayEmbRegistrationLib.carm import carm_camera_from_world  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.render import BACKENDS, DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -115,9 +119,12 @@ def bench(r: DRRRenderer, T: torch.Tensor, repeats: int, device: torch.device) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ct", nargs="+", default=None, help="CTs (default: the sample CT + the real CTs in ../shared/data/ct)")
-    ap.add_argument("--backends", nargs="+", default=["nanodrr", "diffdrr"])
+    ap.add_argument("--backends", nargs="+", default=["nanodrr", "diffdrr"], choices=BACKENDS)
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="poses rendered at once")
+    ap.add_argument("--samples-per-voxel", type=float, default=2.0,
+                    help="ray samples per voxel along the CT's longest axis (nanodrr, DiffDRR; Joseph: one per slice)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
@@ -127,12 +134,14 @@ def main(argv=None) -> int:
     rows = []
     for path in cts:
         ct = load_ct(path)
-        T = torch.as_tensor(carm_camera_from_world(10, 5, 700, ct.center_ras), dtype=torch.float32, device=device)[None]
+        T = torch.as_tensor(np.stack([carm_camera_from_world(10 + 3 * b, 5 - 2 * b, 700, ct.center_ras)
+                                      for b in range(args.batch)]), dtype=torch.float32, device=device)
+        n_samples = max(32, int(args.samples_per_voxel * max(ct.shape)))
         for size in args.sizes:
             intr = Intrinsics.deepfluoro(size)
             res = {}
             for backend in args.backends:
-                r = DRRRenderer(ct, intr, backend=backend, device=device)
+                r = DRRRenderer(ct, intr, backend=backend, device=device, n_samples=n_samples)
                 res[backend] = bench(r, T, args.repeats, device)
                 del r
             row = {"ct": path.name, "shape": "×".join(map(str, ct.shape)), "size": size, **res}
@@ -147,7 +156,8 @@ def main(argv=None) -> int:
     if b1:
         hdr += [f"ratio render {b0}/{b1}", f"ratio grad {b0}/{b1}"]
     print(f"\nDevice {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, median of {args.repeats} runs "
-          "after a warm-up; default ray samples (2 per voxel along the longest axis).\n")
+          f"after a warm-up; {args.batch} pose(s) per call; {args.samples_per_voxel:g} ray samples per voxel along the "
+          "longest axis (Joseph: one per slice).\n")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for r in rows:

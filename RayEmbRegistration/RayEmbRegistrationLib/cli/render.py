@@ -30,7 +30,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
                    help="image width [height] if the geometry JSON has none")
     p.add_argument("--out", required=True, metavar="IMAGE", help="output image (.tif, .npy, .nrrd or 16-bit .png)")
-    p.add_argument("--backend", default="nanodrr", choices=["nanodrr", "diffdrr"], help="DRR renderer")
+    p.add_argument("--backend", default="nanodrr", choices=["nanodrr", "diffdrr", "joseph"], help="DRR renderer")
     p.add_argument("--bone-multiplier", type=float, default=1.0, help="bone attenuation multiplier (1 = physical)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
     p.set_defaults(func=run)
