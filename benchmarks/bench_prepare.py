@@ -1,9 +1,10 @@
 """Learning curves of patient preparation (``rayemb prepare``'s fine-tuning): accuracy against CPU time.
 
 Budgets are CPU-minutes of this process (``time.process_time``; with ``--threads 1`` the same as uncontended wall
-minutes, whatever else runs on the machine) — or, with ``--workers 1``, wall minutes of ``rayemb prepare``'s own
-set-up: a render process beside the training (``prepare.render_workers``), training on the other cores
-(run it alone: another job on the machine slows both). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
+minutes, whatever else runs on the machine) — or, with ``--wall``, wall minutes of ``rayemb prepare``'s own set-up:
+``prepare.render_workers`` render processes (none since session 16) and training on the cores they leave (run it
+alone: another job on the machine slows both); ``--workers 1`` adds a render process beside the training (sessions
+7–15's set-up). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
 clinical C-arm poses, as ``prepare``), stopped at each cumulative training budget of ``--minutes`` (the run then
 continues from its checkpoint with the same data stream, so a curve is one run), and at each stop:
 
@@ -26,7 +27,7 @@ rendered at the same poses; errors are also given in px of the 224² grid (``px@
 Usage:
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
         --minutes 2 5 10 20 --configs default "renew=0" "lr=1e-3"
-    .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare_wall --workers 1 --n 20  # as prepare runs
+    .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare_wall --wall --n 10  # as prepare runs
 Writes OUT/curves.jsonl (one row per configuration and budget) and prints a Markdown table.
 """
 
@@ -50,8 +51,8 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa
 from RayEmbRegistrationLib.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.prepare import (TRAINING, self_check_case, summarise_self_check, training_stream,  # noqa: E402
-                                          usable_cores)
+from RayEmbRegistrationLib.prepare import (TRAINING, render_workers, self_check_case, summarise_self_check,  # noqa: E402
+                                          training_stream, usable_cores)
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
@@ -102,13 +103,20 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10, 20], help="cumulative training budgets")
     p.add_argument("--configs", nargs="+", default=["default"])
     p.add_argument("--n", type=int, default=8, help="self-check X-rays per budget")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (with --workers 1: of the self-check; "
-                   "training gets the cores the render process leaves, as in prepare)")
-    p.add_argument("--workers", type=int, choices=(0, 1), default=0,
-                   help="1: render in a separate process and count wall minutes (prepare's set-up; run alone)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (ignored with --wall: training gets the "
+                   "cores the render processes leave, the self-check every core, as in prepare)")
+    p.add_argument("--wall", action="store_true",
+                   help="count wall minutes and train as prepare does (prepare.render_workers render processes, "
+                        "training on the cores they leave; run alone)")
+    p.add_argument("--workers", type=int, choices=(0, 1), default=None,
+                   help="render processes (1: sessions 7-15's set-up; implies --wall). Default: 0, or "
+                        "prepare.render_workers with --wall")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    wall = a.wall or bool(a.workers)
+    workers = a.workers if a.workers is not None else (render_workers("cpu") if wall else 0)
+    check_threads = usable_cores() if wall else a.threads  # prepare's self-check uses every core
+    torch.set_num_threads(check_threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ct = load_ct(a.ct)
@@ -134,8 +142,8 @@ def main(argv=None) -> int:
                 "self_check": self_check(Path(a.model), ct, xrays, pts, out)}
     rows.append(base_row)
     print(json.dumps(base_row), flush=True)
-    clock = time.time if a.workers else time.process_time
-    train_threads = max(1, usable_cores() - 1) if a.workers else a.threads
+    clock = time.time if wall else time.process_time
+    train_threads = max(1, usable_cores() - workers) if wall else a.threads
     for text in a.configs:
         c = parse_config(text)
         stream = None
@@ -148,7 +156,7 @@ def main(argv=None) -> int:
                     stream.close()
                 torch.set_num_threads(train_threads)
                 t = clock()
-                stream = training_stream(ct, cfg, c, seed=a.seed, workers=a.workers)
+                stream = training_stream(ct, cfg, c, seed=a.seed, workers=workers)
                 size = stream.size
                 spent = (clock() - t) / 60.0  # the initial pool and the templates count against the budget
             torch.set_num_threads(train_threads)
@@ -159,7 +167,7 @@ def main(argv=None) -> int:
                   val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
                   clock=clock)
             spent += (clock() - t) / 60.0
-            torch.set_num_threads(a.threads)
+            torch.set_num_threads(check_threads)
             model_path = run / "model.safetensors"
             step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
             row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
@@ -170,11 +178,11 @@ def main(argv=None) -> int:
             with open(out / "curves.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
         stream.close()
-    how = (f"a render process + {train_threads} training thread(s), budgets in wall minutes" if a.workers else
+    how = (f"{workers} render process(es) + {train_threads} training thread(s), budgets in wall minutes" if wall else
            f"{a.threads} CPU thread(s), budgets in CPU-minutes (process time)")
     print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {how}; held-out: "
           f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
-    print(f"| configuration | size | {'wall' if a.workers else 'CPU'} min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
+    print(f"| configuration | size | {'wall' if wall else 'CPU'} min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
           "p90 px@224 | ≤ 3 px | self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

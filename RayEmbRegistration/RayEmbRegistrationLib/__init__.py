@@ -16,7 +16,8 @@ ScriptedLoadableModule (enforced by ``Testing/Python/test_slicer_module_static.p
     volume          CT volumes (HU, ijk→RAS) and their readers
     xray            X-ray images, their geometry sidecar; xray_dicom: DICOM X-rays
     fiducials       3D points: Slicer markups JSON, fcsv, CSV
-    render          one DRR interface, two backends (nanodrr, DiffDRR)
+    render          one DRR interface, three backends (nanodrr, DiffDRR, Joseph)
+    joseph          Joseph's slice-stepping projector: the fast CPU backend of the refinement
     model           the ray-embedding network, weight files (safetensors, sha256)
     templates       template views of a CT and their cache
     detect          point subspaces, scores, detections, heatmaps

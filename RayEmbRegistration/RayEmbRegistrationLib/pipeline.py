@@ -264,8 +264,7 @@ class Registrar:
                 and not result.verdict.accepted)
 
     def _rescue(self, xray, init: InitialPose, result, depth, warnings, cancel):
-        """``rescue.search`` from the final and the PnP pose (and the best ``rescue_alternatives`` other PnP poses,
-        after their coarse level); its pose replaces the result (finalised and judged
+        """``rescue.search`` from the final and the PnP pose; its pose replaces the result (finalised and judged
         again) when it is more similar and plausible, else the result is kept. Either way ``result.rescue`` says
         what was tried."""
         from . import rescue
@@ -273,9 +272,8 @@ class Registrar:
 
         o = self.options.refine
         bases = [result.final.camera_from_world]
-        for T in [init.camera.camera_from_world] + list(init.alternatives[: o.rescue_alternatives]):
-            if not any(np.allclose(T, B) for B in bases):
-                bases.append(T)
+        if not np.allclose(init.camera.camera_from_world, bases[0]):
+            bases.append(init.camera.camera_from_world)
         # Each base rotates about the bone of the pool that it puts in view (all of the pool when it sees too little).
         best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, self.view_pool(),
                                                o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,

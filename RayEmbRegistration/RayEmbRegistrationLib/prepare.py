@@ -34,13 +34,14 @@ __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_c
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
-#: the time one self-check registration is expected to take on a 2-core CPU (s)
-_CHECK_SHARE, _CHECK_SECONDS = 0.3, 12.0
-#: what the rescue search adds to a self-check registration the verdict does not accept (s, 2-core CPU; session 14,
-#: screened starts: 7–10 s, plus a competitor check of 8–10 s when it adopts a pose): a self-check X-ray runs it only
+#: the time one self-check registration is expected to take on a 2-core CPU (s; session 16, Joseph's renderer:
+#: 3.0–3.9 s median on the pelvis and two chest CTs, up to ~6 s with the extra checks; session 15: 12)
+_CHECK_SHARE, _CHECK_SECONDS = 0.3, 5.0
+#: what the rescue search adds to a self-check registration the verdict does not accept (s, 2-core CPU; session 16:
+#: 2–5 s, plus a competitor check of ~1.5 s when it adopts a pose; session 14: 25): a self-check X-ray runs it only
 #: while this much of the budget is left, and the self-check's reserve holds one (a self-check without it would
 #: report fewer successes than the user will get)
-_RESCUE_SECONDS = 25.0
+_RESCUE_SECONDS = 8.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
@@ -69,9 +70,11 @@ def usable_cores() -> int:
 
 
 def render_workers(device: str) -> int:
-    """Render processes for preparation on ``device``: 1 on a CPU with ≥ 2 cores (rendering is half of a 96² step on
-    one thread: a second process renders the coming steps' DRRs while the network trains), else 0."""
-    return 1 if not str(device).startswith("cuda") and usable_cores() >= 2 else 0
+    """Render processes for preparation on ``device``: none. Until session 15 a second process rendered the coming
+    steps' DRRs on a CPU with ≥ 2 cores (nanodrr's two 96² query DRRs per step took 232 ms on one thread, more than
+    the 198-ms training step); with Joseph's renderer (``training.stream.QUERY_BACKEND``) they take ~10 ms, so every
+    core trains instead (one step: 139 ms on 2 threads; ``benchmarks/bench_train_step.py --threads 1|2``)."""
+    return 0
 
 
 def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, device: str = "cpu", workers: int = 0):
@@ -229,7 +232,7 @@ def summarise_self_check(checks: list[dict]) -> dict:
             "accepted_%": 100.0 * float(acc.mean()), "accepted_failures": int((acc & ~(m <= SUCCESS_MM)).sum())}
 
 
-def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: str = "cpu", n_selfcheck: int = 6,
+def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: str = "cpu", n_selfcheck: int = 10,
             seed: int = 0, progress: ProgressFn | None = None, cancel: CancelFn | None = None, log=print) -> PreparedCT:
     """Prepare ``ct`` (``CTVolume``) in at most ``minutes``: fine-tune ``model_path`` (None → the bundled general
     network) on DRRs of it rendered on the fly at clinical poses, cache its templates, self-check, and write the

@@ -149,12 +149,8 @@ class DRRRenderer(torch.nn.Module):
     def set_intrinsics(self, intrinsics: Intrinsics) -> None:
         """Switch to another detector sampling (e.g. a coarser grid for coarse-to-fine optimisation)."""
         self.intrinsics = intrinsics
-        if self.backend == "joseph":  # the detector points of the pixel centres, camera frame
-            W, H = intrinsics.size
-            v, u = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64), indexing="ij")
-            uv1 = np.stack([u.ravel(), v.ravel(), np.ones(W * H)], axis=1)
-            rays = intrinsics.source_to_detector_mm * uv1 @ np.linalg.inv(intrinsics.K).T
-            self._rays = torch.as_tensor(rays, device=self.device_)
+        if self.backend == "joseph":
+            self._rays = torch.as_tensor(intrinsics.detector_points_camera(), device=self.device_)
         elif self.backend == "nanodrr":
             from nanodrr.drr import DRR
 

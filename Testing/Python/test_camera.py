@@ -125,3 +125,15 @@ def test_one_geometry_parser_nested_form_and_overrides():
         Intrinsics.from_dict(nested, width=60, height=48)
     with pytest.raises(GeometryError, match="missing 'source_to_detector_mm'"):
         Intrinsics.from_dict({"geometry": {"pixel_spacing_mm": 0.2}}, 10, 10)
+
+
+def test_detector_points_lie_on_the_detector_behind_each_pixel_centre():
+    """``Intrinsics.detector_points_camera`` (the rays of Joseph's projector): on the plane z = SDD, projected by K onto
+    the integer pixel centres, in the order of ``image.ravel()``."""
+    intr = Intrinsics(900.0, (0.7, 0.9), 5, 3, (1.7, 1.2))
+    pts = intr.detector_points_camera()
+    assert pts.shape == (15, 3)
+    np.testing.assert_allclose(pts[:, 2], 900.0)
+    uv = (pts @ intr.K.T)[:, :2] / pts[:, 2:]
+    v, u = np.divmod(np.arange(15), 5)
+    np.testing.assert_allclose(uv, np.stack([u, v], 1), atol=1e-9)

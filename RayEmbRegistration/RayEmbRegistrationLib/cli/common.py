@@ -36,7 +36,7 @@ FLAGS = {
     "pnp.ransac_threshold_px": "--ransac-threshold", "pnp.hypotheses": "--pnp-poses", "refine.levels": "--refine-levels",
     "refine.iterations": "--refine-iterations", "refine.competitor_levels": "--competitor-levels",
     "refine.depth_compare_levels": "--depth-compare-levels", "refine.rescue_angles_deg": "--rescue-angles",
-    "refine.rescue_screen_iterations": "--rescue-screen", "refine.rescue_alternatives": "--rescue-alternatives",
+    "refine.rescue_screen_iterations": "--rescue-screen",
     "device": "--device",
     "seed": "--seed",
 }
@@ -178,9 +178,6 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                    help="the rescue search refines every start for N iterations at the coarsest level before picking "
                         "the best few (0: pick them by their similarity as they are, cheaper, misses more; default "
                         f"{R.rescue_screen_iterations})")
-    p.add_argument("--rescue-alternatives", type=int, default=None, metavar="N",
-                   help="the rescue search also rotates about the N most similar PnP poses that were not chosen "
-                        f"(after their coarse level; default {R.rescue_alternatives})")
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
@@ -246,8 +243,6 @@ def options_from_args(args) -> RegistrationOptions:
         ref["rescue_angles_deg"] = tuple(args.rescue_angles)
     if getattr(args, "rescue_screen", None) is not None:
         ref["rescue_screen_iterations"] = args.rescue_screen
-    if getattr(args, "rescue_alternatives", None) is not None:
-        ref["rescue_alternatives"] = args.rescue_alternatives
     try:
         o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
         o = o.replace(detection=det, pnp=pnp, refine=ref)

@@ -38,6 +38,11 @@ from .generate import projection_matrices, render_views
 __all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
 
 STREAM_POSES = ("clinical", "rayemb")
+#: the renderer of the query DRRs (``render.DRRRenderer``): Joseph's method, 5 ms per 96² DRR on one thread instead of
+#: nanodrr's 116 ms (session 16, ``benchmarks/bench_render.py --sizes 96 --threads 1``), so that rendering is a few
+#: per cent of a preparation step instead of more than the whole step; the images correlate to 0.9999
+#: (``test_render.py``). Templates stay nanodrr's, as at inference (``templates.py``).
+QUERY_BACKEND = "joseph"
 
 
 class _RenderProcessOwner:
@@ -192,7 +197,7 @@ class _QueryRenewals:
         from ..render import DRRRenderer
 
         if self._renderers is None:
-            self._renderers = [DRRRenderer(v, self.K, device=self.device) for v in self.volumes]
+            self._renderers = [DRRRenderer(v, self.K, device=self.device, backend=QUERY_BACKEND) for v in self.volumes]
         return self._renderers[i]
 
     def __call__(self, step: int):
