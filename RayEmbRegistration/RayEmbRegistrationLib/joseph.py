@@ -27,27 +27,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .camera import invert_rigid
+
 __all__ = ["SliceProjector"]
 
 
 class SliceProjector(torch.nn.Module):
-    """Line integrals of ``mu`` (I, J, K) torch (attenuation per mm, voxel ``[i, j, k]``) whose voxel centres
-    ``ijk_to_ras`` (4, 4) maps to RAS mm, along the rays of any batch of poses (Joseph's method, module docstring).
+    """Line integrals of ``mu`` (I, J, K) torch (attenuation per mm of the ``CTVolume`` ``ct``'s voxels ``[i, j, k]``,
+    placed by its ``ijk_to_ras``), along the rays of any batch of poses (Joseph's method, module docstring).
     """
 
-    def __init__(self, mu: torch.Tensor, ijk_to_ras) -> None:
+    def __init__(self, mu: torch.Tensor, ct) -> None:
         super().__init__()
-        if mu.ndim != 3:
-            raise ValueError(f"mu must be (I, J, K), got {tuple(mu.shape)}")
+        if tuple(mu.shape) != tuple(ct.shape):
+            raise ValueError(f"mu must have the CT's shape {tuple(ct.shape)}, got {tuple(mu.shape)}")
         self.shape = tuple(int(s) for s in mu.shape)
         # one stack of slices per axis: (n_a, 1, H, W) with (H, W) the other two axes in order
         for a in range(3):
             others = [b for b in range(3) if b != a]
             self.register_buffer(f"stack{a}", mu.permute(a, *others).contiguous()[:, None], persistent=False)
-        A = np.asarray(ijk_to_ras, dtype=np.float64)
+        A = np.asarray(ct.ijk_to_ras, dtype=np.float64)
         self.register_buffer("ras_to_ijk", torch.as_tensor(np.linalg.inv(A)), persistent=False)
-        box = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in self.shape], indexing="ij")).reshape(3, -1).T
-        self.register_buffer("corners_ras", torch.as_tensor(np.c_[box, np.ones(8)] @ A.T), persistent=False)
+        self.register_buffer("corners_ras", torch.as_tensor(np.c_[ct.edge_corners_ras, np.ones(8)]), persistent=False)
 
     def forward(self, camera_from_world: torch.Tensor, rays_cam: torch.Tensor,
                 source_to_detector_mm: float) -> torch.Tensor:
@@ -56,18 +57,15 @@ class SliceProjector(torch.nn.Module):
         (B, N) line integrals, float32."""
         geo = torch.float64
         T = camera_from_world.to(geo)
-        R, t = T[:, :3, :3], T[:, :3, 3]
-        Rt = R.transpose(1, 2)
-        M = self.ras_to_ijk.to(geo)[:3, :3] @ Rt  # camera directions → voxel index steps (B, 3, 3)
-        src = torch.einsum("ij,bj->bi", self.ras_to_ijk.to(geo)[:3, :3], -torch.einsum("bij,bj->bi", Rt, t)) \
-            + self.ras_to_ijk.to(geo)[:3, 3]  # (B, 3) the source in voxel indices
+        M = self.ras_to_ijk @ invert_rigid(T)  # (B, 4, 4) camera frame → voxel indices
+        src = M[:, :3, 3]  # (B, 3) the source (camera origin) in voxel indices
         rays = rays_cam.to(geo)
-        d = torch.einsum("bij,nj->bni", M, rays)  # (B, N, 3) source → detector point, voxel indices
+        d = torch.einsum("bij,nj->bni", M[:, :3, :3], rays)  # (B, N, 3) source → detector point, voxel indices
         ray_mm = rays.norm(dim=-1)  # (N,) rotation keeps lengths
         B, N, _ = d.shape
         with torch.no_grad():
             axis = d.abs().mean(1).argmax(1)
-            depth = torch.einsum("bj,kj->bk", T[:, 2], self.corners_ras.to(geo))  # (B, 8) box corners' depths
+            depth = torch.einsum("bj,kj->bk", T[:, 2], self.corners_ras)  # (B, 8) outer voxel corners' depths
             clip = ((depth <= 0) | (depth >= float(source_to_detector_mm))).any(1)
         lines, order = [], []
         for a in range(3):

@@ -118,7 +118,7 @@ class DRRRenderer(torch.nn.Module):
         if self.backend == "joseph":
             from .joseph import SliceProjector
 
-            self._projector = SliceProjector(mu, self.ct.ijk_to_ras).to(self.device_)
+            self._projector = SliceProjector(mu, self.ct).to(self.device_)
         elif self.backend == "nanodrr":
             from nanodrr.data import Subject
 
