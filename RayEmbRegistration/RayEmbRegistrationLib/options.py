@@ -208,7 +208,7 @@ class RefineOptions:
         samples_per_voxel: ray samples per voxel along the longest CT axis.
         patch_fraction: local-NCC tile size as a fraction of the level's width.
         bone_multiplier: bone attenuation multiplier of the DRRs (X-rays show bone more than a physical DRR).
-        backend: DRR backend (``"joseph"``: ``joseph.py``, ~9× faster forward + backward on a CPU than ``"nanodrr"``,
+        backend: DRR backend (``"joseph"``: ``joseph.py``, ~11× faster forward + backward on a CPU than ``"nanodrr"``,
             session 16; ``"diffdrr"``).
         competitor_check: before a refined pose is accepted, refine again from it shifted by
             ``competitor_shift_mm`` along the image axes (4 starts, one batch); when a *different* pose explains the

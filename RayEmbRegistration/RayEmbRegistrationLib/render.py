@@ -59,7 +59,7 @@ class DRRRenderer(torch.nn.Module):
         ct: the CT (HU, ijk→RAS).
         intrinsics: the detector (``Intrinsics``); change later with ``set_intrinsics`` (coarse-to-fine).
         backend: ``"nanodrr"`` (default; trilinear ray marching, Triton kernel on CUDA, 3D ``grid_sample`` on CPU),
-            ``"joseph"`` (one bilinear sample per CT slice, ``joseph.py``: ~9× faster forward + backward on the CPU;
+            ``"joseph"`` (one bilinear sample per CT slice, ``joseph.py``: ~11× faster forward + backward on the CPU;
             the refinement's) or ``"diffdrr"`` (the RayEmb paper's renderer, kept as the reference).
         bone_multiplier: bone attenuation multiplier (1 = physical; RayEmb trains with 1–10).
         voxel_mm: if given, render from a copy of the CT resampled to this voxel size (speed).
