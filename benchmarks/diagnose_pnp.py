@@ -13,8 +13,14 @@ threshold (``options.pnp.threshold_px``, 10 px of the 256 px grid). Printed per 
     pipeline) as (inliers, of which correct) — a pose whose inliers are mostly wrong detections agreeing with each
     other is a wrong pose, however large its consensus.
 
+``--ransac-variants``: also, per case, the correct detections among the 50 / 100 / 200 most confident, and the
+largest consensus (inliers, of which correct) that other robust estimators find on the same 600 (OpenCV's
+``solvePnPRansac``: MAGSAC with 10,000 and 200,000 iterations, PROSAC — samples the most confident first —,
+USAC_ACCURATE, classic EPnP-RANSAC with 100,000): whether a failure is PnP's or the detections'.
+
 Usage:
     .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep7 --n 20 --poses clinical
+    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/s16/prep_pelvis_c --cases 6 7 11 17 --ransac-variants
 """
 
 from __future__ import annotations
@@ -41,6 +47,24 @@ from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose,
 from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 
 
+def ransac_variants(points, uv, intr, thr: float, correct: np.ndarray) -> str:
+    """The largest consensus of other robust PnP estimators on ``points``/``uv`` (sorted most confident first, as
+    PROSAC needs): "name (inliers, of which ``correct``)" per estimator."""
+    import cv2
+
+    X = np.ascontiguousarray(points - points.mean(0), dtype=np.float64)
+    x = np.ascontiguousarray(uv, dtype=np.float64)
+    out = []
+    for name, flags, iterations in (("MAGSAC 10k", cv2.USAC_MAGSAC, 10_000), ("MAGSAC 200k", cv2.USAC_MAGSAC, 200_000),
+                                    ("PROSAC", cv2.USAC_PROSAC, 10_000), ("USAC_ACCURATE", cv2.USAC_ACCURATE, 100_000),
+                                    ("EPnP-RANSAC 100k", cv2.SOLVEPNP_EPNP, 100_000)):
+        cv2.setRNGSeed(0)
+        ok, _, _, inl = cv2.solvePnPRansac(X, x, intr.K, np.zeros(5), iterationsCount=iterations,
+                                           reprojectionError=thr, confidence=0.9999, flags=flags)
+        out.append(f"{name} ({len(inl)}, {int(correct[inl.ravel()].sum())})" if ok and inl is not None else f"{name} none")
+    return ", ".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ct", default=str(SAMPLE_CT))
@@ -51,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--poses", choices=("clinical", "rayemb"), default="clinical")
     p.add_argument("--seed", type=int, default=0, help="rayemb evaluate's --seed (the same cases)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ransac-variants", action="store_true", help="compare other robust PnP estimators (slower)")
+    p.add_argument("--cases", type=int, nargs="+", default=None, help="only these cases (default: all n)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ct = load_ct(a.ct)
@@ -71,6 +97,8 @@ def main(argv=None) -> int:
         T = sample_visible_pose(ct, intr, rng, poses=a.poses)
         pixels = simulate_xray(ct, intr, T, rng, renderer=sim)
         perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
+        if a.cases is not None and case not in a.cases:
+            continue
         d = det.detect(pixels, intr, bone, fast=opts.detection.fast)
         truth = Camera(intr, T).project(bone)
         correct = np.linalg.norm(d.uv - truth, axis=1) <= thr
@@ -86,6 +114,10 @@ def main(argv=None) -> int:
         inview = intr.contains_pixels(truth)
         print(f"| {case} | {100 * inview.mean():.0f} % | {correct.sum()} / {len(bone)} | {correct[kept].sum()} / "
               f"{len(kept)} | {text} |", flush=True)
+        if a.ransac_variants:
+            ck = correct[kept]
+            print(f"|   | most confident 50 / 100 / 200: {ck[:50].sum()} / {ck[:100].sum()} / {ck[:200].sum()} correct | | "
+                  f"| {ransac_variants(bone[kept], d.uv[kept], intr, thr, ck)} |", flush=True)
     return 0
 
 

@@ -60,7 +60,7 @@ class Registrar:
     # --- caches ----------------------------------------------------------------------------------------------
     @property
     def device(self) -> str:
-        return resolve_device(self.options.device)
+        return resolve_device(self.options.device, task="register")
 
     def matches(self, ct: CTVolume) -> bool:
         """True when ``ct`` has the same voxels and affine as this registrar's CT (its caches apply)."""
@@ -108,13 +108,13 @@ class Registrar:
         return self._refiners[key]
 
     def bone_candidates(self) -> np.ndarray:
-        """(N, 3) RAS bone points to detect (``detection.bone_candidates``, seeded by ``options.seed``)."""
-        n = self.options.detection.bone_candidates(self.device)
+        """(N, 3) RAS bone points to detect (``detection.n_bone_candidates``, seeded by ``options.seed``)."""
+        n = self.options.detection.n_bone_candidates
         return self.ct.sample_bone_points(n, np.random.default_rng(self.options.seed))
 
     def bone_candidates_in_view(self, camera: Camera) -> np.ndarray:
         """(M, 3) RAS bone points that ``camera`` puts inside its image and in front of its source: up to
-        ``detection.bone_candidates`` of a pool of ``detection.n_view_pool`` bone points drawn once per CT (seeded
+        ``detection.n_bone_candidates`` of a pool of ``detection.n_view_pool`` bone points drawn once per CT (seeded
         by ``options.seed``), in the pool's random order (``initial_pose.RayEmbPnP``'s view pass)."""
         return self.bone_in_view(camera)[0]
 
@@ -134,7 +134,7 @@ class Registrar:
         d = self.options.detection
         pool = self.view_pool()
         inside = camera.intrinsics.contains_pixels(camera.project(pool)) & (camera.depth(pool) > 0)
-        return pool[inside][: d.bone_candidates(self.device)], float(inside.mean())
+        return pool[inside][: d.n_bone_candidates], float(inside.mean())
 
     # --- checks ----------------------------------------------------------------------------------------------
     def check_inputs(self, xray) -> None:

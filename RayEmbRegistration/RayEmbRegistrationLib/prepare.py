@@ -239,6 +239,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
     folder ``out_dir`` (None → ``prepared_cache_dir()/<ct hash>``) all or nothing. Returns the ``PreparedCT``."""
     from .camera import Intrinsics
     from .detect import LandmarkDetector
+    from .device import resolve_device
     from .evaluate import EVAL_POINTS, EVAL_POINTS_SEED
     from .model import load_model
     from .options import RegistrationOptions
@@ -333,11 +334,14 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         # 3. templates of this CT for these weights (cached in the folder), then the self-check
         if progress:
             progress(0.75, "templates and self-check")
-        model = load_model(tmp / "model.safetensors", device=device)
-        LandmarkDetector(model, ct, device=device, cache_dir=tmp / "templates")
+        # the templates and the self-check run where ``rayemb register`` runs by default (the CPU, device.TASKS), so
+        # the readiness report tells what the user will get
+        reg_device = resolve_device("auto", task="register")
+        model = load_model(tmp / "model.safetensors", device=reg_device)
+        LandmarkDetector(model, ct, device=reg_device, cache_dir=tmp / "templates")
         intr = Intrinsics.deepfluoro(256)
         rng = np.random.default_rng(seed + 104729)
-        options = RegistrationOptions(device=device, model_path=str(tmp / "model.safetensors"))
+        options = RegistrationOptions(device=reg_device, model_path=str(tmp / "model.safetensors"))
         registrar = Registrar(ct, options.replace(detection={"template_cache": str(tmp / "templates")}), model=model)
         pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
         checks = []

@@ -81,4 +81,6 @@ def test_options_are_frozen_and_replace_changes_sub_trees():
     assert o.detection.n_bone_keep == 600 and o.refine.enabled  # the original is unchanged
     d = p.to_dict()
     assert d["detection"]["n_bone_keep"] == 100 and d["refine"]["levels"] == [32, 64, 96]
-    assert DetectionOptions().bone_candidates("cpu") == 2000 and DetectionOptions().bone_candidates("cuda") == 10000
+    assert DetectionOptions().n_bone_candidates == 2000  # one default on every device (session 17)
+    with pytest.raises(OptionsError, match="n_bone_candidates"):
+        DetectionOptions(n_bone_candidates=None)

@@ -181,7 +181,7 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-bone-points", action="store_true",
                    help="use only the given fiducials, no automatically sampled bone points")
     p.add_argument("--bone-candidates", type=int, default=None, metavar="N",
-                   help="bone points (HU >= 350) to detect (default 10000 on CUDA, 2000 on CPU; paper: 10000)")
+                   help=f"bone points (HU >= 350) to detect (default {D.n_bone_candidates}; paper: 10000)")
     p.add_argument("--bone-keep", type=int, default=None, metavar="N",
                    help=f"most confident bone points given to PnP (default {D.n_bone_keep}, as in the paper)")
     p.add_argument("--ransac-threshold", type=float, default=None, metavar="PX",
