@@ -18,9 +18,14 @@ largest consensus (inliers, of which correct) that other robust estimators find 
 ``solvePnPRansac``: MAGSAC with 10,000 and 200,000 iterations, PROSAC — samples the most confident first —,
 USAC_ACCURATE, classic EPnP-RANSAC with 100,000): whether a failure is PnP's or the detections'.
 
+``--oracle``: also, per case, the error of the pose PnP gives (mTRE, rotation, depth error of the bone's centroid)
+from the pipeline's RANSAC on the 600 kept, and from only the kept detections within 10 / 5 / 3 px of their true
+projection (told by the truth): how precise detections must be for PnP to fix depth and out-of-plane rotation.
+
 Usage:
     .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep7 --n 20 --poses clinical
     .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/s16/prep_pelvis_c --cases 6 7 11 17 --ransac-variants
+    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/s16/prep_pelvis_c --cases 0 1 2 5 --oracle
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
 from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.plausibility import is_in_view  # noqa: E402
@@ -65,6 +71,31 @@ def ransac_variants(points, uv, intr, thr: float, correct: np.ndarray) -> str:
     return ", ".join(out)
 
 
+def oracle_pnp(points, uv, err, intr, thr: float, T_true, seed: int, eval_points) -> str:
+    """PnP (``pose.solve_pnp``, the pipeline's RANSAC threshold ``thr``) on all of ``points``/``uv`` and on those whose
+    detection error ``err`` is within 10 / 5 / 3 px: "which: mTRE mm (over ``eval_points``, as ``rayemb evaluate``),
+    rotation °, depth error of the points' centroid mm (+: too far from the source)" each."""
+    from scipy.spatial.transform import Rotation
+
+    from RayEmbRegistrationLib.evaluate import pose_errors
+    from RayEmbRegistrationLib.pose import solve_pnp
+
+    c = points.mean(0)
+
+    def describe(M) -> str:
+        rot = np.degrees(np.linalg.norm(Rotation.from_matrix(M[:3, :3] @ T_true[:3, :3].T).as_rotvec()))
+        dz = (M[:3, :3] @ c + M[:3, 3])[2] - (T_true[:3, :3] @ c + T_true[:3, 3])[2]
+        return f"{pose_errors(M, T_true, eval_points, intr)['mtre_mm']:.0f} mm, {rot:.1f}°, depth {dz:+.0f} mm"
+
+    out = []
+    for name, m in (("RANSAC", np.ones(len(err), bool)), ("≤ 10 px", err <= 10), ("≤ 5 px", err <= 5), ("≤ 3 px", err <= 3)):
+        try:
+            out.append(f"{name}: {describe(solve_pnp(points[m], uv[m], intr, threshold_px=thr, seed=seed).camera_from_world)}")
+        except PoseError:
+            out.append(f"{name}: none")
+    return "; ".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ct", default=str(SAMPLE_CT))
@@ -77,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ransac-variants", action="store_true", help="compare other robust PnP estimators (slower)")
     p.add_argument("--cases", type=int, nargs="+", default=None, help="only these cases (default: all n)")
+    p.add_argument("--oracle", action="store_true", help="PnP errors from the truly correct detections only")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ct = load_ct(a.ct)
@@ -90,6 +122,7 @@ def main(argv=None) -> int:
     keep = opts.detection.n_bone_keep
     rng = np.random.default_rng(a.seed)  # the draws of evaluate.run_benchmark, in its order
     sim = DRRRenderer(ct, intr)
+    eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
     print(f"{ct.name}: {len(bone)} bone candidates, {keep} kept, correct = within {thr:.1f} px of the true projection\n")
     print("| case | in view | correct / candidates | correct / kept | PnP hypotheses (inliers, correct) |")
     print("|---|---|---|---|---|")
@@ -118,6 +151,11 @@ def main(argv=None) -> int:
             ck = correct[kept]
             print(f"|   | most confident 50 / 100 / 200: {ck[:50].sum()} / {ck[:100].sum()} / {ck[:200].sum()} correct | | "
                   f"| {ransac_variants(bone[kept], d.uv[kept], intr, thr, ck)} |", flush=True)
+        if a.oracle:
+            err = np.linalg.norm(d.uv[kept] - truth[kept], axis=1)
+            print(f"|   | PnP pose errors, kept detections within 10 / 5 / 3 px: {(err <= 10).sum()} / {(err <= 5).sum()} / "
+                  f"{(err <= 3).sum()} (median of those within {thr:.0f}: {np.median(err[err <= thr]):.1f} px) | | | "
+                  f"{oracle_pnp(bone[kept], d.uv[kept], err, intr, thr, T, opts.seed, eval_pts)} |", flush=True)
     return 0
 
 
