@@ -142,7 +142,8 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     """Arguments of every command that registers or detects; defaults shown are ``options``' own."""
     D, N, R = DetectionOptions(), PnPOptions(), RefineOptions()
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the network and the DRRs run (auto: CUDA if available, else CPU)")
+                   help="where the network and the DRRs run (auto: the CPU, also where a GPU exists — a registration is "
+                        "faster there, docs/pipeline.md \"Device\"; cuda: the GPU)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="network weights (.safetensors written by 'rayemb train'); default: the bundled model")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (bone points, RANSAC, simulation)")

@@ -26,7 +26,9 @@ def add_parser(sub, formatter) -> None:
                    help="the prepared-CT folder (default: the cache, $RAYEMB_CACHE or ~/.cache/rayemb/prepared/<hash>)")
     p.add_argument("--minutes", type=float, default=10.0, help="time budget for the whole step")
     p.add_argument("--model", default=None, metavar="PATH", help="weights to start from (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the fine-tuning runs (auto: CUDA if available, else the CPU); the self-check registers "
+                        "where 'rayemb register' does by default (the CPU)")
     p.add_argument("--self-check", type=int, default=10, metavar="N", help="simulated X-rays of the self-check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
