@@ -24,6 +24,7 @@ from .errors import ModelUnavailable, RegistrationError
 from .initial_pose import GivenPose, InitialPose, RayEmbPnP
 from .options import RegistrationOptions
 from .plausibility import carm_disagreement, is_in_view, overlap_problem
+from .pose import DEPTH_VALLEY_FACTORS, MIN_CORRESPONDENCES, PoseError, depth_valley_poses
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .results import (DETECTED, NOT_SEEN, OUTSIDE_CT, OUTSIDE_VIEW, DepthSearchSummary, DetectionResult, PoseCheck,
                       RegistrationResult)
@@ -310,21 +311,37 @@ class Registrar:
         warnings: list[str] = []
         rr = depth = None
         if o.depth_search and init.method == "rayemb":
-            # PnP is weakest in depth: also refine from the most similar depth along the viewing ray.
+            # PnP is weakest in depth: also refine from the most similar depth along the viewing ray, and from the
+            # most similar pose of its depth valley (depth and tilt refitted together to the PnP inliers).
+            valley = self._depth_valley(init, intr) if o.depth_valley else None
             try:
                 rr, ds, results, k = refiner.refine_with_depth_search(
                     xray.pixels, intr, T0, progress, cancel, is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)),
-                    compare_levels=o.depth_compare_levels or None)
+                    compare_levels=o.depth_compare_levels or None, valley=valley,
+                    valley_factors=DEPTH_VALLEY_FACTORS)
             except ValueError as exc:  # the bone centre behind the source: nothing to slide along
                 warnings.append(f"depth search skipped: {exc}")
             else:
                 depth = DepthSearchSummary(
                     factor=ds.factor, similarity_pnp=ds.similarity_start, similarity=ds.similarity, grid_px=ds.size,
                     candidates=len(ds.factors), refined_similarity=tuple(float(r.similarity_after) for r in results),
-                    chosen=("PnP start", "depth-searched start")[k])
+                    chosen=ds.starts[k], valley_factor=ds.valley_factor)
         if rr is None:
             rr = refiner.refine(xray.pixels, intr, T0, progress, cancel)
         return rr, depth, (rr.similarity_before, rr.similarity_after), warnings, time.perf_counter() - t
+
+    def _depth_valley(self, init: InitialPose, intr):
+        """(F, 4, 4) ``pose.depth_valley_poses`` of the PnP pose from its inliers, or None (too few, or their centroid
+        behind the source)."""
+        inl = [lm for lm in init.landmarks if lm.inlier and np.isfinite(lm.detected_px).all()]
+        if len(inl) < MIN_CORRESPONDENCES:
+            return None
+        try:
+            return depth_valley_poses(np.array([lm.ras for lm in inl]), np.array([lm.detected_px for lm in inl]), intr,
+                                      init.camera.camera_from_world, DEPTH_VALLEY_FACTORS,
+                                      self.options.pnp.threshold_px(intr))
+        except PoseError:
+            return None
 
     def _finalise(self, xray, init: InitialPose, rr, depth, sims, warnings,
                   rescued: bool = False) -> RegistrationResult:

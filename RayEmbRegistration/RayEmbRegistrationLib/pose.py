@@ -1,6 +1,7 @@
 """Pose from 2D/3D correspondences: OpenCV PnP + RANSAC (MAGSAC++ where available), then a least-squares polish.
 
-Owns: PnP + RANSAC on 2D–3D correspondences (OpenCV).
+Owns: PnP + RANSAC on 2D–3D correspondences (OpenCV), and the poses along a PnP pose's depth ambiguity
+(``depth_valley_poses``).
 
 The conversion between OpenCV's ``(rvec, tvec)`` and our ``camera_from_world`` (4×4), robust PnP on
 detected landmarks, and reprojection statistics. OpenCV's camera *is* our camera (``camera.py``: OpenCV
@@ -29,12 +30,18 @@ __all__ = [
     "solve_pnp_hypotheses",
     "reprojection_errors",
     "rotation_angle_rad",
+    "depth_valley_poses",
+    "DEPTH_VALLEY_FACTORS",
     "MIN_CORRESPONDENCES",
     "HAS_MAGSAC",
 ]
 
 MIN_CORRESPONDENCES = 6
 HAS_MAGSAC = hasattr(cv2, "USAC_MAGSAC")
+#: depths of ``depth_valley_poses``, as factors of the PnP depth of the inliers' centroid. Session 17
+#: (``benchmarks/diagnose_pnp.py --oracle``): on clinical pelvis close-ups PnP put the bone too far from the source
+#: in 19 of 20 X-rays (median +131 mm at ~600–800 mm), so the ladder reaches further towards the source than away.
+DEPTH_VALLEY_FACTORS = (0.7, 0.8, 0.9, 1.1)
 
 
 class PoseError(ValueError):
@@ -99,6 +106,53 @@ def reprojection_errors(camera_from_world, intrinsics: Intrinsics, points_ras, u
     """(N,) pixel distance between ``uv`` (N, 2) and the projections of ``points_ras`` (N, 3); NaN behind the source."""
     proj = Camera(intrinsics, camera_from_world).project(points_ras)
     return np.linalg.norm(proj - np.asarray(uv, dtype=np.float64).reshape(-1, 2), axis=1)
+
+
+def depth_valley_poses(points_ras, uv, intrinsics: Intrinsics, camera_from_world,
+                       factors: Sequence[float] = DEPTH_VALLEY_FACTORS, threshold_px: float = 10.0) -> np.ndarray:
+    """Poses along the depth ambiguity of a PnP pose: for each of ``factors``, the pose that puts the centroid of
+    ``points_ras`` at that factor of its depth under ``camera_from_world`` and, with that depth held, rotates and
+    shifts (in the image plane) to reproject ``points_ras`` onto ``uv`` best (robust least squares, soft-L1 with
+    scale ``threshold_px / 2``; ``scipy.optimize.least_squares``).
+
+    Why: from detections a few pixels off, a close-up's narrow field of view fixes depth and the out-of-plane tilt only
+    together — a pose at another depth with the *same* rotation (what sliding along the viewing ray gives) does not
+    fit the detections, while the tilt that does fit changes with the depth. Session 17, a pelvis close-up (case 1 of
+    ``rayemb evaluate --poses clinical``, prepared folder c): PnP 19° and +117 mm off; refined from it, 24° off; from
+    its valley poses at 0.7–0.9 × the depth, 0.4–0.6° and 2–5 mm off.
+
+    Args:
+        points_ras (N, 3), uv (N, 2): the correspondences that support ``camera_from_world`` (its PnP inliers).
+        camera_from_world (4, 4): the PnP pose; its centroid depth must be > 0.
+    Returns:
+        (len(factors), 4, 4) float64 ``camera_from_world`` poses, in the order of ``factors``. Rotation and in-plane
+        position are about the points' centroid in the camera frame (OpenCV frame, ``camera.py``).
+    """
+    from scipy.optimize import least_squares
+    from scipy.spatial.transform import Rotation
+
+    X = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    x = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    T0 = np.asarray(camera_from_world, dtype=np.float64)
+    if len(X) < MIN_CORRESPONDENCES:
+        raise PoseError(f"depth_valley_poses needs at least {MIN_CORRESPONDENCES} correspondences, got {len(X)}")
+    c = X.mean(0)
+    c_cam = T0[:3, :3] @ c + T0[:3, 3]
+    if not c_cam[2] > 0:
+        raise PoseError(f"the points' centroid is behind the source at the PnP pose (depth {c_cam[2]:.1f} mm)")
+
+    def pose(q: np.ndarray, z: float) -> np.ndarray:
+        R = Rotation.from_rotvec(q[:3]).as_matrix() @ T0[:3, :3]
+        return rigid(R, np.array([q[3], q[4], z]) - R @ c)
+
+    out = []
+    for f in factors:
+        z = float(c_cam[2]) * float(f)
+        q0 = np.array([0.0, 0.0, 0.0, c_cam[0] * f, c_cam[1] * f])  # the centroid stays on its viewing ray
+        fit = least_squares(lambda q: (Camera(intrinsics, pose(q, z)).project(X) - x).ravel(), q0, loss="soft_l1",
+                            f_scale=max(float(threshold_px), 1e-3) / 2.0)
+        out.append(pose(fit.x, z))
+    return np.stack(out) if out else np.zeros((0, 4, 4))
 
 
 def solve_pnp(

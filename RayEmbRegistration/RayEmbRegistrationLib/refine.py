@@ -20,6 +20,7 @@ OpenCV camera); DRRs (H', W') at the level's grid.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,10 @@ class DepthSearch:
         similarity_start / similarity: multiscale NCC of the start / the chosen candidate at the search grid.
         factors, similarities: (N,) every candidate tried, the start (factor 1) included.
         size: the grid (longer side, px) the candidates were scored on.
+        starts: the starts ``refine_with_depth_search`` then refined, in the order of its results: ``"PnP start"``,
+            ``"depth-searched start"`` (when the search moved), ``"depth-valley start"`` (when given valley poses).
+        valley_factor, valley_similarity: the chosen valley pose's factor of ``pose.depth_valley_poses`` and its
+            similarity on the search grid (None without valley poses).
     """
 
     camera_from_world: np.ndarray
@@ -147,6 +152,9 @@ class DepthSearch:
     size: int = 64
     factors: np.ndarray = field(repr=False, default_factory=lambda: np.ones(1))
     similarities: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(1))
+    starts: tuple[str, ...] = ("PnP start",)
+    valley_factor: float | None = None
+    valley_similarity: float | None = None
 
 
 class Refiner:
@@ -259,15 +267,19 @@ class Refiner:
     def refine_with_depth_search(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, camera_from_world,
                                  progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                                  is_plausible: Callable[[np.ndarray], bool] | None = None,
-                                 compare_levels: int | None = None,
+                                 compare_levels: int | None = None, valley=None, valley_factors=None,
                                  ) -> tuple[RefineResult, DepthSearch, list[RefineResult], int]:
-        """``search_depth``, then ``refine`` from the start and (if the search moved it) from the searched pose.
+        """``search_depth``, then ``refine`` from the start, (if the search moved it) from the searched pose and (given
+        ``valley``) from the most similar of the valley poses.
 
         The coarse depth score alone sometimes prefers a wrong basin when the rotation is far off, and the start
         alone cannot recover a wrong magnification: both are refined and the more similar result wins, among
         those that pass ``is_plausible(camera_from_world)`` if any does. ``compare_levels``: the two starts compete
         over the first levels of the schedule only, and the winner goes through the rest (None: both run every
-        level; ``options.RefineOptions.depth_compare_levels``).
+        level; ``options.RefineOptions.depth_compare_levels``). ``valley``: (F, 4, 4) poses along the start's depth
+        ambiguity (``pose.depth_valley_poses``, at ``valley_factors``): sliding the start along its viewing ray keeps
+        its tilt, which from noisy detections is wrong together with its depth; the valley poses refit the tilt at
+        each depth. Scored on the search's grid (the plausible ones, if any is), the best joins the starts.
 
         Returns:
             (the chosen result, the depth search, all results — index 0 from the start, 1 from the searched
@@ -279,9 +291,20 @@ class Refiner:
         """
         t0 = time.perf_counter()
         ds = self.search_depth(xray_pixels, intrinsics, camera_from_world)
-        starts = [np.asarray(camera_from_world, dtype=np.float64)]
+        starts, labels = [np.asarray(camera_from_world, dtype=np.float64)], ["PnP start"]
         if ds.factor != 1.0:
             starts.append(ds.camera_from_world)
+            labels.append("depth-searched start")
+        if valley is not None and len(valley):
+            v = np.asarray(valley, dtype=np.float64).reshape(-1, 4, 4)
+            sims = self.similarity(xray_pixels, intrinsics, v, ds.size)
+            ok = np.array([is_plausible is None or bool(is_plausible(T)) for T in v])
+            j = int(np.argmax(np.where(ok, sims, -np.inf))) if ok.any() else int(np.argmax(sims))
+            starts.append(v[j])
+            labels.append("depth-valley start")
+            factor = float(valley_factors[j]) if valley_factors is not None else None
+            ds = dataclasses.replace(ds, valley_factor=factor, valley_similarity=float(sims[j]))
+        ds = dataclasses.replace(ds, starts=tuple(labels))
         split = compare_levels is not None and len(starts) > 1 and 0 < compare_levels < len(self.options.levels)
         if not split:
             results, k = self.refine_from_starts(xray_pixels, intrinsics, starts, progress, cancel,

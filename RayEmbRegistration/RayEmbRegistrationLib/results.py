@@ -140,7 +140,9 @@ class DepthSearchSummary:
     """The refinement's start-depth search (``refine.Refiner.refine_with_depth_search``).
 
     ``factor`` = searched start depth / PnP depth; similarities at the PnP and the searched depth on a
-    ``grid_px`` grid over ``candidates`` depths; the refined similarity from each start; which start won.
+    ``grid_px`` grid over ``candidates`` depths; the refined similarity from each start; which start won;
+    ``valley_factor``: the depth factor of the depth-valley start (``pose.depth_valley_poses``: the tilt refitted to
+    the PnP inliers at that depth), None when there was none.
     """
 
     factor: float
@@ -149,11 +151,24 @@ class DepthSearchSummary:
     grid_px: int
     candidates: int
     refined_similarity: tuple[float, ...]
-    chosen: str  # "PnP start" | "depth-searched start"
+    chosen: str  # "PnP start" | "depth-searched start" | "depth-valley start"
+    valley_factor: float | None = None
 
     @property
     def corrected(self) -> bool:
-        return self.chosen == "depth-searched start"
+        return self.chosen != "PnP start"
+
+    @property
+    def chosen_factor(self) -> float:
+        """The chosen start's depth / the PnP depth."""
+        if self.chosen == "depth-valley start" and self.valley_factor is not None:
+            return float(self.valley_factor)
+        return float(self.factor) if self.chosen == "depth-searched start" else 1.0
+
+    def describe(self) -> str:
+        """"depth corrected x0.80 (tilt refitted)" etc."""
+        tilt = " (tilt refitted)" if self.chosen == "depth-valley start" else ""
+        return f"depth corrected x{self.chosen_factor:.2f}{tilt}"
 
 
 @dataclass
@@ -209,7 +224,7 @@ class RegistrationResult:
         if self.similarity_after is not None:
             text += f"; NCC {self.similarity_before:.3f} -> {self.similarity_after:.3f}"
         if self.depth_search is not None and self.depth_search.corrected:
-            text += f"; depth corrected x{self.depth_search.factor:.2f}"
+            text += f"; {self.depth_search.describe()}"
         return text
 
     def summary_lines(self) -> list[str]:
@@ -224,7 +239,7 @@ class RegistrationResult:
         if self.similarity_after is not None:
             lines.append(f"  similarity (multiscale NCC): {self.similarity_before:.4f} -> {self.similarity_after:.4f}")
         if self.depth_search is not None and self.depth_search.corrected:
-            lines.append(f"  depth search: PnP depth corrected x{self.depth_search.factor:.2f}")
+            lines.append(f"  depth search: PnP {self.depth_search.describe()}")
         if self.rescue is not None:
             r = self.rescue
             lines.append(f"  rescue search ({r.status_before} before, {r.starts} rotated starts): "
