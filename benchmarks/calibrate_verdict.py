@@ -16,9 +16,11 @@ table this data gives (see the README, "Registration verdict").
 
 Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
-    .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...]
+    .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...] [--pipeline]
 
-``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) and prints the
+``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) — or, with
+``--pipeline``, takes the verdict the pipeline gave when the case ran (``pipeline_status``: the rule *and* the
+competitor / local / rescue checks, which need the images and so cannot be re-judged from the table) — and prints the
 calibration table: per kind of case, how many successes / failures were accepted, uncertain, rejected (an error
 exit counts as rejected), and the two figures the verdict must meet — of failures, the share not accepted
 (target ≥ 99 %); of successes, the share accepted (target ≥ 90 %).
@@ -72,12 +74,16 @@ def _value(v: str):
         return v
 
 
-def table(paths) -> int:
-    """Print the calibration table of the recorded cases under the current rule."""
+def table(paths, pipeline: bool = False) -> int:
+    """Print the calibration table of the recorded cases under the current rule (``verdict.judge`` on the recorded
+    signals) or, with ``pipeline``, as the pipeline judged them when they ran (its verdict with the competitor,
+    local and rescue checks, recorded since session 17)."""
     rows = [{k: _value(v) for k, v in r.items()} for p in paths for r in csv.DictReader(open(p))]
+    if pipeline and any(not r.get("error") and not r.get("pipeline_status") for r in rows):
+        raise SystemExit("--pipeline: these cases have no recorded pipeline verdict (recorded since session 17)")
     out = {}
     for r in rows:
-        status = "rejected" if r.get("error") else judge(r).status
+        status = "rejected" if r.get("error") else (r["pipeline_status"] if pipeline else judge(r).status)
         key = (r["kind"], "success" if r["success"] else "failure")
         out.setdefault(key, {"accepted": 0, "uncertain": 0, "rejected": 0})[status] += 1
     print("| kind | truth | n | accepted | uncertain | rejected (or error) |")
@@ -98,6 +104,9 @@ def table(paths) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", nargs="+", default=None, metavar="CSV", help="only print the table of recorded cases")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="with --table: the pipeline's own verdicts as recorded (competitor / local / rescue checks "
+                         "included) instead of the rule's on the recorded signals")
     ap.add_argument("--out")
     ap.add_argument("--n", type=int, default=8, help="match cases per CT and network")
     ap.add_argument("--size", type=int, default=256)
@@ -106,7 +115,7 @@ def main() -> int:
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
     a = ap.parse_args()
     if a.table:
-        return table(a.table)
+        return table(a.table, a.pipeline)
     if not a.out:
         ap.error("--out is required (or --table CSV ...)")
     import torch
@@ -159,7 +168,8 @@ def main() -> int:
             e = pose_errors(res.final.camera_from_world, T, pts, intr)
             by_construction = kind in ("mirrored", "wrong_ct")
             row.update(error="", mtre_mm=e["mtre_mm"], success=(not by_construction) and e["mtre_mm"] <= 10.0,
-                       seconds=time.perf_counter() - t, **signals(res, vols[target], xray, reg.refiner()))
+                       seconds=time.perf_counter() - t, **signals(res, vols[target], xray, reg.refiner()),
+                       pipeline_status=res.verdict.status if res.verdict is not None else "")
         rows.append(row)
         print(f"{k + 1}/{len(jobs)} {kind:9s} {shows:>6s}->{target:<6s} {net:16s} mTRE {row['mtre_mm']:8.2f} "
               f"{'OK ' if row['success'] else 'bad'} {row.get('error', '')[:60]}", flush=True)
