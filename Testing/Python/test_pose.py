@@ -140,3 +140,54 @@ def test_sequential_ransac_returns_disjoint_hypotheses(sample_ct):
     # solve_pnp is the first hypothesis
     one = solve_pnp(pts, uv, intr, threshold_px=2.0)
     np.testing.assert_allclose(one.camera_from_world, hyps[0].camera_from_world, atol=1e-9)
+
+
+def _slid(T, c, factor):
+    """``T`` with point ``c``'s camera-frame position scaled by ``factor`` (slid along its viewing ray, same rotation)."""
+    S = T.copy()
+    S[:3, 3] += (factor - 1.0) * (T[:3, :3] @ c + T[:3, 3])
+    return S
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_depth_valley_recovers_the_tilt_that_a_wrong_depth_hid(sample_ct, bone_points, seed):
+    """A PnP-like pose 15 % too deep *and* tilted 8° (what noisy close-up detections give) reprojects the points
+    badly when only slid back to the true depth, while its valley pose at that depth — the tilt refitted to the
+    correspondences — is the true pose (exact correspondences: real CT bone points projected at a sampled pose)."""
+    from RayEmbRegistrationLib.pose import depth_valley_poses
+
+    intr = Intrinsics.deepfluoro(256)
+    T = _visible_pose(sample_ct, intr, seed)
+    uv = Camera(intr, T).project(bone_points)
+    ok = intr.contains_pixels(uv)
+    X, x = bone_points[ok], uv[ok]
+    c = X.mean(0)
+    tilt = np.eye(4)
+    tilt[:3, :3] = rotation_matrix(np.array([np.radians(8.0), 0.0, 0.0]))  # about the camera's x axis
+    cc = T[:3, :3] @ c + T[:3, 3]
+    tilt[:3, 3] = cc - tilt[:3, :3] @ cc  # through the centroid
+    P = _slid(tilt @ T, c, 1.15)
+    poses = depth_valley_poses(X, x, intr, P, factors=(1 / 1.15, 1.0))
+    assert poses.shape == (2, 4, 4)
+    for f, V in zip((1 / 1.15, 1.0), poses):  # each valley pose holds its depth exactly
+        assert np.isclose((V[:3, :3] @ c + V[:3, 3])[2], f * (P[:3, :3] @ c + P[:3, 3])[2])
+        assert np.allclose(V[:3, :3] @ V[:3, :3].T, np.eye(3), atol=1e-9)
+    slid = np.nanmedian(np.linalg.norm(Camera(intr, _slid(P, c, 1 / 1.15)).project(X) - x, axis=1))
+    valley = np.nanmedian(np.linalg.norm(Camera(intr, poses[0]).project(X) - x, axis=1))
+    assert slid > 2.0 and valley < 0.05  # the tilt shows as pixels of misfit; the valley pose fits exactly
+    assert np.degrees(rotation_angle_rad(poses[0][:3, :3], T[:3, :3])) < 0.05
+    assert np.linalg.norm(poses[0][:3, 3] - T[:3, 3]) < 0.5
+
+
+def test_depth_valley_bad_inputs(sample_ct, bone_points):
+    from RayEmbRegistrationLib.pose import depth_valley_poses
+
+    intr = Intrinsics.deepfluoro(256)
+    T = _visible_pose(sample_ct, intr, 0)
+    uv = Camera(intr, T).project(bone_points)
+    with pytest.raises(PoseError, match="at least"):
+        depth_valley_poses(bone_points[:3], uv[:3], intr, T)
+    behind = T.copy()
+    behind[2, 3] -= 5000.0  # the source 5 m beyond the points: their centroid behind it
+    with pytest.raises(PoseError, match="behind the source"):
+        depth_valley_poses(bone_points, uv, intr, behind)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.camera import Camera, Intrinsics, rotation_matrix
 from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.options import RefineOptions
 from RayEmbRegistrationLib.progress import Cancelled
@@ -221,3 +221,23 @@ def test_refine_with_depth_search_compare_levels_finishes_the_winner_only(setup)
     assert res.similarity_before == pytest.approx(float(refiner.similarity(img, intr, T0[None])[0]))
     assert res.improved and res.similarity_after > res.similarity_before
     assert _mtre(intr, res.camera_from_world, T, pts) < 3.0
+
+
+def test_refine_with_depth_search_takes_the_most_similar_valley_pose_as_a_start(setup):
+    """``valley`` poses: the most similar on the search grid joins the starts (labelled in ``ds.starts``, in the order
+    of the results); with the true pose among them it is the one refined and chosen."""
+    intr, T, img, refiner, pts = setup
+    c_true = T[:3, :3] @ refiner.centre_ras + T[:3, 3]
+    tilt = np.eye(4)
+    tilt[:3, :3] = rotation_matrix(np.array([0.0, np.radians(12.0), 0.0]))
+    tilt[:3, 3] = c_true - tilt[:3, :3] @ c_true
+    T0 = tilt @ T  # tilted 12° about the bone: a start the depth search alone cannot straighten
+    wrong = T0.copy()
+    wrong[:3, 3] += 0.3 * c_true
+    res, ds, results, k = refiner.refine_with_depth_search(img, intr, T0, valley=np.stack([wrong, T]),
+                                                           valley_factors=(1.3, 1.0))
+    assert ds.starts[-1] == "depth-valley start" and len(ds.starts) == len(results)
+    assert ds.valley_factor == 1.0 and ds.valley_similarity > ds.similarity_start
+    assert ds.starts[k] == "depth-valley start" and _mtre(intr, res.camera_from_world, T, pts) < 1.0
+    res0, ds0, results0, _ = refiner.refine_with_depth_search(img, intr, T0)  # without: no valley start
+    assert "depth-valley start" not in ds0.starts and ds0.valley_factor is None and len(results0) == len(ds0.starts)
