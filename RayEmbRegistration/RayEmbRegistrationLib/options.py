@@ -193,8 +193,10 @@ class RefineOptions:
             weakest in depth. Not applied to a caller's start pose.
         depth_valley: with the depth search, also refine from the most similar of the PnP pose's *valley* poses
             (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP depth, the rotation and in-plane
-            position refitted to the PnP inliers), so depth and tilt are corrected together (docs/pipeline.md,
-            "Depth valley").
+            position refitted to the PnP inliers), so depth and tilt are corrected together. Off by default
+            (session 17, 120 clinical X-rays of six prepared folders): pelvis 53 instead of 50 of 60 registered, but
+            the two chest CTs 38 instead of 40 with **one wrong result accepted** (a valley pose 30 mm off more
+            similar than the right one) — docs/pipeline.md, "Depth valley".
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
             only the winner goes through the rest of the schedule (0: both run every level). Default 0 (session 13,
             ``rayemb evaluate --poses clinical --prepared … [--depth-compare-levels 1]``, 40 X-rays of two unseen chest
@@ -251,7 +253,7 @@ class RefineOptions:
 
     enabled: bool = True
     depth_search: bool = True
-    depth_valley: bool = True
+    depth_valley: bool = False
     levels: tuple[int, ...] = _LEVELS
     iterations: int | tuple[int, ...] = schedule_iterations(DEFAULT_COARSE_ITERATIONS, len(_LEVELS))
     lr_mm: tuple[float, ...] = schedule_lrs(len(_LEVELS))

@@ -117,9 +117,8 @@ def depth_valley_poses(points_ras, uv, intrinsics: Intrinsics, camera_from_world
 
     Why: from detections a few pixels off, a close-up's narrow field of view fixes depth and the out-of-plane tilt only
     together — a pose at another depth with the *same* rotation (what sliding along the viewing ray gives) does not
-    fit the detections, while the tilt that does fit changes with the depth. Session 17, a pelvis close-up (case 1 of
-    ``rayemb evaluate --poses clinical``, prepared folder c): PnP 19° and +117 mm off; refined from it, 24° off; from
-    its valley poses at 0.7–0.9 × the depth, 0.4–0.6° and 2–5 mm off.
+    fit the detections, while the tilt that does fit changes with the depth. Used by the opt-in depth-valley start
+    (``options.RefineOptions.depth_valley``; docs/pipeline.md, "Depth valley", for what it gained and lost).
 
     Args:
         points_ras (N, 3), uv (N, 2): the correspondences that support ``camera_from_world`` (its PnP inliers).
