@@ -331,8 +331,8 @@ class Registrar:
         return rr, depth, (rr.similarity_before, rr.similarity_after), warnings, time.perf_counter() - t
 
     def _depth_valley(self, init: InitialPose, intr):
-        """(F, 4, 4) ``pose.depth_valley_poses`` of the PnP pose from its inliers, or None (too few, or their centroid
-        behind the source)."""
+        """(F, 4, 4) ``pose.depth_valley_poses`` of the PnP pose from its inliers, or None (too few, their centroid
+        behind the source, or a fit that leaves them behind it)."""
         inl = [lm for lm in init.landmarks if lm.inlier and np.isfinite(lm.detected_px).all()]
         if len(inl) < MIN_CORRESPONDENCES:
             return None
@@ -340,7 +340,7 @@ class Registrar:
             return depth_valley_poses(np.array([lm.ras for lm in inl]), np.array([lm.detected_px for lm in inl]), intr,
                                       init.camera.camera_from_world, DEPTH_VALLEY_FACTORS,
                                       self.options.pnp.threshold_px(intr))
-        except PoseError:
+        except (PoseError, ValueError):  # ValueError: least_squares on non-finite reprojections
             return None
 
     def _finalise(self, xray, init: InitialPose, rr, depth, sims, warnings,
