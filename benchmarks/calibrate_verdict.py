@@ -16,6 +16,7 @@ table this data gives (see the README, "Registration verdict").
 
 Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
+    .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --only mirrored:lumbar --backend nanodrr
     .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...] [--pipeline]
 
 ``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) — or, with
@@ -113,6 +114,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--only", nargs="+", default=None, metavar="KIND[:CT]",
+                    help="register only these cases (e.g. mirrored:lumbar); the others are still simulated, so every "
+                         "case is the one of the full run")
+    ap.add_argument("--backend", default=None, choices=("joseph", "nanodrr", "diffdrr"),
+                    help="the refinement's renderer (default: RefineOptions' own)")
     a = ap.parse_args()
     if a.table:
         return table(a.table, a.pipeline)
@@ -152,10 +158,13 @@ def main() -> int:
             pixels = np.ascontiguousarray(pixels[:, ::-1])
         if kind == "wrong_sdd":
             geo = Intrinsics(0.75 * intr.source_to_detector_mm, intr.pixel_spacing_mm, intr.width, intr.height)
+        if a.only and not any(o in (kind, f"{kind}:{target}") for o in a.only):
+            continue  # simulated (the random stream stays that of the full run), not registered
         xray = XRayImage(pixels, geo, f"{kind}-{k}")
         key = (target, net)
         if key not in registrars:
-            registrars[key] = Registrar(vols[target], RegistrationOptions(model_path=str(model)))
+            opts = RegistrationOptions(model_path=str(model))
+            registrars[key] = Registrar(vols[target], opts.replace(refine={"backend": a.backend}) if a.backend else opts)
         reg = registrars[key]
         row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net}
         t = time.perf_counter()
