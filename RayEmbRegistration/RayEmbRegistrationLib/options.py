@@ -194,7 +194,7 @@ class RefineOptions:
         depth_valley: with the depth search, also refine from the most similar of the PnP pose's *valley* poses
             (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP depth, the rotation and in-plane
             position refitted to the PnP inliers), so depth and tilt are corrected together. Off by default
-            (session 17, 120 clinical X-rays of six prepared folders): pelvis 53 instead of 50 of 60 registered, but
+            (session 17, 120 clinical X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but
             the two chest CTs 38 instead of 40 with **one wrong result accepted** (a valley pose 30 mm off more
             similar than the right one) — docs/pipeline.md, "Depth valley".
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and

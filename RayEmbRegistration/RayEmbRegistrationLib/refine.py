@@ -282,9 +282,9 @@ class Refiner:
         each depth. Scored on the search's grid (the plausible ones, if any is), the best joins the starts.
 
         Returns:
-            (the chosen result, the depth search, all results — index 0 from the start, 1 from the searched
-            pose; with ``compare_levels``, after those levels and scored on the last of them —, the index of the
-            chosen one). The chosen result's ``similarity_before`` is the *start's* similarity (finest level) and
+            (the chosen result, the depth search, all results — one per start, in the order of the depth
+            search's ``starts`` labels (the start first); with ``compare_levels``, after those levels and scored on
+            the last of them —, the index of the chosen one). The chosen result's ``similarity_before`` is the *start's* similarity (finest level) and
             ``improved`` is relative to the start (not improved → the start pose is returned).
         Raises:
             ValueError: the refinement centre is behind the source at the start (see ``search_depth``).

@@ -159,7 +159,7 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                         "by image similarity")
     p.add_argument("--depth-valley", action="store_true",
                    help="experimental: in the depth search, also refine from the PnP pose's depth valley (its tilt "
-                        "refitted to the PnP inliers at 0.7-1.1 x its depth). Session 17: 3 more of 60 pelvis X-rays "
+                        "refitted to the PnP inliers at 0.7-1.1 x its depth). Session 17: 3 more of 80 pelvis X-rays "
                         "registered, 2 fewer of 40 chest X-rays and one wrong result accepted — not the default")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
