@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["OptionsError", "DetectionOptions", "PnPOptions", "RefineOptions", "RegistrationOptions",
            "schedule_levels", "schedule_iterations", "schedule_lrs", "DEFAULT_FINEST_PX", "DEFAULT_COARSE_ITERATIONS",
-           "RANSAC_REFERENCE_PX"]
+           "RANSAC_REFERENCE_PX", "DEPTH_VALLEY_MODES"]
 
 #: RANSAC's inlier threshold is given in pixels of the X-ray resampled to this longer side (so that one threshold
 #: means the same on a 256² and on a 1536² image of the same detector; detections come from a 224² network map)
@@ -28,6 +28,8 @@ RANSAC_REFERENCE_PX = 256
 LEVEL_RANGE_PX, MAX_LEVELS, ITERATION_RANGE = (16, 1024), 6, (1, 10_000)
 #: the template view counts ``templates.inference_template_angles`` knows (a test keeps the two equal)
 TEMPLATE_COUNTS = (1, 4, 5, 9, 25)
+#: when ``RefineOptions.depth_valley`` refines from the depth-valley start
+DEPTH_VALLEY_MODES = ("off", "retry", "always")
 
 
 class OptionsError(ValueError):
@@ -191,12 +193,16 @@ class RefineOptions:
         depth_search: before refining a PnP pose, slide the CT along the viewing ray of its centre and also refine
             from the most similar depth (``Refiner.refine_with_depth_search``): PnP from noisy detections is
             weakest in depth. Not applied to a caller's start pose.
-        depth_valley: with the depth search, also refine from the most similar of the PnP pose's *valley* poses
-            (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP depth, the rotation and in-plane
-            position refitted to the PnP inliers), so depth and tilt are corrected together. Off by default
-            (session 17, 120 clinical X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but
-            the two chest CTs 38 instead of 40 with **one wrong result accepted** (a valley pose 30 mm off more
-            similar than the right one) — docs/pipeline.md, "Depth valley".
+        depth_valley: the PnP pose's *valley* poses (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP
+            depth, the rotation and in-plane position refitted to the PnP inliers, so depth and tilt are corrected
+            together) as one more start, its most similar refined. ``"retry"`` (default): only when the verdict did
+            not accept the result of the PnP and depth-searched starts, before the rescue search; the refined valley
+            pose replaces the result when it is more similar (and judged again). ``"always"``: beside those starts in
+            the depth search, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical X-rays of six
+            prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38 instead of 40 with
+            **one wrong result accepted** — every loss was a result that the other starts had already got accepted,
+            every gain one they had not; ``"retry"`` keeps the gains only (session 18; docs/pipeline.md, "Depth
+            valley").
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
             only the winner goes through the rest of the schedule (0: both run every level). Default 0 (session 13,
             ``rayemb evaluate --poses clinical --prepared … [--depth-compare-levels 1]``, 40 X-rays of two unseen chest
@@ -253,7 +259,7 @@ class RefineOptions:
 
     enabled: bool = True
     depth_search: bool = True
-    depth_valley: bool = False
+    depth_valley: str = "retry"
     levels: tuple[int, ...] = _LEVELS
     iterations: int | tuple[int, ...] = schedule_iterations(DEFAULT_COARSE_ITERATIONS, len(_LEVELS))
     lr_mm: tuple[float, ...] = schedule_lrs(len(_LEVELS))
@@ -276,6 +282,10 @@ class RefineOptions:
     rescue_screen_iterations: int = 10
 
     def __post_init__(self) -> None:
+        if isinstance(self.depth_valley, bool):  # options saved before session 18: a switch for "always"
+            object.__setattr__(self, "depth_valley", "always" if self.depth_valley else "off")
+        if self.depth_valley not in DEPTH_VALLEY_MODES:
+            raise OptionsError("refine.depth_valley", self.depth_valley, f"give one of {', '.join(DEPTH_VALLEY_MODES)}")
         if not isinstance(self.rescue_angles_deg, tuple) or not 1 <= len(self.rescue_angles_deg) <= 9:
             raise OptionsError("refine.rescue_angles_deg", self.rescue_angles_deg, "give 1 to 9 angles in degrees")
         for x in self.rescue_angles_deg:

@@ -248,13 +248,53 @@ class Registrar:
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))
+        if self._valley_retry_applies(result):
+            check_cancel(cancel, "registration")
+            result = self._valley_retry(xray, init, result, warnings, cancel)
         if self._rescue_applies(result):
             check_cancel(cancel, "registration")
-            result = self._rescue(xray, init, result, depth, warnings, cancel)
+            result = self._rescue(xray, init, result, result.depth_search, warnings, cancel)
         result.timings_s = {**init.timings_s, **({"refine": t_refine} if refined is not None else {}),
                             **result.timings_s, "total": time.perf_counter() - t_start}
         if progress:
             progress(1.0, f"done ({result.final_stage})")
+        return result
+
+    def _valley_retry_applies(self, result) -> bool:
+        """The depth-valley retry runs for a refined, depth-searched registration from a RayEmb (PnP) start that the
+        verdict did not accept (``options.RefineOptions.depth_valley`` ``"retry"``)."""
+        o = self.options.refine
+        return (o.enabled and o.depth_valley == "retry" and result.initial_method == "rayemb"
+                and result.depth_search is not None and result.verdict is not None and not result.verdict.accepted)
+
+    def _valley_retry(self, xray, init: InitialPose, result, warnings, cancel):
+        """Refine from the most similar of the PnP pose's depth-valley poses (``_depth_valley``); its pose replaces
+        the result (finalised and judged again, ``depth_search.chosen`` = ``"depth-valley start"``) when it is more
+        similar and in view, else the result is kept. Either way ``timings_s["valley"]`` says it ran."""
+        t = time.perf_counter()
+        intr, ds = xray.intrinsics, result.depth_search
+        valley = self._depth_valley(init, intr)
+        if valley is None:
+            result.timings_s["valley"] = time.perf_counter() - t
+            return result
+        refiner = self.refiner()
+        j, _ = refiner.most_similar(xray.pixels, intr, valley, ds.grid_px,
+                                    is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)))
+        rr = refiner.refine(xray.pixels, intr, valley[j], cancel=cancel)
+        adopt = (rr.similarity_after > result.similarity_after
+                 and overlap_problem(self.ct, Camera(intr, rr.camera_from_world)) is None)
+        if adopt:
+            from .refine import RefineResult
+
+            timings = result.timings_s
+            depth = dataclasses.replace(ds, refined_similarity=ds.refined_similarity + (float(rr.similarity_after),),
+                                        chosen="depth-valley start", valley_factor=float(DEPTH_VALLEY_FACTORS[j]))
+            chosen = RefineResult(rr.camera_from_world, result.similarity_before, rr.similarity_after, True,
+                                  rr.history, rr.params, rr.seconds)
+            result = self._finalise(xray, init, chosen, depth, (result.similarity_before, rr.similarity_after),
+                                    list(warnings))
+            result.timings_s = {**timings, **result.timings_s}
+        result.timings_s["valley"] = time.perf_counter() - t
         return result
 
     def _rescue_applies(self, result) -> bool:
@@ -313,7 +353,7 @@ class Registrar:
         if o.depth_search and init.method == "rayemb":
             # PnP is weakest in depth: also refine from the most similar depth along the viewing ray, and from the
             # most similar pose of its depth valley (depth and tilt refitted together to the PnP inliers).
-            valley = self._depth_valley(init, intr) if o.depth_valley else None
+            valley = self._depth_valley(init, intr) if o.depth_valley == "always" else None
             try:
                 rr, ds, results, k = refiner.refine_with_depth_search(
                     xray.pixels, intr, T0, progress, cancel, is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)),

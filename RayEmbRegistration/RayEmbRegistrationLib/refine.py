@@ -249,6 +249,16 @@ class Refiner:
         k = int(np.argmax(sims))
         return DepthSearch(poses[k], float(factors[k]), float(sims[0]), float(sims[k]), size, factors, sims)
 
+    def most_similar(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, poses, size: int,
+                     is_plausible: Callable[[np.ndarray], bool] | None = None) -> tuple[int, float]:
+        """Index and similarity (multiscale NCC on the ``size`` grid) of the most similar of ``poses`` (B, 4, 4),
+        among those that pass ``is_plausible(camera_from_world)`` if any does (one batch of coarse DRRs)."""
+        v = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+        sims = self.similarity(xray_pixels, intrinsics, v, size)
+        ok = np.array([is_plausible is None or bool(is_plausible(T)) for T in v])
+        j = int(np.argmax(np.where(ok, sims, -np.inf))) if ok.any() else int(np.argmax(sims))
+        return j, float(sims[j])
+
     def refine_from_starts(self, xray_pixels: np.ndarray, intrinsics: Intrinsics, starts,
                            progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                            max_levels: int | None = None,
@@ -296,14 +306,11 @@ class Refiner:
             starts.append(ds.camera_from_world)
             labels.append("depth-searched start")
         if valley is not None and len(valley):
-            v = np.asarray(valley, dtype=np.float64).reshape(-1, 4, 4)
-            sims = self.similarity(xray_pixels, intrinsics, v, ds.size)
-            ok = np.array([is_plausible is None or bool(is_plausible(T)) for T in v])
-            j = int(np.argmax(np.where(ok, sims, -np.inf))) if ok.any() else int(np.argmax(sims))
-            starts.append(v[j])
+            j, sim = self.most_similar(xray_pixels, intrinsics, valley, ds.size, is_plausible)
+            starts.append(np.asarray(valley, dtype=np.float64).reshape(-1, 4, 4)[j])
             labels.append("depth-valley start")
             factor = float(valley_factors[j]) if valley_factors is not None else None
-            ds = dataclasses.replace(ds, valley_factor=factor, valley_similarity=float(sims[j]))
+            ds = dataclasses.replace(ds, valley_factor=factor, valley_similarity=sim)
         ds = dataclasses.replace(ds, starts=tuple(labels))
         split = compare_levels is not None and len(starts) > 1 and 0 < compare_levels < len(self.options.levels)
         if not split:

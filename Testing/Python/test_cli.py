@@ -67,16 +67,20 @@ def test_no_view_pass_reaches_the_options():
     assert options_from_args(ev).detection.view_pass is False
 
 
-def test_depth_valley_is_opt_in():
-    """``--depth-valley`` turns the experimental depth-valley start on (``refine.depth_valley``); off by default (it
-    accepted one wrong result in session 17's benchmark)."""
+def test_depth_valley_mode_reaches_the_options():
+    """``--depth-valley MODE`` sets ``refine.depth_valley``; without it the default (``"retry"``: only for results
+    the verdict did not accept — ``"always"`` accepted one wrong result in session 17's benchmark); a bad mode is
+    refused by argparse, naming the choices."""
     from RayEmbRegistrationLib.cli.common import options_from_args
 
     base = ["register", "--ct", "ct.nii.gz", "--xray", "x.tif", "--out", "o"]
-    assert options_from_args(build_parser().parse_args(base)).refine.depth_valley is False
-    assert options_from_args(build_parser().parse_args(base + ["--depth-valley"])).refine.depth_valley is True
-    ev = build_parser().parse_args(["evaluate", "--ct", "ct.nii.gz", "--n", "2", "--out", "o", "--depth-valley"])
-    assert options_from_args(ev).refine.depth_valley is True
+    assert options_from_args(build_parser().parse_args(base)).refine.depth_valley == "retry"
+    for mode in ("off", "retry", "always"):
+        assert options_from_args(build_parser().parse_args(base + ["--depth-valley", mode])).refine.depth_valley == mode
+    ev = build_parser().parse_args(["evaluate", "--ct", "ct.nii.gz", "--n", "2", "--out", "o", "--depth-valley", "off"])
+    assert options_from_args(ev).refine.depth_valley == "off"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--depth-valley", "sometimes"])
 
 
 def test_competitor_levels_reach_the_options_and_a_bad_count_names_the_flag():

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..options import DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
+from ..options import DEPTH_VALLEY_MODES, DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_REJECTED", "EXIT_CANCELLED", "EXIT_TERMINATED", "FLAGS",
            "CLIError", "Progress", "parse_progress_line", "set_threads",
@@ -157,10 +157,11 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-depth-search", action="store_true",
                    help="refine from the PnP pose as it is, without first searching its depth along the viewing ray "
                         "by image similarity")
-    p.add_argument("--depth-valley", action="store_true",
-                   help="experimental: in the depth search, also refine from the PnP pose's depth valley (its tilt "
-                        "refitted to the PnP inliers at 0.7-1.1 x its depth). Session 17: 3 more of 80 pelvis X-rays "
-                        "registered, 2 fewer of 40 chest X-rays and one wrong result accepted — not the default")
+    p.add_argument("--depth-valley", choices=DEPTH_VALLEY_MODES, default=None, metavar="MODE",
+                   help="when to refine also from the PnP pose's depth valley (its tilt refitted to the PnP inliers at "
+                        "0.7-1.1 x its depth): retry = only for a result the verdict did not accept, before the rescue "
+                        "search; always = for every X-ray, beside the depth search's starts (session 17: one wrong "
+                        f"result accepted on a chest CT); off. Default: {R.depth_valley}")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
@@ -234,8 +235,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["enabled"] = False
     if getattr(args, "no_depth_search", False):
         ref["depth_search"] = False
-    if getattr(args, "depth_valley", False):
-        ref["depth_valley"] = True
+    if getattr(args, "depth_valley", None) is not None:
+        ref["depth_valley"] = args.depth_valley
     if getattr(args, "no_competitor_check", False):
         ref["competitor_check"] = False
     if getattr(args, "no_local_check", False):
