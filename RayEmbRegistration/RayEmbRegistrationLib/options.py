@@ -195,14 +195,13 @@ class RefineOptions:
             weakest in depth. Not applied to a caller's start pose.
         depth_valley: the PnP pose's *valley* poses (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP
             depth, the rotation and in-plane position refitted to the PnP inliers, so depth and tilt are corrected
-            together) as one more start, its most similar refined. ``"retry"`` (default): only when the verdict did
-            not accept the result of the PnP and depth-searched starts, before the rescue search; the refined valley
-            pose replaces the result when it is more similar (and judged again). ``"always"``: beside those starts in
-            the depth search, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical X-rays of six
-            prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38 instead of 40 with
-            **one wrong result accepted** — every loss was a result that the other starts had already got accepted,
-            every gain one they had not; ``"retry"`` keeps the gains only (session 18; docs/pipeline.md, "Depth
-            valley").
+            together) as one more start, its most similar refined. ``"retry"`` (default): only for a result that the
+            verdict did not accept, after the rescue search did not get it accepted either; the refined valley pose
+            replaces the result when it is more similar (and is judged again). ``"always"``: beside the PnP and
+            depth-searched starts, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical
+            X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38
+            instead of 40 with **one wrong result accepted**; ``"retry"`` cannot change a result that was accepted
+            without it (docs/pipeline.md, "Depth valley", for its figures).
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
             only the winner goes through the rest of the schedule (0: both run every level). Default 0 (session 13,
             ``rayemb evaluate --poses clinical --prepared … [--depth-compare-levels 1]``, 40 X-rays of two unseen chest

@@ -248,12 +248,12 @@ class Registrar:
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))
+        if self._rescue_applies(result):
+            check_cancel(cancel, "registration")
+            result = self._rescue(xray, init, result, depth, warnings, cancel)
         if self._valley_retry_applies(result):
             check_cancel(cancel, "registration")
             result = self._valley_retry(xray, init, result, warnings, cancel)
-        if self._rescue_applies(result):
-            check_cancel(cancel, "registration")
-            result = self._rescue(xray, init, result, result.depth_search, warnings, cancel)
         result.timings_s = {**init.timings_s, **({"refine": t_refine} if refined is not None else {}),
                             **result.timings_s, "total": time.perf_counter() - t_start}
         if progress:
@@ -262,15 +262,19 @@ class Registrar:
 
     def _valley_retry_applies(self, result) -> bool:
         """The depth-valley retry runs for a refined, depth-searched registration from a RayEmb (PnP) start that the
-        verdict did not accept (``options.RefineOptions.depth_valley`` ``"retry"``)."""
+        verdict did not accept, after the rescue search did not get it accepted either
+        (``options.RefineOptions.depth_valley`` ``"retry"``). After, not before: a more similar but wrong valley
+        pose would move the rescue's rotated starts away from the pose that found the truth (session 18, pelvis
+        case 6: 0.2 mm accepted with the rescue first, 182 mm rejected with the valley first)."""
         o = self.options.refine
         return (o.enabled and o.depth_valley == "retry" and result.initial_method == "rayemb"
                 and result.depth_search is not None and result.verdict is not None and not result.verdict.accepted)
 
     def _valley_retry(self, xray, init: InitialPose, result, warnings, cancel):
         """Refine from the most similar of the PnP pose's depth-valley poses (``_depth_valley``); its pose replaces
-        the result (finalised and judged again, ``depth_search.chosen`` = ``"depth-valley start"``) when it is more
-        similar and in view, else the result is kept. Either way ``timings_s["valley"]`` says it ran."""
+        the result (finalised and judged again, ``depth_search.chosen`` = ``"depth-valley start"``; the rescue
+        summary, if any, kept) when it is more similar and in view, else the result is kept. Either way
+        ``timings_s["valley"]`` says it ran."""
         t = time.perf_counter()
         intr, ds = xray.intrinsics, result.depth_search
         valley = self._depth_valley(init, intr)
@@ -291,9 +295,10 @@ class Registrar:
                                         chosen="depth-valley start", valley_factor=float(DEPTH_VALLEY_FACTORS[j]))
             chosen = RefineResult(rr.camera_from_world, result.similarity_before, rr.similarity_after, True,
                                   rr.history, rr.params, rr.seconds)
+            rescue = result.rescue
             result = self._finalise(xray, init, chosen, depth, (result.similarity_before, rr.similarity_after),
                                     list(warnings))
-            result.timings_s = {**timings, **result.timings_s}
+            result.rescue, result.timings_s = rescue, {**timings, **result.timings_s}
         result.timings_s["valley"] = time.perf_counter() - t
         return result
 

@@ -84,3 +84,16 @@ def test_options_are_frozen_and_replace_changes_sub_trees():
     assert DetectionOptions().n_bone_candidates == 2000  # one default on every device (session 17)
     with pytest.raises(OptionsError, match="n_bone_candidates"):
         DetectionOptions(n_bone_candidates=None)
+
+
+def test_depth_valley_modes_and_the_switch_of_older_option_files():
+    """``refine.depth_valley`` is one of ``DEPTH_VALLEY_MODES`` ("retry" by default); a bool saved before session 18
+    (the opt-in switch for what is now "always") still reads; anything else is refused, naming the modes."""
+    from RayEmbRegistrationLib.options import DEPTH_VALLEY_MODES
+
+    assert DEPTH_VALLEY_MODES == ("off", "retry", "always") and RefineOptions().depth_valley == "retry"
+    assert RefineOptions(depth_valley=True).depth_valley == "always"
+    assert RefineOptions(depth_valley=False).depth_valley == "off"
+    for bad in ("sometimes", 1, None):
+        with pytest.raises(OptionsError, match="refine.depth_valley.*off, retry, always"):
+            RefineOptions(depth_valley=bad)

@@ -257,3 +257,56 @@ def test_view_pass_runs_only_after_a_weak_first_consensus(sample_ct, case):
     assert "view_pass" not in above.timings_s
     below = register(sample_ct, xray, None, base.replace(detection={"view_pass_if_inliers_below": min(1.0, share * 1.1)}))
     assert "view_pass" in below.timings_s
+
+
+def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result(sample_ct, case):
+    """``Registrar._valley_retry`` on a real registration that ended wrong: a PnP-like start 25 % too deep and tilted
+    10° about the bone (what noisy close-up detections give), refined as given, is not accepted; the retry refits the
+    tilt to the start's inliers (here exact projections of bone points) at 0.7–1.1 × its depth, refines the most
+    similar valley pose and adopts it — more similar, right, judged again, ``depth_search.chosen`` = "depth-valley
+    start" at factor 0.8. ``_valley_retry_applies``: only a RayEmb result with a depth search that the verdict did
+    not accept, and only in mode "retry" (the default)."""
+    import dataclasses
+
+    from RayEmbRegistrationLib.initial_pose import InitialPose
+    from RayEmbRegistrationLib.camera import rotation_matrix
+    from RayEmbRegistrationLib.results import DepthSearchSummary, Landmark
+
+    intr, T, xray, pts = case
+    uv = Camera(intr, T).project(pts)
+    inside = intr.contains_pixels(uv)
+    c = pts[inside].mean(0)
+    cc = T[:3, :3] @ c + T[:3, 3]
+    tilt = np.eye(4)
+    tilt[:3, :3] = rotation_matrix(np.array([np.radians(10.0), 0.0, 0.0]))
+    tilt[:3, 3] = cc - tilt[:3, :3] @ cc
+    P = tilt @ T
+    P[:3, 3] += 0.25 * (P[:3, :3] @ c + P[:3, 3])  # the bone's centroid 1.25 × as deep along its viewing ray
+    opts = RegistrationOptions(**FAST)
+    assert opts.refine.depth_valley == "retry"
+    reg = Registrar(sample_ct, opts)
+    res = reg.register(xray, None, P)  # a caller's start: refined as given, no depth search, never retried
+    assert res.depth_search is None and not reg._valley_retry_applies(res) and "valley" not in res.timings_s
+    e_before = pose_errors(res.final.camera_from_world, T, pts, intr)["mtre_mm"]
+    assert e_before > 10.0 and not res.verdict.accepted, e_before
+
+    landmarks = [Landmark(f"b{i}", X, x, np.full(2, np.nan), 1.0, "bone", True)
+                 for i, (X, x) in enumerate(zip(pts[inside], uv[inside]))]
+    init = InitialPose(Camera(intr, P), "rayemb", landmarks, len(landmarks), len(landmarks), 0.0)
+    ds = DepthSearchSummary(1.0, res.similarity_before, res.similarity_before, 64, 17, (res.similarity_after,),
+                            "PnP start")
+    as_rayemb = dataclasses.replace(res, initial_method="rayemb", depth_search=ds)
+    assert reg._valley_retry_applies(as_rayemb)
+    for mode in ("off", "always"):
+        reg.options = opts.replace(refine={"depth_valley": mode})
+        assert not reg._valley_retry_applies(as_rayemb)
+    reg.options = opts
+
+    out = reg._valley_retry(xray, init, as_rayemb, [], None)
+    assert out.similarity_after > res.similarity_after and out.final_stage == "refined"
+    assert pose_errors(out.final.camera_from_world, T, pts, intr)["mtre_mm"] < 3.0
+    d = out.depth_search
+    assert d.chosen == "depth-valley start" and d.valley_factor == pytest.approx(0.8) and d.chosen_factor == pytest.approx(0.8)
+    assert d.refined_similarity == ds.refined_similarity + (pytest.approx(out.similarity_after),)
+    assert out.verdict is not None and out.verdict.signals["depth_corrected"] is True
+    assert out.timings_s["valley"] > 0 and "tilt refitted" in out.headline()
