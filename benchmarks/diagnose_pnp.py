@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--ransac-variants", action="store_true", help="compare other robust PnP estimators (slower)")
     p.add_argument("--cases", type=int, nargs="+", default=None, help="only these cases (default: all n)")
     p.add_argument("--oracle", action="store_true", help="PnP errors from the truly correct detections only")
+    p.add_argument("--hypotheses", type=int, default=None,
+                   help="sequential-RANSAC poses to list (default: the pipeline's pnp.hypotheses)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     ct = load_ct(a.ct)
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
         try:
             hyps = solve_pnp_hypotheses(bone[kept], d.uv[kept], intr, threshold_px=thr, seed=opts.seed,
                                         iterations=opts.pnp.ransac_iterations, confidence=opts.pnp.ransac_confidence,
-                                        max_hypotheses=max(1, opts.pnp.hypotheses),
+                                        max_hypotheses=max(1, a.hypotheses or opts.pnp.hypotheses),
                                         is_plausible=lambda M: is_in_view(ct, Camera(intr, M)))
             text = ", ".join(f"({h.n_inliers}, {int(correct[kept][h.inliers].sum())})" for h in hyps)
         except PoseError:

@@ -248,12 +248,15 @@ class Registrar:
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))
-        if self._rescue_applies(result):
-            check_cancel(cancel, "registration")
-            result = self._rescue(xray, init, result, depth, warnings, cancel)
+        rescue_bases = []
         if self._valley_retry_applies(result):
             check_cancel(cancel, "registration")
-            result = self._valley_retry(xray, init, result, warnings, cancel)
+            before = result.final.camera_from_world
+            result, valley_pose = self._valley_retry(xray, init, result, warnings, cancel)
+            rescue_bases = [before] + ([valley_pose] if valley_pose is not None else [])
+        if self._rescue_applies(result):
+            check_cancel(cancel, "registration")
+            result = self._rescue(xray, init, result, warnings, cancel, rescue_bases)
         result.timings_s = {**init.timings_s, **({"refine": t_refine} if refined is not None else {}),
                             **result.timings_s, "total": time.perf_counter() - t_start}
         if progress:
@@ -262,25 +265,25 @@ class Registrar:
 
     def _valley_retry_applies(self, result) -> bool:
         """The depth-valley retry runs for a refined, depth-searched registration from a RayEmb (PnP) start that the
-        verdict did not accept, after the rescue search did not get it accepted either
-        (``options.RefineOptions.depth_valley`` ``"retry"``). After, not before: a more similar but wrong valley
-        pose would move the rescue's rotated starts away from the pose that found the truth (session 18, pelvis
-        case 6: 0.2 mm accepted with the rescue first, 182 mm rejected with the valley first)."""
+        verdict did not accept (``options.RefineOptions.depth_valley`` ``"retry"``), before the rescue search."""
         o = self.options.refine
         return (o.enabled and o.depth_valley == "retry" and result.initial_method == "rayemb"
                 and result.depth_search is not None and result.verdict is not None and not result.verdict.accepted)
 
     def _valley_retry(self, xray, init: InitialPose, result, warnings, cancel):
-        """Refine from the most similar of the PnP pose's depth-valley poses (``_depth_valley``); its pose replaces
-        the result (finalised and judged again, ``depth_search.chosen`` = ``"depth-valley start"``; the rescue
-        summary, if any, kept) when it is more similar and in view, else the result is kept. Either way
-        ``timings_s["valley"]`` says it ran."""
+        """Refine from the most similar of the PnP pose's depth-valley poses (``_depth_valley``) → (result, the
+        refined valley pose or None). The refined pose replaces the result (finalised and judged again,
+        ``depth_search.chosen`` = ``"depth-valley start"``) when it is more similar and in view, else the result is
+        kept. Either way the refined valley pose is returned: the rescue search, if it still runs, rotates it *and*
+        the result's pose from before the retry — a more similar wrong valley pose alone moved the rescue away from
+        the pose that led it to the truth (session 18: pelvis case 6), and a valley pose that is not more similar
+        can still be the one the rescue needs (pelvis case 7). ``timings_s["valley"]`` says that it ran."""
         t = time.perf_counter()
         intr, ds = xray.intrinsics, result.depth_search
         valley = self._depth_valley(init, intr)
         if valley is None:
             result.timings_s["valley"] = time.perf_counter() - t
-            return result
+            return result, None
         refiner = self.refiner()
         j, _ = refiner.most_similar(xray.pixels, intr, valley, ds.grid_px,
                                     is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)))
@@ -295,12 +298,11 @@ class Registrar:
                                         chosen="depth-valley start", valley_factor=float(DEPTH_VALLEY_FACTORS[j]))
             chosen = RefineResult(rr.camera_from_world, result.similarity_before, rr.similarity_after, True,
                                   rr.history, rr.params, rr.seconds)
-            rescue = result.rescue
             result = self._finalise(xray, init, chosen, depth, (result.similarity_before, rr.similarity_after),
                                     list(warnings))
-            result.rescue, result.timings_s = rescue, {**timings, **result.timings_s}
+            result.timings_s = {**timings, **result.timings_s}
         result.timings_s["valley"] = time.perf_counter() - t
-        return result
+        return result, rr.camera_from_world
 
     def _rescue_applies(self, result) -> bool:
         """The rescue search runs for a refined registration from a RayEmb (PnP) start that the verdict did not accept
@@ -309,17 +311,18 @@ class Registrar:
         return (o.enabled and o.rescue and result.initial_method == "rayemb" and result.verdict is not None
                 and not result.verdict.accepted)
 
-    def _rescue(self, xray, init: InitialPose, result, depth, warnings, cancel):
-        """``rescue.search`` from the final and the PnP pose; its pose replaces the result (finalised and judged
-        again) when it is more similar and plausible, else the result is kept. Either way ``result.rescue`` says
-        what was tried."""
+    def _rescue(self, xray, init: InitialPose, result, warnings, cancel, extra_bases=()):
+        """``rescue.search`` from the final pose, ``extra_bases`` ((4, 4) each: the valley retry's) and the PnP pose
+        (each once); its pose replaces the result (finalised and judged again) when it is more similar and plausible,
+        else the result is kept. Either way ``result.rescue`` says what was tried."""
         from . import rescue
         from .refine import RefineResult
 
         o = self.options.refine
         bases = [result.final.camera_from_world]
-        if not np.allclose(init.camera.camera_from_world, bases[0]):
-            bases.append(init.camera.camera_from_world)
+        for T in (*extra_bases, init.camera.camera_from_world):
+            if not any(np.allclose(T, B) for B in bases):
+                bases.append(np.asarray(T, dtype=np.float64))
         # Each base rotates about the bone of the pool that it puts in view (all of the pool when it sees too little).
         best, n_starts, seconds = rescue.search(self.refiner(), xray.pixels, xray.intrinsics, bases, self.view_pool(),
                                                o.rescue_angles_deg, o.rescue_top, o.rescue_grid_px, cancel,
@@ -337,8 +340,8 @@ class Registrar:
             t = result.timings_s
             rr = RefineResult(best.camera_from_world, result.similarity_before, best.similarity_after, True,
                               best.history, best.params, seconds)
-            result = self._finalise(xray, init, rr, depth, (result.similarity_before, best.similarity_after),
-                                    list(warnings), rescued=True)
+            result = self._finalise(xray, init, rr, result.depth_search, (result.similarity_before,
+                                    best.similarity_after), list(warnings), rescued=True)
             result.timings_s = {**t, **result.timings_s}
         result.rescue = summary
         result.timings_s["rescue"] = seconds

@@ -37,11 +37,12 @@ READINESS = "readiness.json"
 #: the time one self-check registration is expected to take on a 2-core CPU (s; session 16, Joseph's renderer:
 #: 3.0–3.9 s median on the pelvis and two chest CTs, up to ~6 s with the extra checks; session 15: 12)
 _CHECK_SHARE, _CHECK_SECONDS = 0.3, 5.0
-#: what the rescue search adds to a self-check registration the verdict does not accept (s, 2-core CPU; session 16:
-#: 2–5 s, plus a competitor check of ~1.5 s when it adopts a pose; session 14: 25): a self-check X-ray runs it only
-#: while this much of the budget is left, and the self-check's reserve holds one (a self-check without it would
-#: report fewer successes than the user will get)
-_RESCUE_SECONDS = 8.0
+#: what the rescue search and the depth-valley retry add to a self-check registration the verdict does not accept
+#: (s, 2-core CPU; session 16: rescue 2–5 s, plus a competitor check of ~1.5 s when it adopts a pose; session 14: 25;
+#: session 18: the valley retry ~1.2 s, plus the check when it adopts): a self-check X-ray runs them only while this
+#: much of the budget is left, and the self-check's reserve holds one (a self-check without them would report fewer
+#: successes than the user will get)
+_RESCUE_SECONDS = 10.0
 #: the fine-tuning recipe, chosen from the learning curves of ``benchmarks/bench_prepare.py`` (docs/network.md):
 #: learning rate, query DRRs kept in the on-the-fly pool, fresh DRRs rendered per step (on the fly beat a fixed
 #: pool, renew 0, at 10 and 20 CPU-minutes), points / templates / queries per step, learning-rate warm-up steps
@@ -353,9 +354,11 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
                 break
             T = sample_visible_pose(ct, intr, rng, poses="clinical")
             x = XRayImage(simulate_xray(ct, intr, T, rng), intr, f"self-check {k + 1}")
-            # The rescue search (only for a result the verdict does not accept) as in use, while the budget allows it.
+            # The rescue search and the valley retry (only for a result the verdict does not accept) as in use, while
+            # the budget allows them.
             rescue = budget - spent >= last + _RESCUE_SECONDS
-            registrar.options = registrar.options.replace(refine={"rescue": rescue})
+            valley = options.refine.depth_valley if rescue or options.refine.depth_valley != "retry" else "off"
+            registrar.options = registrar.options.replace(refine={"rescue": rescue, "depth_valley": valley})
             checks.append({**self_check_case(registrar, x, T, pts, cancel), "rescue": rescue})
             if progress:
                 progress(0.75 + 0.25 * (k + 1) / n_selfcheck, f"self-check {k + 1}/{n_selfcheck}")

@@ -265,7 +265,8 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     tilt to the start's inliers (here exact projections of bone points) at 0.7–1.1 × its depth, refines the most
     similar valley pose and adopts it — more similar, right, judged again, ``depth_search.chosen`` = "depth-valley
     start" at factor 0.8. ``_valley_retry_applies``: only a RayEmb result with a depth search that the verdict did
-    not accept, and only in mode "retry" (the default)."""
+    not accept, and only in mode "retry" (the default). The rescue's bases then include the pose before the retry
+    and the valley pose, each once."""
     import dataclasses
 
     from RayEmbRegistrationLib.initial_pose import InitialPose
@@ -302,8 +303,9 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
         assert not reg._valley_retry_applies(as_rayemb)
     reg.options = opts
 
-    out = reg._valley_retry(xray, init, as_rayemb, [], None)
+    out, valley_pose = reg._valley_retry(xray, init, as_rayemb, [], None)
     assert out.similarity_after > res.similarity_after and out.final_stage == "refined"
+    assert np.allclose(valley_pose, out.final.camera_from_world)  # also a base of the rescue, were it to run
     assert pose_errors(out.final.camera_from_world, T, pts, intr)["mtre_mm"] < 3.0
     d = out.depth_search
     assert d.chosen == "depth-valley start" and d.valley_factor == pytest.approx(0.8) and d.chosen_factor == pytest.approx(0.8)
