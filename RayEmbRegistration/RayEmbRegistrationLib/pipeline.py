@@ -28,7 +28,7 @@ from .pose import DEPTH_VALLEY_FACTORS, MIN_CORRESPONDENCES, PoseError, depth_va
 from .progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from .results import (DETECTED, NOT_SEEN, OUTSIDE_CT, OUTSIDE_VIEW, DepthSearchSummary, DetectionResult, PoseCheck,
                       RegistrationResult)
-from .verdict import competitor_margin, judge, neighbour_gain, signal_points, signals
+from .verdict import DEFAULT_RULE, competitor_margin, judge, match_similarity, neighbour_gain, signal_points, signals
 from .volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
@@ -265,10 +265,16 @@ class Registrar:
 
     def _valley_retry_applies(self, result) -> bool:
         """The depth-valley retry runs for a refined, depth-searched registration from a RayEmb (PnP) start that the
-        verdict did not accept (``options.RefineOptions.depth_valley`` ``"retry"``), before the rescue search."""
+        verdict did not accept *because its DRR does not match the X-ray* (``verdict.match_similarity`` below
+        ``VerdictRule.accept_similarity``; ``options.RefineOptions.depth_valley`` ``"retry"``), before the rescue
+        search. A result that matches but failed a finer check (the local-optimum or competitor check, the depth
+        tolerance) is near a right pose, and a more similar valley pose elsewhere is a look-alike, not a correction
+        (session 18, lung2 case 11: a right pose 0.26 mm off, uncertain by the local-optimum check, was replaced by a
+        valley pose 30 mm off, more similar and accepted)."""
         o = self.options.refine
         return (o.enabled and o.depth_valley == "retry" and result.initial_method == "rayemb"
-                and result.depth_search is not None and result.verdict is not None and not result.verdict.accepted)
+                and result.depth_search is not None and result.verdict is not None and not result.verdict.accepted
+                and not match_similarity(result.verdict.signals) >= DEFAULT_RULE.accept_similarity)
 
     def _valley_retry(self, xray, init: InitialPose, result, warnings, cancel):
         """Refine from the most similar of the PnP pose's depth-valley poses (``_depth_valley``) → (result, the

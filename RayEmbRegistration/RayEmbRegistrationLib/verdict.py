@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "signal_points", "footprint_similarity", "depth_tolerance_mm", "competitor_margin", "shifted_poses",
+__all__ = ["signals", "signal_points", "footprint_similarity", "match_similarity", "depth_tolerance_mm", "competitor_margin", "shifted_poses",
            "neighbour_gain", "NEIGHBOUR_ANGLES_DEG", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN",
            "REJECTED", "SMALL_XRAY_PX"]
 
@@ -302,6 +302,13 @@ class VerdictRule:
 DEFAULT_RULE = VerdictRule()
 
 
+def match_similarity(sig: dict[str, Any]) -> float:
+    """The similarity by which ``judge`` tells whether the DRR at the final pose shows what the X-ray shows: the
+    footprint similarity, else (not measured) the plain one; NaN if neither was."""
+    sim = sig.get("footprint_similarity", math.nan)
+    return sim if math.isfinite(sim) else sig.get("similarity", math.nan)
+
+
 def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
     """The verdict for ``signals(result, ct, xray, refiner)``.
 
@@ -320,9 +327,7 @@ def judge(sig: dict[str, Any], rule: VerdictRule = DEFAULT_RULE) -> Verdict:
     compensated by a wrong depth with an almost identical image, which no image signal can see (only a recorded
     source-to-isocentre distance can: ``plausibility.carm_disagreement``).
     """
-    sim = sig.get("footprint_similarity", math.nan)
-    if not math.isfinite(sim):
-        sim = sig.get("similarity", math.nan)
+    sim = match_similarity(sig)
     reasons: list[str] = []
     if not sig.get("refined") and not math.isfinite(sim):
         reasons.append("the pose was not refined, so its image similarity was not measured")

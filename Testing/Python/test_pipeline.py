@@ -265,8 +265,8 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     tilt to the start's inliers (here exact projections of bone points) at 0.7–1.1 × its depth, refines the most
     similar valley pose and adopts it — more similar, right, judged again, ``depth_search.chosen`` = "depth-valley
     start" at factor 0.8. ``_valley_retry_applies``: only a RayEmb result with a depth search that the verdict did
-    not accept, and only in mode "retry" (the default). The rescue's bases then include the pose before the retry
-    and the valley pose, each once."""
+    not accept because its DRR does not match the X-ray (not one that failed only a finer check), and only in mode
+    "retry" (the default). The rescue's bases then include the pose before the retry and the valley pose."""
     import dataclasses
 
     from RayEmbRegistrationLib.initial_pose import InitialPose
@@ -297,7 +297,13 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     ds = DepthSearchSummary(1.0, res.similarity_before, res.similarity_before, 64, 17, (res.similarity_after,),
                             "PnP start")
     as_rayemb = dataclasses.replace(res, initial_method="rayemb", depth_search=ds)
-    assert reg._valley_retry_applies(as_rayemb)
+    assert reg._valley_retry_applies(as_rayemb)  # its DRR does not match (footprint similarity < 0.93)
+    # A result that matches the X-ray but failed a finer check is near a right pose: never retried.
+    from RayEmbRegistrationLib.verdict import judge
+
+    near = dataclasses.replace(as_rayemb, verdict=judge({**res.verdict.signals, "footprint_similarity": 0.97,
+                                                         "neighbour_gain": 0.01}))
+    assert near.verdict.status == "uncertain" and not reg._valley_retry_applies(near)
     for mode in ("off", "always"):
         reg.options = opts.replace(refine={"depth_valley": mode})
         assert not reg._valley_retry_applies(as_rayemb)
