@@ -196,8 +196,10 @@ class RefineOptions:
         depth_valley: the PnP pose's *valley* poses (``pose.depth_valley_poses``: at 0.7 / 0.8 / 0.9 / 1.1 × the PnP
             depth, the rotation and in-plane position refitted to the PnP inliers, so depth and tilt are corrected
             together) as one more start, its most similar refined. ``"retry"`` (default): only for a result that the
-            verdict did not accept, after the rescue search did not get it accepted either; the refined valley pose
-            replaces the result when it is more similar (and is judged again). ``"always"``: beside the PnP and
+            verdict did not accept because its DRR does not match the X-ray (``verdict.match_similarity`` below
+            ``VerdictRule.accept_similarity``), before the rescue search; the refined valley pose replaces the result
+            when it is more similar (and is judged again), and the rescue then rotates both poses
+            (``pipeline.Registrar._valley_retry``). ``"always"``: beside the PnP and
             depth-searched starts, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical
             X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38
             instead of 40 with **one wrong result accepted**; ``"retry"`` cannot change a result that was accepted
