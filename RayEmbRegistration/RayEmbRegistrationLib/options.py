@@ -203,7 +203,9 @@ class RefineOptions:
             depth-searched starts, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical
             X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38
             instead of 40 with **one wrong result accepted**; ``"retry"`` cannot change a result that was accepted
-            without it (docs/pipeline.md, "Depth valley", for its figures).
+            without it. Session 18, ``"retry"`` against ``"off"``: pelvis 72 instead of 68 of 80 (seed 0) and 34
+            instead of 33 of 40 (seed 1), the chests unchanged (40 of 40; lung2 seed 1: 19 of 20), no wrong result
+            accepted in 200 registrations (docs/pipeline.md, "Depth valley").
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
             only the winner goes through the rest of the schedule (0: both run every level). Default 0 (session 13,
             ``rayemb evaluate --poses clinical --prepared … [--depth-compare-levels 1]``, 40 X-rays of two unseen chest
