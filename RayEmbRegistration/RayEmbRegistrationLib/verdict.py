@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["signals", "signal_points", "footprint_similarity", "match_similarity", "depth_tolerance_mm", "competitor_margin", "shifted_poses",
-           "neighbour_gain", "NEIGHBOUR_ANGLES_DEG", "Verdict", "VerdictRule", "judge", "ACCEPTED", "UNCERTAIN",
-           "REJECTED", "SMALL_XRAY_PX"]
+__all__ = ["signals", "signal_points", "footprint_similarity", "match_similarity", "depth_tolerance_mm",
+           "competitor_margin", "shifted_poses", "neighbour_gain", "NEIGHBOUR_ANGLES_DEG", "Verdict", "VerdictRule",
+           "judge", "ACCEPTED", "UNCERTAIN", "REJECTED", "SMALL_XRAY_PX"]
 
 ACCEPTED, UNCERTAIN, REJECTED = "accepted", "uncertain", "rejected"
 #: X-rays smaller than this (longer side, px) score a lower footprint similarity at the true pose than the 256² X-rays
