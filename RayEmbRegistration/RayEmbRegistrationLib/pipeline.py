@@ -291,24 +291,38 @@ class Registrar:
             result.timings_s["valley"] = time.perf_counter() - t
             return result, None
         refiner = self.refiner()
-        j, _ = refiner.most_similar(xray.pixels, intr, valley, ds.grid_px,
-                                    is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)))
+        j, _ = refiner.most_similar(xray.pixels, intr, valley, ds.grid_px, is_plausible=self._in_view(intr))
         rr = refiner.refine(xray.pixels, intr, valley[j], cancel=cancel)
-        adopt = (rr.similarity_after > result.similarity_after
-                 and overlap_problem(self.ct, Camera(intr, rr.camera_from_world)) is None)
-        if adopt:
-            from .refine import RefineResult
-
-            timings = result.timings_s
+        if self._improves(result, rr, intr):
             depth = dataclasses.replace(ds, refined_similarity=ds.refined_similarity + (float(rr.similarity_after),),
                                         chosen="depth-valley start", valley_factor=float(DEPTH_VALLEY_FACTORS[j]))
-            chosen = RefineResult(rr.camera_from_world, result.similarity_before, rr.similarity_after, True,
-                                  rr.history, rr.params, rr.seconds)
-            result = self._finalise(xray, init, chosen, depth, (result.similarity_before, rr.similarity_after),
-                                    list(warnings))
-            result.timings_s = {**timings, **result.timings_s}
+            result = self._adopt(xray, init, result, rr, rr.seconds, depth, warnings)
         result.timings_s["valley"] = time.perf_counter() - t
         return result, rr.camera_from_world
+
+    def _in_view(self, intr):
+        """``is_plausible`` of the pose searches: does a pose put this CT in the view of ``intr``?"""
+        return lambda T: is_in_view(self.ct, Camera(intr, T))
+
+    def _improves(self, result, found, intr) -> bool:
+        """Whether ``found`` (a ``refine.RefineResult`` of a second search: the valley retry, the rescue) should
+        replace ``result``: more similar, and the CT in its view (``overlap_problem``)."""
+        return (found.similarity_after > result.similarity_after
+                and overlap_problem(self.ct, Camera(intr, found.camera_from_world)) is None)
+
+    def _adopt(self, xray, init: InitialPose, result, found, seconds: float, depth, warnings,
+               rescued: bool = False) -> RegistrationResult:
+        """``result`` replaced by the pose of ``found`` (a second search's ``refine.RefineResult``, ``seconds`` long):
+        finalised and judged again (``_finalise``), similarity from the PnP pose's to ``found``'s, ``depth`` as the
+        depth-search summary, the timings so far kept."""
+        from .refine import RefineResult
+
+        rr = RefineResult(found.camera_from_world, result.similarity_before, found.similarity_after, True,
+                          found.history, found.params, seconds)
+        new = self._finalise(xray, init, rr, depth, (result.similarity_before, found.similarity_after), list(warnings),
+                             rescued=rescued)
+        new.timings_s = {**result.timings_s, **new.timings_s}
+        return new
 
     def _rescue_applies(self, result) -> bool:
         """The rescue search runs for a refined registration from a RayEmb (PnP) start that the verdict did not accept
@@ -322,7 +336,6 @@ class Registrar:
         (each once); its pose replaces the result (finalised and judged again) when it is more similar and plausible,
         else the result is kept. Either way ``result.rescue`` says what was tried."""
         from . import rescue
-        from .refine import RefineResult
 
         o = self.options.refine
         bases = [result.final.camera_from_world]
@@ -335,20 +348,14 @@ class Registrar:
                                                compare_levels=o.rescue_compare_levels or None,
                                                screen_iterations=o.rescue_screen_iterations)
         before = result.similarity_after  # refined (``_rescue_applies``), so measured
-        adopt = (best.similarity_after > before
-                 and overlap_problem(self.ct, Camera(xray.intrinsics, best.camera_from_world)) is None)
+        adopt = self._improves(result, best, xray.intrinsics)
         summary = rescue.RescueSummary(
             status_before=result.verdict.status, reasons_before=tuple(result.verdict.reasons), starts=n_starts,
             refined=min(o.rescue_top, n_starts), grid_px=o.rescue_ranking_px, similarity_before=float(before),
             similarity=float(best.similarity_after), adopted=bool(adopt), seconds=seconds,
             screen_iterations=int(o.rescue_screen_iterations))
         if adopt:
-            t = result.timings_s
-            rr = RefineResult(best.camera_from_world, result.similarity_before, best.similarity_after, True,
-                              best.history, best.params, seconds)
-            result = self._finalise(xray, init, rr, result.depth_search, (result.similarity_before,
-                                    best.similarity_after), list(warnings), rescued=True)
-            result.timings_s = {**t, **result.timings_s}
+            result = self._adopt(xray, init, result, best, seconds, result.depth_search, warnings, rescued=True)
         result.rescue = summary
         result.timings_s["rescue"] = seconds
         return result
@@ -365,12 +372,12 @@ class Registrar:
         warnings: list[str] = []
         rr = depth = None
         if o.depth_search and init.method == "rayemb":
-            # PnP is weakest in depth: also refine from the most similar depth along the viewing ray, and from the
-            # most similar pose of its depth valley (depth and tilt refitted together to the PnP inliers).
+            # PnP is weakest in depth: also refine from the most similar depth along the viewing ray, and (depth_valley
+            # "always") from the most similar pose of its depth valley (depth and tilt refitted to the PnP inliers).
             valley = self._depth_valley(init, intr) if o.depth_valley == "always" else None
             try:
                 rr, ds, results, k = refiner.refine_with_depth_search(
-                    xray.pixels, intr, T0, progress, cancel, is_plausible=lambda T: is_in_view(self.ct, Camera(intr, T)),
+                    xray.pixels, intr, T0, progress, cancel, is_plausible=self._in_view(intr),
                     compare_levels=o.depth_compare_levels or None, valley=valley,
                     valley_factors=DEPTH_VALLEY_FACTORS)
             except ValueError as exc:  # the bone centre behind the source: nothing to slide along
