@@ -55,6 +55,8 @@ from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
 
 
 KINDS = ("match", "mirrored", "wrong_ct", "wrong_sdd")
+#: the CTs of the calibration, in ``cts``'s names (lumbar and head only where ../shared/data has them)
+CT_NAMES = ("pelvis", "chest", "lumbar", "head")
 
 
 def cts(shared: Path) -> dict[str, Path]:
@@ -129,9 +131,9 @@ def main() -> int:
         ap.error("--out is required (or --table CSV ...)")
     for o in a.only or ():
         kind, _, ct = o.partition(":")
-        if kind not in KINDS or (ct and ct not in ("pelvis", "chest", "lumbar", "head")):
-            ap.error(f"--only {o}: give KIND[:CT] with KIND one of {', '.join(KINDS)} and CT one of pelvis, chest, "
-                     "lumbar, head")
+        if kind not in KINDS or (ct and ct not in CT_NAMES):
+            ap.error(f"--only {o}: give KIND[:CT] with KIND one of {', '.join(KINDS)} and CT one of "
+                     f"{', '.join(CT_NAMES)}")
     import torch
 
     torch.set_num_threads(a.threads)

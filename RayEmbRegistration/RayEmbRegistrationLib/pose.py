@@ -117,8 +117,9 @@ def depth_valley_poses(points_ras, uv, intrinsics: Intrinsics, camera_from_world
 
     Why: from detections a few pixels off, a close-up's narrow field of view fixes depth and the out-of-plane tilt only
     together — a pose at another depth with the *same* rotation (what sliding along the viewing ray gives) does not
-    fit the detections, while the tilt that does fit changes with the depth. Used by the opt-in depth-valley start
-    (``options.RefineOptions.depth_valley``; docs/pipeline.md, "Depth valley", for what it gained and lost).
+    fit the detections, while the tilt that does fit changes with the depth. Used by the depth-valley start
+    (``options.RefineOptions.depth_valley``: a retry for results that do not match by default; docs/pipeline.md,
+    "Depth valley", for what it gained and lost).
 
     Args:
         points_ras (N, 3), uv (N, 2): the correspondences that support ``camera_from_world`` (its PnP inliers).

@@ -160,8 +160,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--depth-valley", choices=DEPTH_VALLEY_MODES, default=None, metavar="MODE",
                    help="when to refine also from the PnP pose's depth valley (its tilt refitted to the PnP inliers at "
                         "0.7-1.1 x its depth): retry = only for a result the verdict did not accept because its DRR "
-                        "does not match the X-ray, before the rescue search; always = for every X-ray, beside the depth search's starts (session 17: one wrong "
-                        f"result accepted on a chest CT); off. Default: {R.depth_valley}")
+                        "does not match the X-ray, before the rescue search; always = for every X-ray, beside the "
+                        "depth search's starts (session 17: one wrong result accepted on a chest CT); off. Default: "
+                        f"{R.depth_valley}")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
