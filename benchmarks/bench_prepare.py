@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             t = clock()
             train(stream, run, steps=10**7, batch_queries=int(c["batch"]), n_templates=int(c["templates"]),
                   n_points=int(c["points"]), lr=c["lr"], warmup_steps=int(c["warmup"]), seed=a.seed, resume=True,
-                  max_minutes=m - spent, anneal_to_budget=anneal, n_outside=int(c.get("outside", 0)),
+                  max_minutes=m - spent, anneal_to_budget=anneal, n_outside=int(c.get("outside", 0)), tau=float(c["tau"]),
                   val_every=10**9, ckpt_every=10**9, init_weights=a.model, bar=False, log=lambda s: None,
                   clock=clock)
             spent += (clock() - t) / 60.0

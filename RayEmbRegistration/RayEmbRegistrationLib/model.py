@@ -92,6 +92,10 @@ class ModelConfig:
     template_bone_multiplier: float = 2.0
     template_grid_deg: tuple[float, ...] = (-40.0, -20.0, 0.0, 20.0, 40.0)
     voxel_mm: float = 2.5
+    #: trained on template tiles (``templates.template_isocenters``: a prepared network of a long CT); detection then
+    #: uses them too. False: the 4 views about the bone centroid only (a network never trained on other tiles
+    #: scores their points high and wrong — session 19)
+    template_tiles: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -53,7 +53,7 @@ _RESCUE_SECONDS = 10.0
 #: views of the 5 × 5 grid at 2, 5 and 10 CPU-minutes), ``anneal`` (cosine decay over the budget: worse at 2 and
 #: 5) and ``outside`` (points out of view taught to score low: worse at 2 and 5) off — docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
-            "size": 96, "fixed": 1, "anneal": 0, "outside": 0}
+            "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 0}
 
 
 def prepared_size(base_config, recipe: dict = TRAINING) -> int:
@@ -89,7 +89,7 @@ def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, dev
     return DRRStream([ct], size=prepared_size(base_config, recipe), voxel_mm=base_config.voxel_mm,
                      seed=seed, poses="clinical", pool=int(recipe["pool"]), renew=int(recipe["renew"]), device=device,
                      template_bone_multiplier=base_config.template_bone_multiplier, template_angles=angles,
-                     workers=workers)
+                     workers=workers, tiles=bool(int(recipe.get("tiles", 0))))
 
 
 def prepared_cache_dir() -> Path:
@@ -313,7 +313,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
             train(stream, tmp / "run", steps=10**7, lr=TRAINING["lr"], batch_queries=TRAINING["batch"],
                   n_templates=TRAINING["templates"], n_points=TRAINING["points"], warmup_steps=TRAINING["warmup"],
                   anneal_to_budget=bool(TRAINING["anneal"]), n_outside=int(TRAINING["outside"]),
-                  seed=seed, device=device, resume=False,
+                  tau=float(TRAINING["tau"]), seed=seed, device=device, resume=False,
                   max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
                   log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
         except (KeyboardInterrupt, Cancelled) as exc:

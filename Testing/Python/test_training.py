@@ -331,22 +331,39 @@ def test_a_network_is_fine_tuned_at_another_input_size(sample_ct, tmp_path):
         train(odd, tmp_path / "odd", steps=1, init_weights=str(base), bar=False, log=lambda m: None)
 
 
-def test_drr_stream_can_train_on_the_inference_template_views(sample_ct):
-    """``template_angles``: the stream's templates are exactly the views detection renders for this CT (same
-    poses as ``templates.build_templates``), so preparation can train on what inference uses."""
+def test_drr_stream_can_train_on_the_inference_template_views(sample_ct, lumbar):
+    """``template_angles`` (+ ``tiles``): the stream's templates are exactly the views detection renders for this CT
+    with a network trained on tiles (same poses as ``templates.build_templates``, every tile of a long CT
+    included), so preparation can train on what inference uses; a batch takes the views of one tile."""
     from RayEmbRegistrationLib.camera import Camera, Intrinsics
-    from RayEmbRegistrationLib.templates import ct_isocenter, inference_template_angles, template_poses
+    from RayEmbRegistrationLib.templates import inference_template_angles, template_isocenters, tiled_template_poses
     from RayEmbRegistrationLib.training.stream import DRRStream
+    from RayEmbRegistrationLib.volume import load_ct
 
     angles = inference_template_angles(4)
-    s = DRRStream([sample_ct], size=32, voxel_mm=6.0, pool=1, renew=0, n_points=64, seed=0, template_angles=angles)
-    sh = s.shards[0]
-    assert sh["templates"].shape == (4, 32, 32) and np.allclose(sh["template_angles"], angles)
-    vol = sample_ct.resampled(6.0)
-    want = [Camera(Intrinsics.deepfluoro(32), T).projection_matrix for T in template_poses(angles, ct_isocenter(vol))]
-    np.testing.assert_allclose(sh["template_P"], np.stack(want), rtol=1e-9, atol=1e-9)
-    b = s.batch(np.random.default_rng(0), n_queries=1, n_templates=4, n_points=8)
-    assert sorted(b["template_idx"].tolist()) == [0, 1, 2, 3]
+    lumbar = load_ct(lumbar)
+    for ct in (lumbar, sample_ct):  # one tile (a lumbar crop), several (the pelvis–abdomen CT)
+        s = DRRStream([ct], size=32, voxel_mm=6.0, pool=2, renew=0, n_points=256, seed=0, template_angles=angles,
+                      tiles=True)
+        sh = s.shards[0]
+        poses, tiles = tiled_template_poses(angles, template_isocenters(ct, angles))
+        assert sh["templates"].shape == (len(poses), 32, 32)
+        want = [Camera(Intrinsics.deepfluoro(32), T).projection_matrix for T in poses]
+        np.testing.assert_allclose(sh["template_P"], np.stack(want), rtol=1e-9, atol=1e-9)
+        assert ("template_tiles" in sh) == (tiles.max() > 0)
+        if ct is lumbar:
+            assert len(poses) == 4
+            b = s.batch(np.random.default_rng(0), n_queries=1, n_templates=4, n_points=8)
+            assert sorted(b["template_idx"].tolist()) == [0, 1, 2, 3]
+        else:
+            assert tiles.max() > 0
+            picked = set()
+            for k in range(30):
+                b = s.batch(np.random.default_rng(k), n_queries=2, n_templates=4, n_points=8)
+                t = b["template_idx"]
+                assert len(set(tiles[t].tolist())) == 1  # one tile's views
+                picked.add(int(tiles[t][0]))
+            assert len(picked) > 1  # more than the centroid tile is trained
 
 
 def test_finetune_on_the_fly_reports_progress_and_renders_no_cached_training_set(lumbar, tmp_path):

@@ -6,7 +6,8 @@ Loading shards into memory and drawing (queries, templates, visible bone points)
 ``Generator`` (deterministic given the generator's seed).
 
 Batch (dict of tensors / arrays): ``query`` (B, S, S) line integrals, ``templates`` (T, S, S) (shared by the B
-queries: same anatomy variant), ``uv_query`` (B, N, 2) and ``uv_templates`` (B, T, N, 2) pixels at size S
+queries: same anatomy variant; from a shard with ``template_tiles`` — ``stream.DRRStream`` of a CT whose
+detection uses several template tiles — the views of one tile), ``uv_query`` (B, N, 2) and ``uv_templates`` (B, T, N, 2) pixels at size S
 (integers = pixel centres), ``valid`` (B, N) bool (padding is False); with ``n_outside`` > 0 also points that
 every template sees but the query does not (outside its image or behind its source): ``uv_templates_out``
 (B, T, M, 2) and ``valid_out`` (B, M).
@@ -77,14 +78,35 @@ class ShardSet:
         a = self.shards[shard]["template_angles"]
         return np.array([int(np.argmin(np.abs(a - np.asarray(x)).sum(1))) for x in angles])
 
+    def _tile_views(self, s: dict, X: np.ndarray, q_idx, rng: np.random.Generator) -> np.ndarray:
+        """The views of one template tile (``templates.template_isocenters``) for a batch of queries ``q_idx``: tile
+        k drawn with probability ∝ the points the queries show that detection takes from tile k (the first tile
+        whose views all see the point, ``Templates.point_tiles``), so the tiles are trained as detection uses them."""
+        tiles, S = s["template_tiles"], self.size
+        K = int(tiles.max()) + 1
+        seen = np.stack([self._inside(project_points(s["template_P"][tiles == k], X), S).all(0) for k in range(K)])
+        owner = np.where(seen.any(0), np.argmax(seen, axis=0), -1)  # (M,) first tile seeing the point, -1: none
+        shown = np.zeros(len(X), int)
+        for q in q_idx:
+            shown += self._inside(project_points(s["query_P"][q], X), S)
+        counts = np.array([shown[owner == k].sum() for k in range(K)], float)
+        k = int(rng.choice(K, p=counts / counts.sum())) if counts.sum() > 0 else int(rng.integers(K))
+        return rng.permutation(np.flatnonzero(tiles == k))
+
     def batch(self, rng: np.random.Generator, n_queries: int = 4, n_templates: int = 4, n_points: int = 40,
               shard: int | None = None, query_idx=None, template_idx=None, n_outside: int = 0) -> dict:
         s_i = int(rng.integers(len(self.shards))) if shard is None else shard
         s = self.shards[s_i]
         S = self.size
         q_idx = rng.choice(len(s["queries"]), min(n_queries, len(s["queries"])), replace=False) if query_idx is None else np.asarray(query_idx)
-        t_idx = rng.choice(len(s["templates"]), n_templates, replace=False) if template_idx is None else np.asarray(template_idx)
         X = s["points"].astype(np.float64)
+        tiles = s.get("template_tiles")
+        if template_idx is not None:
+            t_idx = np.asarray(template_idx)
+        elif tiles is not None and int(tiles.max()) > 0 and n_templates == int(np.sum(tiles == 0)):
+            t_idx = self._tile_views(s, X, q_idx, rng)
+        else:
+            t_idx = rng.choice(len(s["templates"]), n_templates, replace=False)
         uv_t_all = project_points(s["template_P"][t_idx], X)  # (T, M, 2)
         seen_t = self._inside(uv_t_all, S).all(0)
         B = len(q_idx)

@@ -29,7 +29,8 @@ import torch
 
 from ..camera import Camera, Intrinsics
 from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
-from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
+from ..templates import (TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_isocenters, template_poses,
+                         tiled_template_poses)
 from ..volume import BONE_HU
 from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
@@ -74,8 +75,12 @@ class DRRStream(_RenderProcessOwner, ShardSet):
         poses: one of ``STREAM_POSES``; seed: the initial pool and the renewals; device: where the DRRs are rendered
         (``cuda``: on the GPU, nanodrr's kernel; the pool itself stays in host memory, as cached shards do).
         template_angles: the template views [(primary, secondary), ...] in degrees (default: the 5 × 5 training
-        grid ``TEMPLATE_GRID_DEG``; ``templates.inference_template_angles(4)`` trains on exactly the views that
-        detection uses for this CT).
+        grid ``TEMPLATE_GRID_DEG`` about the bone centroid; ``templates.inference_template_angles(4)`` trains on
+        exactly the views that detection uses for this CT).
+        tiles: with ``template_angles``, those views about each of the CT's template tiles' isocentres
+        (``templates.template_isocenters``), as detection uses them for a network trained so
+        (``ModelConfig.template_tiles``; ``train`` marks the network): a shard of a CT with several tiles then has
+        ``template_tiles`` and ``ShardSet.batch`` draws one tile's views per batch.
         workers: 0 = render in the training process; 1 = a separate process (one CPU thread) renders the renewals
             of the coming steps while the network trains (CPU only: at 96² rendering is half of a one-thread
             step, ``benchmarks/bench_prepare.py``). The data are the same either way: the renewal of step k depends
@@ -87,7 +92,7 @@ class DRRStream(_RenderProcessOwner, ShardSet):
 
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, pool: int = 16, renew: int = 2,
                  n_points: int = 2048, template_bone_multiplier: float = 2.0, poses: str = "clinical",
-                 seed: int = 0, device: str = "cpu", template_angles=None, workers: int = 0) -> None:
+                 seed: int = 0, device: str = "cpu", template_angles=None, workers: int = 0, tiles: bool = False) -> None:
         if poses not in STREAM_POSES:
             raise ValueError(f"poses must be one of {STREAM_POSES}, got {poses!r}")
         if pool < 1 or not 0 <= renew <= pool:
@@ -95,6 +100,7 @@ class DRRStream(_RenderProcessOwner, ShardSet):
         if workers not in (0, 1):
             raise ValueError(f"workers must be 0 (render in this process) or 1 (a render process); got {workers}")
         self.size, self.poses, self.renew_n, self.seed = int(size), poses, int(renew), int(seed)
+        self.template_tiles = bool(tiles) and template_angles is not None  # (``train`` marks the network so)
         self.max_shards, self.dirs, self.paths = None, [], []
         self.K = Intrinsics.deepfluoro(self.size)
         rng = np.random.default_rng(seed)
@@ -106,15 +112,22 @@ class DRRStream(_RenderProcessOwner, ShardSet):
             else None
         if self._worker is not None:
             self._worker.start(0)  # it starts up (imports, renderers) while the initial pool renders here
-        for i, vol in enumerate(self._volumes):
-            tposes = template_poses(angles, ct_isocenter(vol))
+        for i, (ct, vol) in enumerate(zip(cts, self._volumes)):
+            if not self.template_tiles:
+                tposes, tile_of = template_poses(angles, ct_isocenter(vol)), None
+            else:  # the views detection uses, tiles included (computed on the CT itself, as detection does)
+                tposes, tile_of = tiled_template_poses(angles, template_isocenters(ct, angles))
+                angles_all = np.concatenate([angles] * (int(tile_of.max()) + 1))
             r = self._renewals.renderer(i)  # (this process's renderer of the CT: templates, initial pool, renewals)
             r.set_bone_multiplier(template_bone_multiplier)
             with torch.no_grad():
                 templates = r(torch.as_tensor(tposes), max_batch=5).float().cpu().numpy()
-            shard = {"templates": templates, "template_angles": angles, "template_P": projection_matrices(self.K, tposes),
+            shard = {"templates": templates, "template_angles": angles if tile_of is None else angles_all,
+                     "template_P": projection_matrices(self.K, tposes),
                      "queries": np.zeros((pool, self.size, self.size), np.float32),
                      "query_P": np.zeros((pool, 3, 4)), "points": vol.sample_bone_points(n_points, rng).astype(np.float32)}
+            if tile_of is not None and tile_of.max() > 0:
+                shard["template_tiles"] = tile_of
             self.shards.append(shard)
             self._next.append(0)
             for _ in range(pool):
@@ -150,7 +163,8 @@ class DRRStream(_RenderProcessOwner, ShardSet):
 
     def describe(self) -> dict:
         return {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
-                "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed}
+                "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed,
+                "template_tiles": self.template_tiles}
 
 
 def _sample_pose(vol, poses: str, rng: np.random.Generator) -> np.ndarray:

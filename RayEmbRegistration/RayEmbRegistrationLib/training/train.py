@@ -158,7 +158,7 @@ def _dist_setup(device: str):
 
 
 def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 4, n_templates: int = 4,
-          n_points: int = 40, lr: float = 1e-3, tau: float = 0.03, seed: int = 0, device: str = "cpu",
+          n_points: int = 40, lr: float = 1e-3, tau: float | None = None, seed: int = 0, device: str = "cpu",
           config: ModelConfig | None = None, resume: bool = True, max_minutes: float | None = None,
           val_every: int = 200, ckpt_every: int = 50, threads: int | None = None, bar: bool = True,
           init_weights: str | None = None, refresh_every: int = 0, dump_rank_weights: bool = False,
@@ -184,6 +184,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     repeatable.
     ``n_outside``: per query, up to this many points the templates see but the query does not, taught to score
     below ``null_score`` everywhere (``infonce_loss``); 0 = the plain InfoNCE of visible points.
+    ``tau``: the InfoNCE temperature; None = the initial weights' (fine-tuning) or 0.03 (from scratch).
     ``clock``: what ``max_minutes`` counts — wall time (``time.time``, default) or this process's CPU time
     (``time.process_time``: a budget in CPU-minutes that other jobs on the machine do not eat into).
     """
@@ -209,12 +210,13 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
         else:
             val.refresh()
         return val
-    if init_weights:  # fine-tuning: the architecture, size and τ come from the weights
+    if init_weights:  # fine-tuning: the architecture, size and (unless ``tau`` is given) τ come from the weights
         from ..model import load_model
 
         init = load_model(init_weights)
         cfg = init.config
-        tau = cfg.tau
+        tau = cfg.tau if tau is None else float(tau)
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), "tau": tau})
         if cfg.image_size != shards.size:  # fully convolutional: the weights transfer, the config takes the data's size
             step_px = 2 ** len(cfg.widths)  # the stem and every encoder level halve the image
             if shards.size % step_px:
@@ -226,7 +228,10 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
     else:
         init = None
         cfg = config or ModelConfig()
+        tau = 0.03 if tau is None else float(tau)
         cfg = ModelConfig.from_dict({**cfg.to_dict(), "image_size": shards.size, "tau": tau})
+    if getattr(shards, "template_tiles", False):  # trained on template tiles: detection is to use them too
+        cfg = ModelConfig.from_dict({**cfg.to_dict(), "template_tiles": True})
     torch.manual_seed(seed)
     model = build_model(cfg).to(dev)
     if init is not None:
@@ -378,7 +383,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--templates", type=int, default=4, help="templates per query (T)")
     p.add_argument("--points", type=int, default=40, help="3D points per query")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--tau", type=float, default=0.03, help="InfoNCE temperature")
+    p.add_argument("--tau", type=float, default=None, help="InfoNCE temperature (default: the --init weights', else 0.03)")
     p.add_argument("--backbone", default="unet_s2", help="registered backbone name (model.BACKBONES)")
     p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 96, 128])
     p.add_argument("--dim", type=int, default=32, help="embedding dimension D")
