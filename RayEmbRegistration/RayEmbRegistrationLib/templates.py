@@ -192,26 +192,29 @@ class Templates:
         """(N, 3) RAS → (T, N, 2) pixels in each template (NaN behind the source)."""
         return project_points(self.projection_matrices, points_ras)
 
-    def point_tiles(self, points_ras: np.ndarray) -> np.ndarray:
-        """(N,) the tile each point takes its subspace from: the first tile among those whose views see it most."""
-        if self.n_tiles == 1:
-            return np.zeros(len(points_ras), int)
-        uv = self.project(points_ras)
+    def _tile_of(self, uv: np.ndarray) -> np.ndarray:
+        """(T, N, 2) projections → (N,) the first tile among those whose views see the point most."""
         S = np.array([self.intrinsics.width, self.intrinsics.height])
         seen = np.isfinite(uv).all(-1) & (uv >= -0.5).all(-1) & (uv <= S - 0.5).all(-1)  # (T, N), as sample_embeddings
         counts = np.stack([seen[self.tiles == k].sum(0) for k in range(self.n_tiles)])  # (K, N)
         return np.argmax(counts, axis=0)  # argmax: the first of equal counts
 
+    def point_tiles(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N,) the tile each point takes its subspace from: the first tile among those whose views see it most."""
+        pts = np.asarray(points_ras, float).reshape(-1, 3)
+        return np.zeros(len(pts), int) if self.n_tiles == 1 else self._tile_of(self.project(pts))
+
     def point_embeddings(self, points_ras: np.ndarray) -> torch.Tensor:
         """(N, 3) RAS → (N, D, V) the embeddings of each point's tile's V views at its projections (zero where not
         seen); with one tile, V = T."""
         pts = np.asarray(points_ras, float).reshape(-1, 3)
-        uv = torch.as_tensor(self.project(pts), dtype=self.embeddings.dtype, device=self.embeddings.device)
+        uv_np = self.project(pts)
+        uv = torch.as_tensor(uv_np, dtype=self.embeddings.dtype, device=self.embeddings.device)
         emb, _ = sample_embeddings(self.embeddings, uv)  # (T, N, D)
         if self.n_tiles == 1:
             return emb.permute(1, 2, 0).contiguous()
         views = np.stack([np.flatnonzero(self.tiles == k) for k in range(self.n_tiles)])  # (K, V)
-        idx = torch.as_tensor(views[self.point_tiles(pts)], device=emb.device)  # (N, V)
+        idx = torch.as_tensor(views[self._tile_of(uv_np)], device=emb.device)  # (N, V)
         n = torch.arange(len(pts), device=emb.device)[:, None]
         return emb[idx, n].permute(0, 2, 1).contiguous()  # (N, V, D) → (N, D, V)
 
