@@ -92,7 +92,8 @@ def self_check(model_path: Path, ct, xrays, pts, work: Path) -> dict:
     reg = Registrar(ct, opts.replace(detection={"template_cache": str(work / "templates")}), model=model)
     checks = [self_check_case(reg, x, T, pts) for x, T in xrays]
     shutil.rmtree(work / "templates", ignore_errors=True)
-    return summarise_self_check(checks)
+    # (each X-ray's mTRE and verdict too: an accepted failure can then be found again)
+    return {**summarise_self_check(checks), "cases": [[round(c["mtre_mm"], 2), c["verdict"]] for c in checks]}
 
 
 def main(argv=None) -> int:
