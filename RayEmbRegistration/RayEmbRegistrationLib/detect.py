@@ -32,6 +32,8 @@ __all__ = [
     "refine_peak",
     "score_maps_argmax",
     "coarse_to_fine_peaks",
+    "peak_contrast",
+    "CONTRAST_QUANTILE",
     "Detections",
     "LandmarkDetector",
 ]
@@ -75,13 +77,14 @@ def subspace_scores(U: torch.Tensor, e: torch.Tensor, eps: float = 1e-8) -> torc
 
 
 def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, factor: int = 2, radius: int = 3,
-                         candidates: int = 4):
+                         candidates: int = 4, contrast: bool = False):
     """Fast detection: scores on the ``factor``×-pooled map, then full-resolution scores in
     ``(2·radius+1)²`` windows around the ``candidates`` best coarse peaks; the best full-resolution pixel wins
     and is refined (quadratic, 3×3) in its window.
 
     Args: emb (D, h, w) embeddings (need not be normalised); U (N, D, r) bases.
-    Returns: ``(uv (N, 2) float64 full-res pixels, confidence (N,) = the best full-resolution score)``.
+    Returns: ``(uv (N, 2) float64 full-res pixels, confidence (N,) = the best full-resolution score)``; with
+    ``contrast=True`` also the (N,) ``peak_contrast`` of the pooled map.
     """
     D, h, w = emb.shape
     N = len(U)
@@ -119,7 +122,27 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, factor: int = 2, ra
     loc[:, 0] = torch.where((u_star > 0) & (u_star < w - 1), loc[:, 0], torch.zeros_like(loc[:, 0]))
     loc[:, 1] = torch.where((v_star > 0) & (v_star < h - 1), loc[:, 1], torch.zeros_like(loc[:, 1]))
     uv = torch.stack([u_star.double() + loc[:, 0], v_star.double() + loc[:, 1]], -1)
-    return uv, conf.double().clamp(0.0, 1.0)
+    conf = conf.double().clamp(0.0, 1.0)
+    if contrast:
+        return uv, conf, peak_contrast(sc, sc.max(-1).values)
+    return uv, conf
+
+
+#: which detections go to PnP first: their peak contrast, how far the peak stands above the score map's
+#: ``CONTRAST_QUANTILE`` quantile q as a share of the headroom above it, (peak − q) / (1 − q), q estimated on
+#: ``_CONTRAST_PIXELS`` evenly spread pixels. The peak score alone (RayEmb's confidence) ranks points whose whole
+#: map is high — a subspace that captures most embeddings of the X-ray — first, and most of those peaks are wrong
+#: (session 19: the 600 of 2,000 bone detections that go to PnP held 2,391 / 3,220 right ones by peak score and
+#: 3,316 / 3,516 by contrast over 20 pelvis X-rays, two prepared networks; ``docs/pipeline.md``, "Detection order")
+CONTRAST_QUANTILE, _CONTRAST_PIXELS = 0.9, 512
+
+
+def peak_contrast(scores: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """(N, P) score maps and their (N,) peak scores → (N,) float64 peak contrast in [0, 1] (``CONTRAST_QUANTILE``)."""
+    sub = scores[:, :: max(1, scores.shape[1] // _CONTRAST_PIXELS)]
+    k = min(sub.shape[1], max(1, int(round(CONTRAST_QUANTILE * sub.shape[1]))))
+    q = sub.kthvalue(k, dim=1).values.double()
+    return ((peak.double() - q) / (1.0 - q).clamp_min(1e-6)).clamp(0.0, 1.0)
 
 
 def gram_scores(E: torch.Tensor, e: torch.Tensor, ridge: float = 1e-4, eps: float = 1e-8) -> torch.Tensor:
@@ -192,6 +215,8 @@ class Detections:
     Attributes:
         uv: (N, 2) float64 pixels (u, v) in the X-ray's own full-resolution grid (OpenCV convention).
         confidence: (N,) float64 in [0, 1]: the peak score ‖Uᵀe‖/‖e‖ (0 for points no template sees).
+        contrast: (N,) float64 in [0, 1]: the peak contrast (``peak_contrast``: how far the peak stands out of its
+            map; 0 for points no template sees) — the order in which detections go to PnP.
         heatmaps: (N, h, w) float32 subspace scores at network size, or None.
         uv_net: (N, 2) the same detections at network size (``image_size``²).
         net_intrinsics: the X-ray's detector resampled to network size.
@@ -204,6 +229,7 @@ class Detections:
     uv_net: np.ndarray
     net_intrinsics: object
     seconds: float = 0.0
+    contrast: np.ndarray | None = None
 
 
 class LandmarkDetector:
@@ -271,22 +297,26 @@ class LandmarkDetector:
         N = len(pts)
         uv = np.zeros((N, 2))
         conf = np.zeros(N)
+        contrast = np.zeros(N)
         maps = np.zeros((N, S, S), np.float32) if heatmaps else None
         for start in range(0, N, self.chunk):
             check_cancel(cancel, "landmark detection")
             sl = slice(start, min(N, start + self.chunk))
             if maps is None and fast:
-                p_uv, p_conf = coarse_to_fine_peaks(emb, U[sl])
+                p_uv, p_conf, p_contrast = coarse_to_fine_peaks(emb, U[sl], contrast=True)
             else:
                 sc = subspace_scores(U[sl], e)  # (n, P)
                 p_uv, p_conf = score_maps_argmax(sc, S, S)
+                p_contrast = peak_contrast(sc, p_conf)
                 if maps is not None:
                     maps[sl] = sc.view(-1, S, S).float().cpu().numpy()
             uv[sl] = p_uv.cpu().numpy()
             conf[sl] = p_conf.cpu().numpy()
+            contrast[sl] = p_contrast.cpu().numpy()
             if progress:
                 progress(sl.stop / max(N, 1), f"scored {sl.stop}/{N} points")
         seen_np = seen.cpu().numpy()
         conf[~seen_np] = 0.0
+        contrast[~seen_np] = 0.0
         full_uv = net_K.scale_pixels(uv, intrinsics)
-        return Detections(full_uv, conf, maps, uv, net_K, time.perf_counter() - t0)
+        return Detections(full_uv, conf, maps, uv, net_K, time.perf_counter() - t0, contrast)

@@ -181,7 +181,8 @@ class RayEmbPnP:
 
     @staticmethod
     def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:
-        """Detect the fiducials and ``bone``; keep the usable fiducials and the most confident bone points."""
+        """Detect the fiducials and ``bone``; keep the usable fiducials and the ``n_bone_keep`` bone points whose peaks
+        stand out most (``detect.peak_contrast``; not the highest peak scores: see there)."""
         o = registrar.options.detection
         pts = np.vstack([fid_ras, bone])
         d = det.detect(xray.pixels, xray.intrinsics, pts, progress=progress, cancel=cancel, fast=o.fast)
@@ -191,7 +192,8 @@ class RayEmbPnP:
         usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
         keep_f = np.flatnonzero(usable[:nf])
         bone_idx = nf + np.flatnonzero(usable[nf:])
-        bone_idx = bone_idx[np.argsort(-conf[bone_idx], kind="stable")[: o.n_bone_keep]]
+        order = conf if d.contrast is None else np.asarray(d.contrast, dtype=np.float64)  # detect.peak_contrast
+        bone_idx = bone_idx[np.argsort(-order[bone_idx], kind="stable")[: o.n_bone_keep]]
         use = np.concatenate([keep_f, bone_idx]).astype(int)
         return DetectionPass(pts=pts, uv=uv, conf=conf, usable=usable, n_fiducials=nf, bone_idx=bone_idx, use=use,
                              label=label)

@@ -105,7 +105,8 @@ class DetectionOptions:
             more correct detections among the 600 kept (session 7, CPU), and on an H200 (session 17, the 10 000 that
             were then CUDA's default) it registered 2 of 4 clinical pelvis X-rays that 2 000 registered on the CPU,
             more slowly (docs/pipeline.md, "Device").
-        n_bone_keep: how many of them, the most confident, go to PnP (paper: 600).
+        n_bone_keep: how many of them go to PnP, those whose peaks stand out most (``detect.peak_contrast``; paper: the
+            600 most confident).
         min_confidence: detections at or below this confidence are not used for PnP.
         fast: ``LandmarkDetector.detect(fast=True)`` (coarse map, full resolution around 4 peaks). Off: 5 of 10
             instead of 6 of 10 simulated pelvis cases (docs/pipeline.md).
