@@ -45,8 +45,32 @@ def test_coarse_to_fine_matches_full_scoring_on_a_smooth_field():
     full, _ = score_maps_argmax(sc, w, h)
     fast, conf = coarse_to_fine_peaks(emb, U)
     np.testing.assert_allclose(fast.numpy(), full.numpy(), atol=1e-9)
+    from RayEmbRegistrationLib.detect import peak_contrast
+
+    _, _, c_fast = coarse_to_fine_peaks(emb, U, contrast=True)  # from the pooled map: close to the full map's
+    np.testing.assert_allclose(c_fast.numpy(), peak_contrast(sc, sc.max(-1).values).numpy(), atol=0.1)
     assert (np.abs(full.numpy() - targets.numpy()) < 0.6).all()
     assert ((conf > 0) & (conf <= 1 + 1e-9)).all()
+
+
+def test_peak_contrast_ranks_a_lone_peak_above_a_high_plateau():
+    """The order of detections for PnP: (peak − q90) / (1 − q90). A lone peak over a low map beats a higher peak
+    that barely rises above a map high almost everywhere (a subspace that captures most of the X-ray), and the 90th
+    percentile estimated on 512 spread pixels is the map's own within a small margin."""
+    from RayEmbRegistrationLib.detect import CONTRAST_QUANTILE, peak_contrast
+
+    P = 96 * 96
+    g = torch.Generator().manual_seed(0)
+    lone = 0.3 + 0.1 * torch.rand(P, generator=g, dtype=torch.float64)
+    lone[4000] = 0.9
+    plateau = 0.9 + 0.08 * torch.rand(P, generator=g, dtype=torch.float64)
+    plateau[100] = 0.982
+    sc = torch.stack([lone, plateau])
+    c = peak_contrast(sc, sc.max(-1).values)
+    assert c.dtype == torch.float64 and ((c >= 0) & (c <= 1)).all()
+    assert c[0] > 0.75 and c[1] < 0.5  # though the plateau's peak score is the higher
+    q = torch.quantile(sc, CONTRAST_QUANTILE, dim=1)
+    np.testing.assert_allclose(c.numpy(), ((sc.max(-1).values - q) / (1 - q)).numpy(), atol=0.05)
 
 
 def _points_on_template_pixels(templates, ct, pixels):
@@ -75,6 +99,10 @@ def test_detector_is_exact_when_the_query_is_a_template_view(tiny_model, sample_
     np.testing.assert_array_equal(np.stack([hm.argmax(1) % S, hm.argmax(1) // S], 1), pixels)
     np.testing.assert_allclose(hm.max(1), 1.0, atol=1e-4)
     assert np.abs(d.uv_net - pixels).max() <= 0.5
+    from RayEmbRegistrationLib.detect import peak_contrast
+
+    np.testing.assert_allclose(d.contrast, peak_contrast(torch.from_numpy(hm), torch.from_numpy(hm.max(1))).numpy(),
+                               atol=1e-5)  # the contrast of each point's own map
     np.testing.assert_allclose(d.uv, d.uv_net)  # same grid
     # full-res X-ray: 2× nearest-upsampled image of the same detector
     big = np.kron(tpl.images[0], np.ones((2, 2), np.float32))
