@@ -51,9 +51,13 @@ _RESCUE_SECONDS = 10.0
 #: CPU-minutes on the pelvis and the lumbar spine — a step costs ~5× less than at 224²), ``fixed`` = 1: train on
 #: exactly the template views detection uses for this CT (``templates.inference_template_angles``; beat 4 random
 #: views of the 5 × 5 grid at 2, 5 and 10 CPU-minutes), ``anneal`` (cosine decay over the budget: worse at 2 and
-#: 5) and ``outside`` (points out of view taught to score low: worse at 2 and 5) off — docs/network.md
+#: 5) and ``outside`` (points out of view taught to score low: worse at 2 and 5) off, ``tau`` the InfoNCE
+#: temperature (0.015 / 0.06 and lr 2e-3 within the spread of one run at 3, 6, 12 CPU-minutes: session 19),
+#: ``tiles`` = 1: train on — and detect with — the template tiles of a long CT (``templates.template_isocenters``;
+#: session 19: a fresh pelvis preparation 38 / 40 against 37 / 40 without, the CT's top-edge close-ups registered
+#: only with them) — docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
-            "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 0}
+            "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 1}
 
 
 def prepared_size(base_config, recipe: dict = TRAINING) -> int:
