@@ -18,8 +18,8 @@ DRRStream(tiles=True)``): the general network scores the points of other tiles h
 were always centred on the bone centroid).
 
 Shapes: ``Templates.poses`` (T, 4, 4) camera_from_world, T = tiles × V; ``tiles`` (T,) tile of each view;
-``isocenters`` (tiles, 3) RAS; ``images`` (T, S, S) line integrals; ``embeddings`` (T, D, S, S);
-``point_embeddings(points (N, 3))`` → (N, D, V).
+``images`` (T, S, S) line integrals; ``embeddings`` (T, D, S, S); ``point_embeddings(points (N, 3))`` → (N, D, V);
+``template_isocenters`` → (tiles, 3) RAS.
 """
 
 from __future__ import annotations

@@ -162,9 +162,9 @@ class DRRStream(_RenderProcessOwner, ShardSet):
         return super().batch(rng, *args, **kwargs)
 
     def describe(self) -> dict:
-        return {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
-                "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed,
-                "template_tiles": self.template_tiles}
+        d = {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
+             "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed}
+        return {**d, "template_tiles": True} if self.template_tiles else d  # (older checkpoints: no key)
 
 
 def _sample_pose(vol, poses: str, rng: np.random.Generator) -> np.ndarray:
