@@ -24,6 +24,7 @@ Shapes: ``Templates.poses`` (T, 4, 4) camera_from_world, T = tiles × V; ``tiles
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -252,8 +253,12 @@ def get_templates(model, ct: CTVolume, n_templates: int = 4, device="cpu", cache
     there, for weights with a known sha256)."""
     cfg = model.config
     angles = inference_template_angles(n_templates)
-    settings = {"angles": angles, "cfg": cfg.to_dict(), "model": getattr(model, "sha256", None) or id(model),
-                "tiles": [TILE_COVERAGE, MAX_TILES, _TILE_POINTS, _TILE_SEED]}
+    cfg_d = cfg.to_dict()
+    settings = {"angles": angles, "cfg": cfg_d, "model": getattr(model, "sha256", None) or id(model)}
+    if cfg.template_tiles:  # (only then: the caches of untiled networks keep their keys)
+        settings["tiles"] = [TILE_COVERAGE, MAX_TILES, _TILE_POINTS, _TILE_SEED]
+    else:
+        cfg_d.pop("template_tiles")
     key = hashlib.sha256((ct_hash(ct) + json.dumps(settings, sort_keys=True, default=str)).encode()).hexdigest()[:32]
     t = None
     path = Path(cache_dir) / f"templates_{key}.npz" if cache_dir else None
@@ -262,17 +267,22 @@ def get_templates(model, ct: CTVolume, n_templates: int = 4, device="cpu", cache
             z = np.load(path)
             S = cfg.image_size
             t = Templates(z["poses"], Intrinsics.deepfluoro(S), z["images"],
-                          torch.from_numpy(z["embeddings"].astype(np.float32)).to(device), z["tiles"])
+                          torch.from_numpy(z["embeddings"].astype(np.float32)).to(device),
+                          z["tiles"] if "tiles" in z.files else None)  # (caches before session 19: one tile)
         except Exception:
             t = None  # unreadable cache entry: rebuild
     if t is None:
         t = build_templates(model, ct, angles, device=device, progress=progress)
         if path is not None and getattr(model, "sha256", None):  # only cache weights with a known identity
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, poses=t.poses, images=t.images, embeddings=t.embeddings.cpu().numpy().astype(np.float16),
-                     tiles=t.tiles)
-            tmp.replace(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(tmp, poses=t.poses, images=t.images, embeddings=t.embeddings.cpu().numpy().astype(np.float16),
+                         tiles=t.tiles)
+                tmp.replace(path)
+            except OSError:  # a read-only cache (a shared prepared folder): the templates are used uncached
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
     return t
 
 
