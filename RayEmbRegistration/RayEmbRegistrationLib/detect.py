@@ -225,11 +225,11 @@ class Detections:
 
     uv: np.ndarray
     confidence: np.ndarray
+    contrast: np.ndarray
     heatmaps: np.ndarray | None
     uv_net: np.ndarray
     net_intrinsics: object
     seconds: float = 0.0
-    contrast: np.ndarray | None = None
 
 
 class LandmarkDetector:
@@ -319,4 +319,4 @@ class LandmarkDetector:
         conf[~seen_np] = 0.0
         contrast[~seen_np] = 0.0
         full_uv = net_K.scale_pixels(uv, intrinsics)
-        return Detections(full_uv, conf, maps, uv, net_K, time.perf_counter() - t0, contrast)
+        return Detections(full_uv, conf, contrast, maps, uv, net_K, time.perf_counter() - t0)

@@ -192,8 +192,7 @@ class RayEmbPnP:
         usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
         keep_f = np.flatnonzero(usable[:nf])
         bone_idx = nf + np.flatnonzero(usable[nf:])
-        order = conf if d.contrast is None else np.asarray(d.contrast, dtype=np.float64)  # detect.peak_contrast
-        bone_idx = bone_idx[np.argsort(-order[bone_idx], kind="stable")[: o.n_bone_keep]]
+        bone_idx = bone_idx[np.argsort(-d.contrast[bone_idx], kind="stable")[: o.n_bone_keep]]  # detect.peak_contrast
         use = np.concatenate([keep_f, bone_idx]).astype(int)
         return DetectionPass(pts=pts, uv=uv, conf=conf, usable=usable, n_fiducials=nf, bone_idx=bone_idx, use=use,
                              label=label)

@@ -47,6 +47,7 @@ __all__ = [
     "ct_isocenter",
     "template_isocenters",
     "tiled_template_poses",
+    "first_best_tile",
     "TILE_COVERAGE",
     "MAX_TILES",
     "template_poses",
@@ -119,6 +120,16 @@ def template_isocenters(ct: CTVolume, angles, coverage: float = TILE_COVERAGE, m
         centres.append(c)
         covered |= new
     return np.stack(centres)
+
+
+def first_best_tile(seen: np.ndarray, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tile a point takes its subspace from (``Templates.point_embeddings``; training draws tiles by the same
+    rule, ``training.data.ShardSet``): ``seen`` (T, N) bool — view t sees point n — and ``tiles`` (T,) the tile of
+    each view → ((N,) the first tile among those with the most views seeing the point, (N,) how many of its views
+    do)."""
+    counts = np.stack([seen[tiles == k].sum(0) for k in range(int(tiles.max()) + 1)])  # (K, N)
+    best = np.argmax(counts, axis=0)  # argmax: the first of equal counts
+    return best, counts[best, np.arange(counts.shape[1])]
 
 
 def tiled_template_poses(angles, isocenters) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +205,9 @@ class Templates:
         return project_points(self.projection_matrices, points_ras)
 
     def _tile_of(self, uv: np.ndarray) -> np.ndarray:
-        """(T, N, 2) projections → (N,) the first tile among those whose views see the point most."""
-        S = np.array([self.intrinsics.width, self.intrinsics.height])
-        seen = np.isfinite(uv).all(-1) & (uv >= -0.5).all(-1) & (uv <= S - 0.5).all(-1)  # (T, N), as sample_embeddings
-        counts = np.stack([seen[self.tiles == k].sum(0) for k in range(self.n_tiles)])  # (K, N)
-        return np.argmax(counts, axis=0)  # argmax: the first of equal counts
+        """(T, N, 2) projections → (N,) the tile each point takes its subspace from (``first_best_tile``; a view sees
+        a point on its image, as ``sample_embeddings`` samples it)."""
+        return first_best_tile(self.intrinsics.contains_pixels(uv), self.tiles)[0]
 
     def point_tiles(self, points_ras: np.ndarray) -> np.ndarray:
         """(N,) the tile each point takes its subspace from: the first tile among those whose views see it most."""

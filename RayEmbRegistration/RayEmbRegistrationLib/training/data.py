@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..camera import project_points
+from ..templates import first_best_tile
 
 __all__ = ["ShardSet"]
 
@@ -80,12 +81,15 @@ class ShardSet:
 
     def _tile_views(self, s: dict, X: np.ndarray, q_idx, rng: np.random.Generator) -> np.ndarray:
         """The views of one template tile (``templates.template_isocenters``) for a batch of queries ``q_idx``: tile
-        k drawn with probability ∝ the points the queries show that detection takes from tile k (the first tile
-        whose views all see the point, ``Templates.point_tiles``), so the tiles are trained as detection uses them."""
+        k drawn with probability ∝ the points the queries show that detection takes from tile k
+        (``templates.first_best_tile``) and all of its views see (the points a batch trains on), so the tiles are
+        trained as detection uses them."""
         tiles, S = s["template_tiles"], self.size
         K = int(tiles.max()) + 1
-        seen = np.stack([self._inside(project_points(s["template_P"][tiles == k], X), S).all(0) for k in range(K)])
-        owner = np.where(seen.any(0), np.argmax(seen, axis=0), -1)  # (M,) first tile seeing the point, -1: none
+        owner = s.get("point_tile")  # (M,) that tile, -1: no tile's views all see the point (fixed for a shard)
+        if owner is None:
+            tile, n_seen = first_best_tile(self._inside(project_points(s["template_P"], X), S), tiles)
+            owner = s["point_tile"] = np.where(n_seen == int(np.sum(tiles == 0)), tile, -1)
         shown = np.zeros(len(X), int)
         for q in q_idx:
             shown += self._inside(project_points(s["query_P"][q], X), S)
