@@ -624,7 +624,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         path = db.fileForInstance(uids[0])
         if not path:
             return None
-        from RayEmbRegistrationLib.xray_dicom import read_carm_angles
+        from RayEmbRegistrationLib.inputs.xray_dicom import read_carm_angles
 
         try:
             return read_carm_angles(path)
@@ -670,8 +670,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     def registrar(self, p):
         """The ``pipeline.Registrar`` for ``p.ctVolume`` with the GUI's options (kept while the CT is unchanged)."""
         from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.pipeline import Registrar
-        from RayEmbRegistrationLib.prepare import use_prepared
+        from RayEmbRegistrationLib.registration.pipeline import Registrar
+        from RayEmbRegistrationLib.training.prepare import use_prepared
 
         if not p.ctVolume or not p.xrayVolume:
             raise ValueError("Select a CT volume and an X-ray volume.")
@@ -691,9 +691,9 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         import shutil
 
         from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.prepare import prepare_command, prepared_cache_dir
-        from RayEmbRegistrationLib.templates import ct_hash
-        from RayEmbRegistrationLib.volume import save_ct
+        from RayEmbRegistrationLib.training.prepare import prepare_command, prepared_cache_dir
+        from RayEmbRegistrationLib.detection.templates import ct_hash
+        from RayEmbRegistrationLib.inputs.volume import save_ct
 
         if not p.ctVolume:
             raise ValueError("Select the CT volume to prepare.")
@@ -709,7 +709,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def usePrepared(self, p, outDir: str) -> str:
         """Select the prepared folder ``outDir`` for registrations of this CT; returns its readiness summary."""
-        from RayEmbRegistrationLib.prepare import PreparedCT
+        from RayEmbRegistrationLib.training.prepare import PreparedCT
 
         prep = PreparedCT.open(outDir)
         p.preparedFolder = pathlib.Path(outDir)
@@ -895,7 +895,7 @@ class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
         import numpy as np
 
         from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.camera import Intrinsics
+        from RayEmbRegistrationLib.geometry.camera import Intrinsics
 
         ctNode, ct = self._sampleCT()
         K = Intrinsics(1000.0, (0.5, 0.5), 64, 48)

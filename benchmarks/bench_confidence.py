@@ -23,13 +23,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
-from RayEmbRegistrationLib.detect import LandmarkDetector  # noqa: E402
-from RayEmbRegistrationLib.model import load_model  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.detection.detect import LandmarkDetector  # noqa: E402
+from RayEmbRegistrationLib.detection.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
-from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.cts import resolve_ct_path  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 BINS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 1.0001)
 

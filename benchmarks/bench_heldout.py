@@ -21,11 +21,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.model import ModelConfig, build_model, load_model  # noqa: E402
+from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, load_model  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
 from RayEmbRegistrationLib.training.train import evaluate  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import heldout_set  # noqa: E402  (the same held-out DRRs as bench_prepare.py)

@@ -28,18 +28,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.model import load_model  # noqa: E402
-from RayEmbRegistrationLib.templates import inference_template_angles  # noqa: E402
+from RayEmbRegistrationLib.detection.model import load_model  # noqa: E402
+from RayEmbRegistrationLib.detection.templates import inference_template_angles  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
 from RayEmbRegistrationLib.training.generate import generate  # noqa: E402
 from RayEmbRegistrationLib.training.train import evaluate  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 DEFAULT_CT = REPO.parent / "shared" / "data" / "ct" / "pelvis_abdomen_totalseg_3mm.nii.gz"
 
 
 def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
-    from RayEmbRegistrationLib.detect import LandmarkDetector
+    from RayEmbRegistrationLib.detection.detect import LandmarkDetector
 
     t0 = time.perf_counter()
     det = LandmarkDetector(model, ct, n_templates=4)
@@ -67,8 +67,8 @@ def time_inference(model, ct, images, n_points=1000, repeats=5) -> dict:
 
 def end_to_end(model, ct, ev: ShardSet, n_queries: int, n_points: int) -> dict:
     """The inference API itself (LandmarkDetector.detect on the query image, its own templates), full vs fast."""
-    from RayEmbRegistrationLib.detect import LandmarkDetector
-    from RayEmbRegistrationLib.camera import project_points
+    from RayEmbRegistrationLib.detection.detect import LandmarkDetector
+    from RayEmbRegistrationLib.geometry.camera import project_points
     from RayEmbRegistrationLib.training.train import summarize
 
     det = LandmarkDetector(model, ct, n_templates=4)

@@ -2,9 +2,8 @@
 
 Budgets are CPU-minutes of this process (``time.process_time``; with ``--threads 1`` the same as uncontended wall
 minutes, whatever else runs on the machine) — or, with ``--wall``, wall minutes of ``rayemb prepare``'s own set-up:
-``prepare.render_workers`` render processes (none since session 16) and training on the cores they leave (run it
-alone: another job on the machine slows both); ``--workers 1`` adds a render process beside the training (sessions
-7–15's set-up). For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
+``prepare.render_workers`` render processes (none) and training on the cores they leave (run it alone: another
+job on the machine slows both); ``--workers 1`` adds a render process beside the training. For each configuration, ONE fine-tuning run of the base network on DRRs of the CT (``training.stream.DRRStream``,
 clinical C-arm poses, as ``prepare``), stopped at each cumulative training budget of ``--minutes`` (the run then
 continues from its checkpoint with the same data stream, so a curve is one run), and at each stop:
 
@@ -46,20 +45,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa: E402
-from RayEmbRegistrationLib.model import load_model  # noqa: E402
+from RayEmbRegistrationLib.detection.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
-from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.prepare import (TRAINING, render_workers, self_check_case, summarise_self_check,  # noqa: E402
+from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.training.prepare import (TRAINING, render_workers, self_check_case, summarise_self_check,  # noqa: E402
                                           training_stream, usable_cores)
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.data import ShardSet  # noqa: E402
 from RayEmbRegistrationLib.training.generate import generate  # noqa: E402
 from RayEmbRegistrationLib.training.train import evaluate, train  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
-from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.xray import XRayImage  # noqa: E402
 
 DEFAULTS = dict(TRAINING)  # prepare's recipe
 
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
                    help="count wall minutes and train as prepare does (prepare.render_workers render processes, "
                         "training on the cores they leave; run alone)")
     p.add_argument("--workers", type=int, choices=(0, 1), default=None,
-                   help="render processes (1: sessions 7-15's set-up; implies --wall). Default: 0, or "
+                   help="render processes (1: one beside the training; implies --wall). Default: 0, or "
                         "prepare.render_workers with --wall")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

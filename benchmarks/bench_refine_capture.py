@@ -6,7 +6,7 @@ N(0, ROT_STD rad) about the bone centre and translations N(0, (T_u, T_v, T_depth
 size of the PnP errors that noisy detections produce — and the mTRE (camera frame, 500 bone points) after
 refinement is compared. Schedules, side by side:
 
-  * ``session-1``: 64² (40 it., 3 mm) → 96² (20 it., 1 mm) — the earlier default (baseline of the ratio);
+  * ``two-level``: 64² (40 it., 3 mm) → 96² (20 it., 1 mm) — without the coarse level (baseline of the ratio);
   * ``default``: ``options.RefineOptions()`` (``RefineOptions.schedule()``) = 32² (60 it., 8 mm) → 64² (40 it., 3 mm) → 96² (20 it., 1 mm);
   * ``long``: 32² (80, 8 mm) → 64² (50, 3 mm) → 128² (25, 1 mm);
   * ``default+depth``: the default schedule through ``Refiner.refine_with_depth_search`` (what ``register`` does
@@ -15,7 +15,7 @@ refinement is compared. Schedules, side by side:
 Usage:
     .venv/bin/python benchmarks/bench_refine_capture.py [--ct CT] [--n 12] [--rot-std 0.15] [--trans-std 20 20 100]
 Prints one line per case and a Markdown table (success = mTRE ≤ 10 mm, median mTRE, median seconds, and the
-success ratio to the ``session-1`` schedule).
+success ratio to the ``two-level`` schedule).
 """
 
 from __future__ import annotations
@@ -31,21 +31,21 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER  # noqa: E402
 from RayEmbRegistrationLib.evaluate import pose_errors  # noqa: E402
 from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
-from RayEmbRegistrationLib.plausibility import overlap_problem  # noqa: E402
-from RayEmbRegistrationLib.refine import Refiner, perturbation_numpy  # noqa: E402
-from RayEmbRegistrationLib.simulate import simulate_xray  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.registration.plausibility import overlap_problem  # noqa: E402
+from RayEmbRegistrationLib.registration.refine import Refiner, perturbation_numpy  # noqa: E402
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.rendering.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 
 def schedules() -> dict[str, RefineOptions]:
     return {
-        "session-1": RefineOptions(levels=(64, 96), iterations=(40, 20), lr_mm=(3.0, 1.0)),
+        "two-level": RefineOptions(levels=(64, 96), iterations=(40, 20), lr_mm=(3.0, 1.0)),
         "default": RefineOptions(),
         "long": RefineOptions(levels=(32, 64, 128), iterations=(80, 50, 25), lr_mm=(8.0, 3.0, 1.0)),
         "default+depth": RefineOptions(),
@@ -94,11 +94,11 @@ def main() -> int:
             mtre[k].append(pose_errors(res.camera_from_world, T, pts, intr)["mtre_mm"])
             line += f" | {k}: {mtre[k][-1]:.1f} mm ({secs[k][-1]:.1f} s)"
         print(line, flush=True)
-    base = np.mean(np.array(mtre["session-1"]) <= 10)
+    base = np.mean(np.array(mtre["two-level"]) <= 10)
     print(f"\n{a.n} simulated {a.size}² X-rays of {Path(a.ct).name}; start: rotations N(0, {a.rot_std} rad), "
           f"translations N(0, {tuple(a.trans_std)} mm); median start mTRE {np.median(starts):.0f} mm; "
           f"{torch.get_num_threads()} thread(s)\n")
-    print("| schedule | success (mTRE ≤ 10 mm) | median mTRE mm | median s | success ratio to session-1 |")
+    print("| schedule | success (mTRE ≤ 10 mm) | median mTRE mm | median s | success ratio to two-level |")
     print("|---|---|---|---|---|")
     for k in refiners:
         m = np.array(mtre[k])

@@ -30,11 +30,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
 
-from RayEmbRegistrationLib.carm import carm_camera_from_world  # noqa: E402
-from RayEmbRegistrationLib.render import BACKENDS, DRRRenderer  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world  # noqa: E402
+from RayEmbRegistrationLib.rendering.render import BACKENDS, DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -32,12 +32,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.model import ModelConfig, build_model, load_model, normalize_image  # noqa: E402
-from RayEmbRegistrationLib.prepare import TRAINING, training_stream  # noqa: E402
+from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, load_model, normalize_image  # noqa: E402
+from RayEmbRegistrationLib.training.prepare import TRAINING, training_stream  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
 from RayEmbRegistrationLib.training.augment import augment_images  # noqa: E402
 from RayEmbRegistrationLib.training.train import infonce_loss  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 KEYS = ("cl", "bf16", "freeze", "comp", "tng")
 

@@ -41,17 +41,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.errors import RegistrationError  # noqa: E402
 from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
-from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
-from RayEmbRegistrationLib.simulate import sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.cts import resolve_ct_path  # noqa: E402
-from RayEmbRegistrationLib.verdict import judge, signals  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
-from RayEmbRegistrationLib.xray import XRayImage  # noqa: E402
+from RayEmbRegistrationLib.registration.verdict import judge, signals  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.inputs.xray import XRayImage  # noqa: E402
 
 
 KINDS = ("match", "mirrored", "wrong_ct", "wrong_sdd")
@@ -83,10 +83,10 @@ def _value(v: str):
 def table(paths, pipeline: bool = False) -> int:
     """Print the calibration table of the recorded cases under the current rule (``verdict.judge`` on the recorded
     signals) or, with ``pipeline``, as the pipeline judged them when they ran (its verdict with the competitor,
-    local and rescue checks, recorded since session 17)."""
+    local and rescue checks; cases.csv files without the ``pipeline_status`` column cannot be read this way)."""
     rows = [{k: _value(v) for k, v in r.items()} for p in paths for r in csv.DictReader(open(p))]
     if pipeline and any(not r.get("error") and not r.get("pipeline_status") for r in rows):
-        raise SystemExit("--pipeline: these cases have no recorded pipeline verdict (recorded since session 17)")
+        raise SystemExit("--pipeline: these cases have no recorded pipeline verdict (run them again)")
     out = {}
     for r in rows:
         status = "rejected" if r.get("error") else (r["pipeline_status"] if pipeline else judge(r).status)

@@ -7,7 +7,7 @@ isocentre, ``templates.template_poses``) at each ``--sizes``, with nanodrr and J
 difference as a share of the image's maximum, and ms per DRR (the 6 rendered as one batch, mean of 5 after one
 warm-up, synchronised).
 
-Usage (session 17 on an H200: correlation 1.000000, ≤ 3.6e-6 of the maximum; docs/pipeline.md, "Device"):
+Usage (on an H200: correlation 1.000000, ≤ 3.6e-6 of the maximum; docs/pipeline.md, "Device"):
     python benchmarks/compare_render_devices.py --device cuda
 """
 
@@ -24,11 +24,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Intrinsics  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.rendering.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.templates import ct_isocenter, template_poses  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.detection.templates import ct_isocenter, template_poses  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 VIEWS_DEG = [[0, 0], [30, 10], [-40, -20], [90, 0], [10, 25], [-15, 5]]
 

@@ -24,8 +24,8 @@ projection (told by the truth): how precise detections must be for PnP to fix de
 
 Usage:
     .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep7 --n 20 --poses clinical
-    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/s16/prep_pelvis_c --cases 6 7 11 17 --ransac-variants
-    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/s16/prep_pelvis_c --cases 0 1 2 5 --oracle
+    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep_pelvis_c --cases 6 7 11 17 --ransac-variants
+    .venv/bin/python benchmarks/diagnose_pnp.py --prepared out/prep_pelvis_c --cases 0 1 2 5 --oracle
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RayEmbRegistration"))
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics  # noqa: E402
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
-from RayEmbRegistrationLib.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.plausibility import is_in_view  # noqa: E402
-from RayEmbRegistrationLib.pose import PoseError, solve_pnp_hypotheses  # noqa: E402
-from RayEmbRegistrationLib.prepare import use_prepared  # noqa: E402
-from RayEmbRegistrationLib.render import DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.registration.plausibility import is_in_view  # noqa: E402
+from RayEmbRegistrationLib.registration.pose import PoseError, solve_pnp_hypotheses  # noqa: E402
+from RayEmbRegistrationLib.training.prepare import use_prepared  # noqa: E402
+from RayEmbRegistrationLib.rendering.render import DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose, simulate_xray  # noqa: E402
-from RayEmbRegistrationLib.volume import load_ct  # noqa: E402
+from RayEmbRegistrationLib.rendering.simulate import perturbed_start, sample_visible_pose, simulate_xray  # noqa: E402
+from RayEmbRegistrationLib.inputs.volume import load_ct  # noqa: E402
 
 
 def ransac_variants(points, uv, intr, thr: float, correct: np.ndarray) -> str:
@@ -78,7 +78,7 @@ def oracle_pnp(points, uv, err, intr, thr: float, T_true, seed: int, eval_points
     from scipy.spatial.transform import Rotation
 
     from RayEmbRegistrationLib.evaluate import pose_errors
-    from RayEmbRegistrationLib.pose import solve_pnp
+    from RayEmbRegistrationLib.registration.pose import solve_pnp
 
     c = points.mean(0)
 

@@ -1,14 +1,14 @@
 """Where a registration's time goes, per device: ``rayemb evaluate``'s simulated X-rays registered on the CPU and
 on ``--device`` (CUDA) by the same registrar settings, stage times side by side, then one registration under
-``torch.profiler`` with the operators that took the most time — prepared for the next session that is lent a GPU
-(session 17 found a registration slower on an H200 than on the 2-core CPU: docs/pipeline.md, "Device").
+``torch.profiler`` with the operators that took the most time: why a registration is slower on an H200 than on a
+2-core CPU (docs/pipeline.md, "Device").
 
 Per case and device: verdict, mTRE, total seconds and the stages of ``RegistrationResult.timings_s``. The first
 registration on each device is a warm-up (templates, kernels) and not counted. ``--no-tf32`` turns cuDNN's TF32
 convolutions off (PyTorch's default is on), one suspect for the GPU's different outcomes.
 
 Usage:
-    python benchmarks/profile_register.py --prepared out/s17/prep_pelvis_gpu2 --cases 0 1 2 3 --device cuda
+    python benchmarks/profile_register.py --prepared out/prep_pelvis_gpu2 --cases 0 1 2 3 --device cuda
     python benchmarks/profile_register.py --prepared DIR --cases 1 --devices cpu --profile 25   # CPU only
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_cases import add_case_args, case_setup  # noqa: E402
+from benchmark_cases import add_case_args, case_setup  # noqa: E402
 
 from RayEmbRegistrationLib.evaluate import pose_errors, simulated_cases  # noqa: E402
 
@@ -73,7 +73,7 @@ _SETUPS: dict = {}
 
 
 def _setup(a, device: str):
-    """``probe_cases.case_setup`` on ``device`` (cached)."""
+    """``benchmark_cases.case_setup`` on ``device`` (cached)."""
     if device not in _SETUPS:
         _SETUPS[device] = case_setup(a, device=device)
     return _SETUPS[device]

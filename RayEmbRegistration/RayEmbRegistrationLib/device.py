@@ -13,11 +13,12 @@ __all__ = ["resolve_device", "TASKS"]
 #: the kinds of work and where ``"auto"`` runs them.
 #:
 #: * ``"train"`` (preparation, fine-tuning, training, rendering DRRs): CUDA when torch sees a GPU, else the CPU.
-#:   On an H200 (session 17) ``rayemb prepare --minutes 2`` made 1,670 training steps against 917 on the 2-core CPU.
+#:   On an H200 ``rayemb prepare --minutes 2`` makes 1,670 training steps against 917 on the 2-core CPU.
 #: * ``"register"`` (``pipeline.Registrar``: detection, PnP, refinement, checks): the CPU, also where a GPU exists.
 #:   A registration is latency-bound — a 96² network input, DRR batches of a few poses at 32–96², hundreds of small
-#:   dependent steps — and on the H200 it was slower than on the 2-core CPU: the same 4 clinical pelvis X-rays and
-#:   prepared folder took 7.6–11.5 s each (median 8.8 s) against 3.5–8.2 s (docs/pipeline.md, "Device").
+#:   dependent steps — and on an H200 it is slower than on the 2-core CPU: the same 4 clinical pelvis X-rays and
+#:   prepared folder take 7.6–11.5 s each (median 8.8 s) against 3.5–8.2 s (``benchmarks/profile_register.py``;
+#:   docs/pipeline.md, "Device").
 #:   ``--device cuda`` still runs it on the GPU.
 TASKS = ("train", "register")
 

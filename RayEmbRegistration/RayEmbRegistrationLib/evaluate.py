@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .camera import Camera, Intrinsics
+from .geometry.camera import Camera, Intrinsics
 from .errors import ModelUnavailable, RegistrationError
 from .options import RegistrationOptions
-from .simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
+from .rendering.simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
 
 __all__ = ["pose_errors", "run_benchmark", "simulated_cases", "summarise", "SUMMARY_COLUMNS", "METHODS"]
 
@@ -108,7 +108,7 @@ def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, rendere
     true pose (``simulate.sample_visible_pose(poses=…)``), the X-ray simulated there with ``renderer``, and the
     intensity-only baseline's perturbed start (about ``refiner``'s centre), all from one generator seeded by
     ``seed``, so that any script that iterates it sees exactly ``run_benchmark``'s cases."""
-    from .xray import XRayImage
+    from .inputs.xray import XRayImage
 
     rng = np.random.default_rng(seed)
     for case in range(n):
@@ -126,9 +126,9 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
     prepared-CT folder (or ``"auto"``: each CT's own, by content hash) whose weights and templates RayEmb uses."""
     from tqdm import tqdm
 
-    from .pipeline import Registrar
-    from .render import DRRRenderer
-    from .volume import load_ct
+    from .registration.pipeline import Registrar
+    from .rendering.render import DRRRenderer
+    from .inputs.volume import load_ct
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
         sim_r = DRRRenderer(ct, intr)
         ct_options = options
         if prepared:
-            from .prepare import use_prepared
+            from .training.prepare import use_prepared
 
             ct_options = use_prepared(options, ct, prepared)
         registrar = Registrar(ct, ct_options)

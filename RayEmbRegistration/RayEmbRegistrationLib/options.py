@@ -65,7 +65,7 @@ def schedule_levels(finest_px: int = DEFAULT_FINEST_PX) -> tuple[int, ...]:
     """Coarse-to-fine grid sizes for a finest grid of ``finest_px``: 32, ``min(64, finest)``, finest (no duplicates).
 
     The 32-px level with a large step gives the refinement its capture range (starts ~15° and ~90 mm off: 75 %
-    success instead of 25 % for the earlier (64, 96) schedule, ``benchmarks/bench_refine_capture.py``).
+    success instead of 25 % for a (64, 96) schedule, ``benchmarks/bench_refine_capture.py``).
     """
     finest = max(16, int(finest_px))
     levels: list[int] = []
@@ -101,10 +101,8 @@ class DetectionOptions:
         n_templates: template views per CT (``templates.inference_template_angles``).
         template_cache: folder of cached inference templates (a prepared-CT folder's ``templates/``), or None.
         auto_bone_points: also detect automatically sampled bone points (HU ≥ 350) of the CT.
-        n_bone_candidates: how many bone points are detected (paper: 10 000), on every device: 10 000 did not put
-            more correct detections among the 600 kept (session 7, CPU), and on an H200 (session 17, the 10 000 that
-            were then CUDA's default) it registered 2 of 4 clinical pelvis X-rays that 2 000 registered on the CPU,
-            more slowly (docs/pipeline.md, "Device").
+        n_bone_candidates: how many bone points are detected (paper: 10 000), on every device: 10 000 put no more
+            correct detections among the 600 kept (``benchmarks/diagnose_pnp.py``) and cost 5× the detection time.
         n_bone_keep: how many of them go to PnP, those whose peaks stand out most (``detect.peak_contrast``; paper: the
             600 most confident).
         min_confidence: detections at or below this confidence are not used for PnP.
@@ -117,8 +115,9 @@ class DetectionOptions:
             inliers than this share of its correspondences — a weak consensus, as on close-ups whose random
             candidates are mostly outside the image; after a strong one it changes nothing and costs a detection
             (~1.7 s at 224²) and a coarse comparison per PnP pose (docs/pipeline.md, "View pass"). 1.0 (default) →
-            always: 0.5 saved ~8 s on centred pelvis views at the same success, but on clinical close-ups of the
-            lumbar spine registered 6 / 10 with 2 wrong results accepted (session 8, always: 8 / 10, 1 accepted).
+            always: 0.5 saves ~8 s on centred pelvis views at the same success, but registers 6 instead of 8 of 10
+            clinical close-ups of the lumbar spine crop, with 2 wrong results accepted instead of 1
+            (``rayemb evaluate --ct lumbar_spine_tptbox.nii.gz --n 10 --poses clinical``).
         n_view_pool: bone points drawn once per CT from which the view pass takes those in view (up to
             ``bone_candidates`` of them).
     """
@@ -154,9 +153,9 @@ class PnPOptions:
         ransac_iterations, ransac_confidence: RANSAC settings.
         hypotheses: how many plausible PnP poses (sequential RANSAC, disjoint consensus sets) compete; with more
             than one and refinement on, each gets the coarsest refinement level and the most similar one wins.
-            Default 3 (session 7): on 20 clinical close-ups of the pelvis with a prepared network, 14 instead of 13
-            registered, median mTRE 0.71 instead of 1.11 mm, +1.3 s per registration (5: no further gain, +3.8 s);
-            the largest consensus is often a wrong pose whose detections agree with each other.
+            Default 3: on 20 clinical close-ups of the pelvis with a prepared network 14 instead of 13 registered,
+            median mTRE 0.71 instead of 1.11 mm, +1.3 s per registration (5: no further gain); the largest consensus
+            is often a wrong pose whose detections agree with each other (``benchmarks/diagnose_pnp.py``).
         reseat_implausible: when every PnP pose of the first detection pass is implausible (mostly: the CT placed
             beyond the detector — detections bunched together read as a far, small bone), keep their orientations
             and slide each along the viewing ray of its inliers' centroid to the most similar depth
@@ -201,17 +200,15 @@ class RefineOptions:
             ``VerdictRule.accept_similarity``), before the rescue search; the refined valley pose replaces the result
             when it is more similar (and is judged again), and the rescue then rotates both poses
             (``pipeline.Registrar._valley_retry``). ``"always"``: beside the PnP and
-            depth-searched starts, for every X-ray. ``"off"``. Session 17 measured ``"always"`` (120 clinical
-            X-rays of six prepared folders): pelvis 71 instead of 68 of 80 registered, but the two chest CTs 38
-            instead of 40 with **one wrong result accepted**; ``"retry"`` cannot change a result that was accepted
-            without it. Session 18, ``"retry"`` against ``"off"``: pelvis 72 instead of 68 of 80 (seed 0) and 34
-            instead of 33 of 40 (seed 1), the chests unchanged (40 of 40; lung2 seed 1: 19 of 20), no wrong result
-            accepted in 200 registrations (docs/pipeline.md, "Depth valley").
+            depth-searched starts, for every X-ray. ``"off"``. ``"always"`` registers 71 instead of 68 of 80 pelvis
+            close-ups but loses 2 of 40 chest ones and accepts one wrong result; ``"retry"`` cannot change a result
+            that is accepted without it: pelvis 72 instead of 68 of 80, the chests unchanged, no wrong result
+            accepted in 200 registrations (``rayemb evaluate --poses clinical --prepared DIR --depth-valley MODE``;
+            docs/pipeline.md, "Depth valley").
         depth_compare_levels: the PnP start and the depth-searched start compete over this many coarse levels, and
-            only the winner goes through the rest of the schedule (0: both run every level). Default 0 (session 13,
-            ``rayemb evaluate --poses clinical --prepared … [--depth-compare-levels 1]``, 40 X-rays of two unseen chest
-            CTs): 1 registered 36 instead of 37 (a borderline rescue lost), median refinement 5.3 instead of 6.6 s on
-            lung2 and no faster on lung1 (where the depth search mostly keeps the PnP depth: one start).
+            only the winner goes through the rest of the schedule (0: both run every level). Default 0: with 1, 36
+            instead of 37 of 40 chest close-ups register, for 1.3 s less refinement on one CT and none on the other
+            (``rayemb evaluate --poses clinical --prepared DIR --depth-compare-levels 1``).
         levels: coarse-to-fine grid sizes (longer side, px), coarse first (``schedule_levels``).
         iterations: Adam iterations per level (one number for all levels, or one per level).
         lr_mm: initial learning rate per level (mm of translation / of arc at the bone radius); cosine decay to
@@ -220,8 +217,8 @@ class RefineOptions:
         samples_per_voxel: ray samples per voxel along the longest CT axis.
         patch_fraction: local-NCC tile size as a fraction of the level's width.
         bone_multiplier: bone attenuation multiplier of the DRRs (X-rays show bone more than a physical DRR).
-        backend: DRR backend (``"joseph"``: ``joseph.py``, ~11× faster forward + backward on a CPU than ``"nanodrr"``,
-            session 16; ``"diffdrr"``).
+        backend: DRR backend (``"joseph"``: ``rendering/joseph.py``, ~11× faster forward + backward on a CPU than
+            ``"nanodrr"``, ``benchmarks/bench_render.py --backends nanodrr joseph``; ``"diffdrr"``).
         competitor_check: before a refined pose is accepted, refine again from it shifted by
             ``competitor_shift_mm`` along the image axes (4 starts, one batch); when a *different* pose explains the
             X-ray about as well (repeating anatomy: a neighbouring vertebra), the verdict says uncertain
@@ -232,16 +229,14 @@ class RefineOptions:
             stopped short and the verdict says uncertain (``VerdictRule.max_neighbour_gain``).
         competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
         competitor_levels: how many levels of the refinement schedule the competitor search runs, coarse first (0:
-            every level). Default 2 (session 11, ``benchmarks/probe_ambiguity.py --rule-levels``): on 40 clinical
-            X-rays of three CTs (two networks) it gave the same decision as every level in all 40, for about half the
-            cost (docs/pipeline.md, "Verdict").
-        competitor_check_below: run the check only when the footprint similarity is below this (1.0: always, the
-            default since session 16). Sessions 10–15 skipped it above 0.975, when it cost ~30 s at the demo's 224²
-            schedule over every level (8–15 s over 2 levels at 96²) and every wrong result the rest of the rule
-            accepted in sessions 7–10 scored 0.953–0.969, clear successes 0.978–0.997; session 16 found a wrong
-            result (10.2 mm) at 0.9754, and with Joseph's renderer the check costs 1.1–2.4 s: run always, on 100
-            clinical X-rays of five prepared folders accepted failures 1 → 0, accepted successes 86 → 84, median
-            registration +0.8–2.1 s (docs/pipeline.md, "Verdict").
+            every level). Default 2: on 40 clinical X-rays of three CTs (two networks) it gives the same decision as
+            every level in all 40, for about half the cost (``benchmarks/competitor_margin.py --rule-levels 1 2 0``;
+            docs/verdict.md).
+        competitor_check_below: run the check only when the footprint similarity is below this (1.0, the default:
+            always). A wrong result 10.2 mm off scores 0.9754, above any line that would spare clear successes; the
+            check costs 1.1–2.4 s, and on 100 clinical X-rays of five prepared folders running it always takes the
+            accepted failures from 1 to 0 and the accepted successes from 86 to 84, +0.8–2.1 s per registration
+            (``benchmarks/competitor_check_threshold.py --below 1.0``; docs/verdict.md).
         rescue: when the verdict does not accept a result of a RayEmb (PnP) start, search wider before giving up
             (``rescue.search``): the final and the PnP pose rotated about the bone in view by every pair of
             ``rescue_angles_deg`` about the image axes, scored on the ``rescue_grid_px`` grid, the ``rescue_top`` best
@@ -249,16 +244,14 @@ class RefineOptions:
             again (``rescued``: the competitor check always runs, and ``VerdictRule.min_rescued_agreement``).
             ``rescue_compare_levels``: the ``rescue_top`` starts compete over this many coarse levels, the winner
             is then refined with the full schedule (0: all compete over every level — same outcome on 3 X-rays,
-            2.2× the cost). Session 12 (``rayemb evaluate --poses clinical --prepared``, 40 X-rays of two unseen
-            chest CTs): 32 → 36 registered, 0 accepted failures, 5–9 s per unaccepted X-ray (docs/pipeline.md,
-            "Rescue"). ``rescue_screen_iterations``: every start is first refined for this many iterations at the
-            coarsest level (one batch) and the ``rescue_top`` are the most similar *after* it (0: ranked as they are
-            on the ``rescue_grid_px`` grid); ranked as they are, the starts that reach the true basin came 10th–18th
-            of 50 on lung2's case 3, after 20 iterations 1st and 2nd. Session 14 (same 40 X-rays, ``--rescue-screen
-            10 --rescue-angles -60 -30 0 30 60``): **39** registered instead of 37 (lung2 20 of 20), the lumbar spine
-            (bundled network) 8 of 10 as before, 0 accepted failures; 7–10 s per rescue instead of 5–8 s. Screening
-            alone with the ±30° grid: 38 (lung2's case 9 needs the ±60° starts); the wider grid alone (session 13):
-            38 — so both are the defaults (docs/pipeline.md, "Rescue").
+            2.2× the cost). ``rescue_screen_iterations``: every start is first refined for this many iterations at
+            the coarsest level (one batch) and the ``rescue_top`` are the most similar *after* it (0: ranked as they
+            are on the ``rescue_grid_px`` grid); ranked as they are, the starts that reach the true basin of a chest
+            close-up come 10th–18th of 50, after 20 iterations 1st and 2nd. On 40 clinical X-rays of two chest CTs
+            no network saw, screening 10 with the ±60° grid registers 39, either alone 38, neither 37, no rescue 32,
+            with 0 accepted failures; a rescue costs 7–10 s and runs only for results not accepted
+            (``rayemb evaluate --poses clinical --prepared DIR [--no-rescue] [--rescue-screen 0]``;
+            docs/pipeline.md, "Rescue").
     """
 
     enabled: bool = True
@@ -286,7 +279,7 @@ class RefineOptions:
     rescue_screen_iterations: int = 10
 
     def __post_init__(self) -> None:
-        if isinstance(self.depth_valley, bool):  # options saved before session 18: a switch for "always"
+        if isinstance(self.depth_valley, bool):  # a bool in saved options means "always" (True) or "off"
             object.__setattr__(self, "depth_valley", "always" if self.depth_valley else "off")
         if self.depth_valley not in DEPTH_VALLEY_MODES:
             raise OptionsError("refine.depth_valley", self.depth_valley, f"give one of {', '.join(DEPTH_VALLEY_MODES)}")

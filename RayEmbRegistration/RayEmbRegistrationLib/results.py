@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .camera import Camera, Intrinsics
+from .geometry.camera import Camera, Intrinsics
 
 __all__ = ["DETECTED", "OUTSIDE_CT", "NOT_SEEN", "OUTSIDE_VIEW", "PoseCheck", "Landmark", "DetectionResult", "PnPHypothesis", "DepthSearchSummary", "RegistrationResult"]
 

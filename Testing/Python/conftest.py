@@ -38,7 +38,7 @@ def sample_ct_path() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_ct(sample_ct_path):
-    from RayEmbRegistrationLib.volume import load_ct
+    from RayEmbRegistrationLib.inputs.volume import load_ct
 
     return load_ct(sample_ct_path)
 
@@ -48,7 +48,7 @@ def tiny_model():
     """A randomly initialised, tiny ray-embedding network (64² input) for the detector and template tests."""
     import torch
 
-    from RayEmbRegistrationLib.model import ModelConfig, build_model
+    from RayEmbRegistrationLib.detection.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     return build_model(ModelConfig(dim=16, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)).eval()

@@ -20,15 +20,15 @@ import numpy as np
 
 from RayEmbRegistrationLib import mrml
 from RayEmbRegistrationLib.mrml import nodes as mrml_nodes
-from RayEmbRegistrationLib.camera import Camera, GeometryError, Intrinsics, rigid, rotation_matrix
-from RayEmbRegistrationLib.carm import carm_camera_from_world
-from RayEmbRegistrationLib.volume import CTVolume
+from RayEmbRegistrationLib.geometry.camera import Camera, GeometryError, Intrinsics, rigid, rotation_matrix
+from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
+from RayEmbRegistrationLib.inputs.volume import CTVolume
 
 
 
 def line_integral_drr(ct: CTVolume, camera: Camera, n_samples: int | None = None) -> np.ndarray:
     """(H, W) DRR of ``ct`` seen by ``camera``, rendered by the project's own default renderer (nanodrr)."""
-    from RayEmbRegistrationLib.render import DRRRenderer
+    from RayEmbRegistrationLib.rendering.render import DRRRenderer
 
     return DRRRenderer(ct, camera.intrinsics, n_samples=n_samples).render_numpy(camera.camera_from_world)
 
@@ -428,8 +428,8 @@ def check_mrb_save_and_load_keeps_nodes(app, ct, cameras, drr, tmp_path):
 def check_xray_node_keeps_carm_angles_and_converts_raw_intensity(app, cameras, drr):
     """C-arm angles written with the X-ray come back with it (so the registration checks them, also in Slicer);
     a raw-intensity image (bone dark) is log-transformed exactly as ``xray.intensity_to_line_integral``."""
-    from RayEmbRegistrationLib.carm import CarmAngles
-    from RayEmbRegistrationLib.xray import intensity_to_line_integral
+    from RayEmbRegistrationLib.geometry.carm import CarmAngles
+    from RayEmbRegistrationLib.inputs.xray import intensity_to_line_integral
 
     K = cameras[0].intrinsics
     node = mrml.xray_to_volume_node(app.scene, drr, K, "xr", carm=CarmAngles(15.0, -5.0, 700.0))
@@ -476,7 +476,7 @@ def check_detection_outputs_points_and_table(app, ct, cameras, drr):
 
 def check_registration_outputs_carry_the_verdict(app, ct, cameras, drr):
     """A rejected registration's nodes say so (name and attribute), so it never looks like a success."""
-    from RayEmbRegistrationLib.verdict import Verdict
+    from RayEmbRegistrationLib.registration.verdict import Verdict
 
     cam0, cam1 = cameras
     xr = mrml.xray_to_volume_node(app.scene, drr, cam0.intrinsics, "xr")

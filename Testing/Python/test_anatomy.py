@@ -10,7 +10,7 @@ import pytest
 
 from RayEmbRegistrationLib.training.anatomy import AnatomyRanges, random_anatomy
 from RayEmbRegistrationLib.training.cts import TRAINING_CTS, patient_of, training_set
-from RayEmbRegistrationLib.volume import BONE_HU, load_ct
+from RayEmbRegistrationLib.inputs.volume import BONE_HU, load_ct
 
 #: every random change off, so that one at a time can be switched on
 OFF = AnatomyRanges(crop=(1.0, 1.0), p_mirror=0.0, elastic_mm=0.0, scale=(1.0, 1.0), shear=0.0, bone_scale=(1.0, 1.0),

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Intrinsics
-from RayEmbRegistrationLib.carm import carm_camera_from_world
+from RayEmbRegistrationLib.geometry.camera import Intrinsics
+from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import main
 from RayEmbRegistrationLib.resources import SAMPLE_CT
-from RayEmbRegistrationLib.simulate import simulate_xray
-from RayEmbRegistrationLib.volume import CTVolume, save_ct
-from RayEmbRegistrationLib.xray import save_xray
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray
+from RayEmbRegistrationLib.inputs.volume import CTVolume, save_ct
+from RayEmbRegistrationLib.inputs.xray import save_xray
 
 REPO = Path(__file__).resolve().parents[2]
 

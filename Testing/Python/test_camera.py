@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import (
+from RayEmbRegistrationLib.geometry.camera import (
     Camera,
     GeometryError,
     Intrinsics,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import MILD_SAMPLER, RAYEMB_SAMPLER, carm_camera_from_world
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import MILD_SAMPLER, RAYEMB_SAMPLER, carm_camera_from_world
 
 INTR = Intrinsics(1020.0, (0.8, 1.1), 96, 72, (41.3, 30.7))  # non-square pixels and detector, off-centre principal point
 
@@ -49,7 +49,7 @@ def test_samplers_are_deterministic_and_match_their_distribution():
 
 
 def test_clinical_sampler_covers_real_carm_use():
-    from RayEmbRegistrationLib.carm import CLINICAL_SAMPLER
+    from RayEmbRegistrationLib.geometry.carm import CLINICAL_SAMPLER
 
     iso = np.array([5.0, -3.0, 20.0])
     T = CLINICAL_SAMPLER.sample(300, iso, rng=0)

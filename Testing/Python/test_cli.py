@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import carm_camera_from_world
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
 from RayEmbRegistrationLib.cli import build_parser, main
 from RayEmbRegistrationLib.cli.common import EXIT_BAD_INPUT
-from RayEmbRegistrationLib.render import DRRRenderer
-from RayEmbRegistrationLib.xray import load_xray
+from RayEmbRegistrationLib.rendering.render import DRRRenderer
+from RayEmbRegistrationLib.inputs.xray import load_xray
 
 SUBCOMMANDS = ["register", "detect", "render", "demo", "evaluate", "generate", "train", "finetune"]
 
@@ -69,7 +69,7 @@ def test_no_view_pass_reaches_the_options():
 
 def test_depth_valley_mode_reaches_the_options():
     """``--depth-valley MODE`` sets ``refine.depth_valley``; without it the default (``"retry"``: only for results
-    the verdict did not accept — ``"always"`` accepted one wrong result in session 17's benchmark); a bad mode is
+    the verdict did not accept — ``"always"`` accepts one wrong result on the chest benchmark); a bad mode is
     refused by argparse, naming the choices."""
     from RayEmbRegistrationLib.cli.common import options_from_args
 
@@ -163,7 +163,7 @@ FAST_ARGS = ["--device", "cpu", "--quiet", "--bone-candidates", "1000", "--refin
 def test_register_and_detect_through_main(sample_ct_path, sample_ct, tmp_path, capsys):
     """``render`` a DRR at a known pose, ``register`` it with the sample-CT network (the geometry read from a
     registration.json-like nesting), ``detect`` points in it: exit 0, the contract files, sane numbers."""
-    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
     from RayEmbRegistrationLib.evaluate import pose_errors
     from RayEmbRegistrationLib.resources import SAMPLE_CT_MODEL
 
@@ -219,7 +219,7 @@ def test_demo_and_evaluate_through_main(tmp_path, capsys):
 
 
 def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_ct, tmp_path, capsys):
-    from RayEmbRegistrationLib.model import ModelConfig, build_model, save_model
+    from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
 
     torch.manual_seed(0)
     w = tmp_path / "tiny.safetensors"

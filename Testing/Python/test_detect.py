@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.detect import LandmarkDetector, refine_peak, score_maps_argmax, subspace_scores
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.detection.detect import LandmarkDetector, refine_peak, score_maps_argmax, subspace_scores
 from RayEmbRegistrationLib.progress import Cancelled
-from RayEmbRegistrationLib.templates import ct_isocenter, sample_embeddings
+from RayEmbRegistrationLib.detection.templates import ct_isocenter, sample_embeddings
 
 torch.set_num_threads(1)
 
@@ -30,7 +30,7 @@ def test_quadratic_refinement_recovers_subpixel_peak():
 
 
 def test_coarse_to_fine_matches_full_scoring_on_a_smooth_field():
-    from RayEmbRegistrationLib.detect import coarse_to_fine_peaks, subspace_basis
+    from RayEmbRegistrationLib.detection.detect import coarse_to_fine_peaks, subspace_basis
 
     g = torch.Generator().manual_seed(0)
     D, h, w = 8, 40, 48
@@ -45,7 +45,7 @@ def test_coarse_to_fine_matches_full_scoring_on_a_smooth_field():
     full, _ = score_maps_argmax(sc, w, h)
     fast, conf = coarse_to_fine_peaks(emb, U)
     np.testing.assert_allclose(fast.numpy(), full.numpy(), atol=1e-9)
-    from RayEmbRegistrationLib.detect import peak_contrast
+    from RayEmbRegistrationLib.detection.detect import peak_contrast
 
     _, _, c_fast = coarse_to_fine_peaks(emb, U, contrast=True)  # from the pooled map: close to the full map's
     np.testing.assert_allclose(c_fast.numpy(), peak_contrast(sc, sc.max(-1).values).numpy(), atol=0.1)
@@ -57,7 +57,7 @@ def test_peak_contrast_ranks_a_lone_peak_above_a_high_plateau():
     """The order of detections for PnP: (peak − q90) / (1 − q90). A lone peak over a low map beats a higher peak
     that barely rises above a map high almost everywhere (a subspace that captures most of the X-ray), and the 90th
     percentile estimated on 512 spread pixels is the map's own within a small margin."""
-    from RayEmbRegistrationLib.detect import CONTRAST_QUANTILE, peak_contrast
+    from RayEmbRegistrationLib.detection.detect import CONTRAST_QUANTILE, peak_contrast
 
     P = 96 * 96
     g = torch.Generator().manual_seed(0)
@@ -99,7 +99,7 @@ def test_detector_is_exact_when_the_query_is_a_template_view(tiny_model, sample_
     np.testing.assert_array_equal(np.stack([hm.argmax(1) % S, hm.argmax(1) // S], 1), pixels)
     np.testing.assert_allclose(hm.max(1), 1.0, atol=1e-4)
     assert np.abs(d.uv_net - pixels).max() <= 0.5
-    from RayEmbRegistrationLib.detect import peak_contrast
+    from RayEmbRegistrationLib.detection.detect import peak_contrast
 
     np.testing.assert_allclose(d.contrast, peak_contrast(torch.from_numpy(hm), torch.from_numpy(hm.max(1))).numpy(),
                                atol=1e-5)  # the contrast of each point's own map

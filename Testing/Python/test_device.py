@@ -20,12 +20,12 @@ def test_resolve_device():
 
 
 def test_auto_registers_on_the_cpu_where_a_gpu_exists(monkeypatch):
-    """``auto``: training on the GPU, registration on the CPU (device.TASKS: measured faster there, session 17)."""
+    """``auto``: training on the GPU, registration on the CPU (device.TASKS: measured faster there)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("auto", task="train") == "cuda"
     assert resolve_device("auto", task="register") == "cpu"
     assert resolve_device("cuda", task="register") == "cuda"  # asked for explicitly: as asked
     from RayEmbRegistrationLib.options import RegistrationOptions
-    from RayEmbRegistrationLib.pipeline import Registrar
+    from RayEmbRegistrationLib.registration.pipeline import Registrar
 
     assert Registrar.device.fget(type("R", (), {"options": RegistrationOptions()})()) == "cpu"

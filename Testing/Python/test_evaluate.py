@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from RayEmbRegistrationLib.camera import Intrinsics, rigid, rotation_matrix
+from RayEmbRegistrationLib.geometry.camera import Intrinsics, rigid, rotation_matrix
 from RayEmbRegistrationLib.evaluate import pose_errors, summarise
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.fiducials import Fiducials, FiducialsError, load_fiducials, save_csv, save_markups_json
+from RayEmbRegistrationLib.inputs.fiducials import Fiducials, FiducialsError, load_fiducials, save_csv, save_markups_json
 
 slicer = pytest.importorskip("slicer")
 

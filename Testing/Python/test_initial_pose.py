@@ -7,22 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
-from RayEmbRegistrationLib.initial_pose import DetectionPass, RayEmbPnP
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.registration.initial_pose import DetectionPass, RayEmbPnP
 from RayEmbRegistrationLib.options import RefineOptions, RegistrationOptions
-from RayEmbRegistrationLib.pipeline import Registrar
-from RayEmbRegistrationLib.plausibility import is_in_view
-from RayEmbRegistrationLib.pose import PnPResult, reprojection_errors, rotation_angle_rad
-from RayEmbRegistrationLib.simulate import simulate_xray
-from RayEmbRegistrationLib.xray import XRayImage
+from RayEmbRegistrationLib.registration.pipeline import Registrar
+from RayEmbRegistrationLib.registration.plausibility import is_in_view
+from RayEmbRegistrationLib.registration.pose import PnPResult, reprojection_errors, rotation_angle_rad
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray
+from RayEmbRegistrationLib.inputs.xray import XRayImage
 
 
 @pytest.fixture(scope="module")
 def setup(sample_ct):
     """A 128² X-ray at a true pose ``T``; 200 bone points with their detections (true projections + 1 px noise); a
     PnP pose with T's orientation but the detections' centroid 2.6× too far — beyond the detector, as PnP puts
-    the CT when the network bunches its detections together (session 13: lung2's clinical case 15, 2408 mm)."""
+    the CT when the network bunches its detections together (a chest close-up: 2408 mm)."""
     torch.set_num_threads(1)
     intr = Intrinsics.deepfluoro(128)
     T = RAYEMB_SAMPLER.poses(np.array([[0.05, -0.03, 0.1]]), np.array([[5.0, -10.0, 260.0]]), sample_ct.center_ras)[0]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.detect import gram_scores, subspace_basis, subspace_scores
-from RayEmbRegistrationLib.model import (
+from RayEmbRegistrationLib.detection.detect import gram_scores, subspace_basis, subspace_scores
+from RayEmbRegistrationLib.detection.model import (
     BACKBONES,
     BUNDLED_MODEL,
     ModelConfig,

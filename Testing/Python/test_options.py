@@ -55,7 +55,7 @@ def test_invalid_values_are_refused_never_replaced(changes, field):
 
 def test_template_counts_match_the_templates_table():
     from RayEmbRegistrationLib.options import TEMPLATE_COUNTS
-    from RayEmbRegistrationLib.templates import inference_template_angles
+    from RayEmbRegistrationLib.detection.templates import inference_template_angles
 
     for n in TEMPLATE_COUNTS:
         assert len(inference_template_angles(n)) == n
@@ -64,7 +64,7 @@ def test_template_counts_match_the_templates_table():
 
 
 def test_ransac_threshold_is_defined_at_the_reference_resolution():
-    from RayEmbRegistrationLib.camera import Intrinsics
+    from RayEmbRegistrationLib.geometry.camera import Intrinsics
     from RayEmbRegistrationLib.options import PnPOptions
 
     p = PnPOptions(ransac_threshold_px=10.0)
@@ -81,14 +81,14 @@ def test_options_are_frozen_and_replace_changes_sub_trees():
     assert o.detection.n_bone_keep == 600 and o.refine.enabled  # the original is unchanged
     d = p.to_dict()
     assert d["detection"]["n_bone_keep"] == 100 and d["refine"]["levels"] == [32, 64, 96]
-    assert DetectionOptions().n_bone_candidates == 2000  # one default on every device (session 17)
+    assert DetectionOptions().n_bone_candidates == 2000  # one default on every device
     with pytest.raises(OptionsError, match="n_bone_candidates"):
         DetectionOptions(n_bone_candidates=None)
 
 
-def test_depth_valley_modes_and_the_switch_of_older_option_files():
-    """``refine.depth_valley`` is one of ``DEPTH_VALLEY_MODES`` ("retry" by default); a bool saved before session 18
-    (the opt-in switch for what is now "always") still reads; anything else is refused, naming the modes."""
+def test_depth_valley_modes_and_bool_option_files():
+    """``refine.depth_valley`` is one of ``DEPTH_VALLEY_MODES`` ("retry" by default); a bool in a saved options file
+    reads as "always" (True) or "off" (False); anything else is refused, naming the modes."""
     from RayEmbRegistrationLib.options import DEPTH_VALLEY_MODES
 
     assert DEPTH_VALLEY_MODES == ("off", "retry", "always") and RefineOptions().depth_valley == "retry"

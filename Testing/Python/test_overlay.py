@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from RayEmbRegistrationLib.overlay import VERDICT_BGR, checkerboard, overlay_image, to_uint8
+from RayEmbRegistrationLib.outputs.overlay import VERDICT_BGR, checkerboard, overlay_image, to_uint8
 from RayEmbRegistrationLib.results import Landmark
 
 
@@ -35,7 +35,7 @@ def test_overlay_layout_verdict_colour_and_marker_cap():
 
 
 def test_heatmap_picture_has_a_colour_bar_and_marks_the_peak():
-    from RayEmbRegistrationLib.overlay import heatmap_image
+    from RayEmbRegistrationLib.outputs.overlay import heatmap_image
 
     s = np.zeros((32, 32))
     s[10, 20] = 1.0

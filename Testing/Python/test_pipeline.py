@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.errors import ModelUnavailable, RegistrationError
 from RayEmbRegistrationLib.evaluate import pose_errors
 from RayEmbRegistrationLib.options import DetectionOptions, RefineOptions, RegistrationOptions
-from RayEmbRegistrationLib.pipeline import Registrar, register
-from RayEmbRegistrationLib.plausibility import check_overlap
+from RayEmbRegistrationLib.registration.pipeline import Registrar, register
+from RayEmbRegistrationLib.registration.plausibility import check_overlap
 from RayEmbRegistrationLib.progress import Cancelled
 from RayEmbRegistrationLib.resources import SAMPLE_CT_MODEL
-from RayEmbRegistrationLib.simulate import simulate_xray
-from RayEmbRegistrationLib.refine import perturbation_numpy
-from RayEmbRegistrationLib.volume import CTVolume
-from RayEmbRegistrationLib.xray import XRayImage
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray
+from RayEmbRegistrationLib.registration.refine import perturbation_numpy
+from RayEmbRegistrationLib.inputs.volume import CTVolume
+from RayEmbRegistrationLib.inputs.xray import XRayImage
 
 FAST = dict(refine=RefineOptions.schedule(128, 40), device="cpu")
 
@@ -49,8 +49,8 @@ def test_intensity_only_registration_recovers_pose(sample_ct, case):
 def test_register_with_network_recovers_pose(sample_ct, case):
     """The general network on this (seeded) case, end to end: PnP on its detections, refinement, verdict. It registers
     few pelvis X-rays without preparation (README, Results), and which ones moves with any change of the optimiser's
-    path: this one registered (0.17 mm) with nanodrr's renderer in sessions 3–15 and fails with Joseph's (session 16:
-    the six PnP poses are 37–135 inliers of 600 and the coarse comparison picks another). What must hold either way:
+    path: with nanodrr's renderer in the refinement this one registers (0.17 mm), with Joseph's it fails (the six PnP
+    poses are 37–135 inliers of 600 and the coarse comparison picks another). What must hold either way:
     a pose that is wrong is never accepted."""
     intr, T, xray, pts = case
     try:
@@ -79,7 +79,7 @@ def test_register_with_the_sample_ct_finetuned_network(sample_ct, case):
 def test_refined_pose_outside_the_view_is_rejected(sample_ct, case, monkeypatch):
     """Fault injection: if the optimiser ends at a pose that cannot have produced the X-ray (the CT outside the
     field of view), register keeps the start pose, says so in a warning and does not fail."""
-    from RayEmbRegistrationLib import refine as refine_mod
+    from RayEmbRegistrationLib.registration import refine as refine_mod
 
     intr, T, xray, pts = case
     away = T.copy()
@@ -203,7 +203,7 @@ def test_view_pass_finds_more_right_detections_on_close_ups(sample_ct):
     image and their detections are noise; detecting the points in view of the (here: true) pose instead gives more
     right detections among the most confident ones, which PnP gets. Real CT and network; over the close-ups (less
     than half of the bone in view) of 8 clinical poses — per X-ray it can go either way."""
-    from RayEmbRegistrationLib.simulate import sample_visible_pose
+    from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose
 
     torch.set_num_threads(1)
     intr = Intrinsics.deepfluoro(128)
@@ -269,8 +269,8 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     "retry" (the default). The rescue's bases then include the pose before the retry and the valley pose."""
     import dataclasses
 
-    from RayEmbRegistrationLib.initial_pose import InitialPose
-    from RayEmbRegistrationLib.camera import rotation_matrix
+    from RayEmbRegistrationLib.registration.initial_pose import InitialPose
+    from RayEmbRegistrationLib.geometry.camera import rotation_matrix
     from RayEmbRegistrationLib.results import DepthSearchSummary, Landmark
 
     intr, T, xray, pts = case
@@ -299,7 +299,7 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     as_rayemb = dataclasses.replace(res, initial_method="rayemb", depth_search=ds)
     assert reg._valley_retry_applies(as_rayemb)  # its DRR does not match (footprint similarity < 0.93)
     # A result that matches the X-ray but failed a finer check is near a right pose: never retried.
-    from RayEmbRegistrationLib.verdict import judge
+    from RayEmbRegistrationLib.registration.verdict import judge
 
     near = dataclasses.replace(as_rayemb, verdict=judge({**res.verdict.signals, "footprint_similarity": 0.97,
                                                          "neighbour_gain": 0.01}))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import CarmAngles, carm_camera_from_world
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import CarmAngles, carm_camera_from_world
 from RayEmbRegistrationLib.errors import RegistrationError
-from RayEmbRegistrationLib.plausibility import carm_disagreement, check_overlap, is_in_view, overlap_problem
+from RayEmbRegistrationLib.registration.plausibility import carm_disagreement, check_overlap, is_in_view, overlap_problem
 
 INTR = Intrinsics.deepfluoro(128)
 
@@ -30,7 +30,7 @@ def test_in_view_behind_outside_and_beyond_the_detector(sample_ct):
 def test_a_close_up_of_part_of_the_ct_is_plausible(sample_ct):
     """A close-up of one side of the pelvis CT whose view misses the CT centre but shows part of its bone is a
     plausible pose (clinical use); the same close-up moved off the bone is not."""
-    from RayEmbRegistrationLib.plausibility import MIN_BONE_IN_VIEW, bone_in_view
+    from RayEmbRegistrationLib.registration.plausibility import MIN_BONE_IN_VIEW, bone_in_view
 
     bone = sample_ct.sample_bone_points(4000, np.random.default_rng(0))
     lateral = bone[np.argmax(bone[:, 0])]  # the most lateral bone (right, +R)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics, rotation_matrix
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
-from RayEmbRegistrationLib.pose import (
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics, rotation_matrix
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.registration.pose import (
     HAS_MAGSAC,
     PoseError,
     camera_from_world_from_rvec_tvec,
@@ -87,7 +87,7 @@ def test_implausible_consensus_is_set_aside(sample_ct):
     """A larger consensus that is only explained by an implausible camera (the CT beyond the detector, as when
     many detections collapse together) is set aside when a plausibility predicate is given; the true pose is
     then found in the remaining correspondences."""
-    from RayEmbRegistrationLib.carm import carm_camera_from_world
+    from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
 
     intr = Intrinsics.deepfluoro(256)
     cam = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))
@@ -122,7 +122,7 @@ def test_implausible_consensus_is_set_aside(sample_ct):
 def test_sequential_ransac_returns_disjoint_hypotheses(sample_ct):
     """Two groups of detections consistent with two different cameras (plus outliers): the hypotheses come
     largest consensus first, with disjoint inlier sets, each near its own camera."""
-    from RayEmbRegistrationLib.carm import carm_camera_from_world
+    from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
 
     intr = Intrinsics.deepfluoro(256)
     cam_a = Camera(intr, carm_camera_from_world(10, -5, 700, sample_ct.center_ras))
@@ -154,7 +154,7 @@ def test_depth_valley_recovers_the_tilt_that_a_wrong_depth_hid(sample_ct, bone_p
     """A PnP-like pose 15 % too deep *and* tilted 8° (what noisy close-up detections give) reprojects the points
     badly when only slid back to the true depth, while its valley pose at that depth — the tilt refitted to the
     correspondences — is the true pose (exact correspondences: real CT bone points projected at a sampled pose)."""
-    from RayEmbRegistrationLib.pose import depth_valley_poses
+    from RayEmbRegistrationLib.registration.pose import depth_valley_poses
 
     intr = Intrinsics.deepfluoro(256)
     T = _visible_pose(sample_ct, intr, seed)
@@ -180,7 +180,7 @@ def test_depth_valley_recovers_the_tilt_that_a_wrong_depth_hid(sample_ct, bone_p
 
 
 def test_depth_valley_bad_inputs(sample_ct, bone_points):
-    from RayEmbRegistrationLib.pose import depth_valley_poses
+    from RayEmbRegistrationLib.registration.pose import depth_valley_poses
 
     intr = Intrinsics.deepfluoro(256)
     T = _visible_pose(sample_ct, intr, 0)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.model import ModelConfig, build_model, save_model
+from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
 from RayEmbRegistrationLib.options import RegistrationOptions
-from RayEmbRegistrationLib.prepare import PreparedCT, find_prepared, prepare, use_prepared
+from RayEmbRegistrationLib.training.prepare import PreparedCT, find_prepared, prepare, use_prepared
 from RayEmbRegistrationLib.progress import Cancelled
-from RayEmbRegistrationLib.volume import CTVolume
+from RayEmbRegistrationLib.inputs.volume import CTVolume
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,9 @@ def test_the_folder_is_complete_and_reports_readiness(prepared, sample_ct):
     assert 1 <= sc["n"] <= 2 and 0 <= sc["success_10mm_%"] <= 100 and len(sc["cases"]) == sc["n"]
     assert all(isinstance(c["rescue"], bool) for c in sc["cases"])  # whether the budget let the rescue search run
     assert r["training"]["fresh_drrs"] > 0 and r["training"]["steps"] >= 1 and r["model_sha256"] != r["base_sha256"]
-    from RayEmbRegistrationLib.prepare import render_workers
+    from RayEmbRegistrationLib.training.prepare import render_workers
 
-    assert r["training"]["render_processes"] == render_workers("cpu")  # none since session 16 (Joseph renders in ~10 ms)
+    assert r["training"]["render_processes"] == render_workers("cpu")  # none: Joseph renders in ~10 ms
     assert r["minutes_spent"] * 60 <= r["minutes_budget"] * 60 + 15  # the budget (and a little fixed overhead)
     fr = [f for f, _ in seen]
     assert all(b >= a - 1e-9 for a, b in zip(fr, fr[1:])), [(round(f, 3), m[:30]) for f, m in seen if True][:60]
@@ -66,7 +66,7 @@ def test_the_folder_is_found_by_the_cts_content_and_refuses_another_ct(prepared,
     with pytest.raises(ValueError, match="prepared for another CT"):
         PreparedCT.open(prep.path, other)
     # the cache: <root>/<first 16 hex of the CT hash>
-    from RayEmbRegistrationLib.templates import ct_hash
+    from RayEmbRegistrationLib.detection.templates import ct_hash
 
     root = prep.path.parent / "cache"
     (root).mkdir()
@@ -81,7 +81,7 @@ def test_the_folder_is_found_by_the_cts_content_and_refuses_another_ct(prepared,
 
 
 def test_the_registrar_uses_the_folders_templates(prepared, sample_ct):
-    from RayEmbRegistrationLib.pipeline import Registrar
+    from RayEmbRegistrationLib.registration.pipeline import Registrar
 
     prep, _ = prepared
     r = Registrar(sample_ct, use_prepared(RegistrationOptions(device="cpu"), sample_ct, prep.path))
@@ -139,7 +139,7 @@ def test_separate_process_reports_progress_and_stops_early_on_sigterm(sample_ct_
     import time
 
     from RayEmbRegistrationLib.cli.common import parse_progress_line
-    from RayEmbRegistrationLib.prepare import prepare_command
+    from RayEmbRegistrationLib.training.prepare import prepare_command
 
     out = tmp_path / "prepared"
     cmd = prepare_command(sample_ct_path, out, 0.5, sys.executable, model=tiny_weights, device="cpu")

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics, rotation_matrix
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics, rotation_matrix
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.options import RefineOptions
 from RayEmbRegistrationLib.progress import Cancelled
-from RayEmbRegistrationLib.refine import Refiner, perturbation_numpy, pose_perturbation
-from RayEmbRegistrationLib.render import DRRRenderer
+from RayEmbRegistrationLib.registration.refine import Refiner, perturbation_numpy, pose_perturbation
+from RayEmbRegistrationLib.rendering.render import DRRRenderer
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,8 @@ def test_refine_batch_gives_each_start_its_own_refinement(setup):
     alone gives from that start (same history length per level; pose and similarity up to the float rounding of
     a batch, which the optimiser carries along the depth, where the similarity is flat), and a near start and a
     far start do not pull on each other. In the image the two agree to a fraction of a pixel; along the depth the
-    rounding drifted by a CPU-dependent amount with nanodrr's renderer (~1 mm on the machines of sessions 8–10,
-    3.1 mm on session 11's, with 0.3 px in the image; 0.00 mm with Joseph's since session 16), so depth and image
+    rounding drifts by a CPU-dependent amount with nanodrr's renderer (1–3 mm, with 0.3 px in the image; 0.00 mm
+    with Joseph's), so depth and image
     are checked separately. Each result must be right in the image (< 1 px); along the depth, where a 128² DRR with
     another bone multiplier and noise is flat, the near start stops 5.0 mm off (0.6 px) with Joseph's renderer,
     hence the 6-mm bound."""

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import CLINICAL_SAMPLER, MILD_SAMPLER, carm_camera_from_world
-from RayEmbRegistrationLib.render import BACKENDS, DRRRenderer, hu_to_attenuation
-from RayEmbRegistrationLib.volume import CTVolume, load_ct
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import CLINICAL_SAMPLER, MILD_SAMPLER, carm_camera_from_world
+from RayEmbRegistrationLib.rendering.render import BACKENDS, DRRRenderer, hu_to_attenuation
+from RayEmbRegistrationLib.inputs.volume import CTVolume, load_ct
 
 torch.set_num_threads(1)
 

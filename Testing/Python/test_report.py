@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.camera import Intrinsics
-from RayEmbRegistrationLib.carm import carm_camera_from_world
+from RayEmbRegistrationLib.geometry.camera import Intrinsics
+from RayEmbRegistrationLib.geometry.carm import carm_camera_from_world
 from RayEmbRegistrationLib.options import RefineOptions, RegistrationOptions
-from RayEmbRegistrationLib.pipeline import register
-from RayEmbRegistrationLib.report import write_registration
-from RayEmbRegistrationLib.simulate import simulate_xray
-from RayEmbRegistrationLib.xray import XRayImage
+from RayEmbRegistrationLib.registration.pipeline import register
+from RayEmbRegistrationLib.outputs.report import write_registration
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray
+from RayEmbRegistrationLib.inputs.xray import XRayImage
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_rerun_replaces_the_whole_result_set(sample_ct, result, tmp_path):
 
 
 def test_output_folder_errors_name_the_folder(tmp_path):
-    from RayEmbRegistrationLib.report import ReportError, check_output_dir
+    from RayEmbRegistrationLib.outputs.report import ReportError, check_output_dir
 
     f = tmp_path / "file"
     f.write_text("x")

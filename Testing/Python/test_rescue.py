@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib import rescue
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.registration import rescue
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
 from RayEmbRegistrationLib.cli import build_parser
 from RayEmbRegistrationLib.cli.common import options_from_args
 from RayEmbRegistrationLib.options import OptionsError, RefineOptions, RegistrationOptions
-from RayEmbRegistrationLib.pipeline import Registrar
-from RayEmbRegistrationLib.refine import Refiner
-from RayEmbRegistrationLib.render import DRRRenderer
-from RayEmbRegistrationLib.simulate import simulate_xray
-from RayEmbRegistrationLib.verdict import judge
-from RayEmbRegistrationLib.xray import XRayImage
+from RayEmbRegistrationLib.registration.pipeline import Registrar
+from RayEmbRegistrationLib.registration.refine import Refiner
+from RayEmbRegistrationLib.rendering.render import DRRRenderer
+from RayEmbRegistrationLib.rendering.simulate import simulate_xray
+from RayEmbRegistrationLib.registration.verdict import judge
+from RayEmbRegistrationLib.inputs.xray import XRayImage
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_pipeline_rescue_adopts_a_more_similar_pose_and_judges_it_again(sample_c
     accept, and not with ``rescue=False``; a caller's start pose is never rescued by ``register``."""
     import dataclasses
 
-    from RayEmbRegistrationLib.initial_pose import GivenPose
+    from RayEmbRegistrationLib.registration.initial_pose import GivenPose
 
     intr, T, _, pts = setup
     xray = XRayImage(simulate_xray(sample_ct, intr, T, 3), intr, "sim")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
 from RayEmbRegistrationLib.results import DepthSearchSummary, Landmark, PnPHypothesis, RegistrationResult
 
 
@@ -46,7 +46,7 @@ def test_json_fields_are_plain():
     assert d["pnp_hypotheses"][0] == {"inliers": 40, "coarse_similarity": 0.6, "chosen": True, "detection": "all bone"}
     assert d["depth_search"]["candidates"] == 17 and d["depth_search"]["chosen"] == "PnP start"
     assert _result().to_json_fields() == {"pnp_hypotheses": [], "depth_search": {}, "rescue": {}}
-    from RayEmbRegistrationLib.rescue import RescueSummary
+    from RayEmbRegistrationLib.registration.rescue import RescueSummary
 
     rescued = _result(rescue=RescueSummary("uncertain", ("low similarity",), 50, 4, 32, 0.77, 0.83, True, 6.5, 10))
     assert rescued.to_json_fields()["rescue"] == {

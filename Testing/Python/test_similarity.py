@@ -2,7 +2,7 @@
 
 import torch
 
-from RayEmbRegistrationLib.similarity import local_ncc, multiscale_ncc, ncc
+from RayEmbRegistrationLib.registration.similarity import local_ncc, multiscale_ncc, ncc
 
 
 def test_similarity_basics():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import Camera, Intrinsics
-from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
-from RayEmbRegistrationLib.plausibility import is_in_view
-from RayEmbRegistrationLib.simulate import perturbed_start, sample_visible_pose, simulate_xray
-from RayEmbRegistrationLib.xray import XRayImage
+from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
+from RayEmbRegistrationLib.registration.plausibility import is_in_view
+from RayEmbRegistrationLib.rendering.simulate import perturbed_start, sample_visible_pose, simulate_xray
+from RayEmbRegistrationLib.inputs.xray import XRayImage
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from RayEmbRegistrationLib.model import load_model, save_model
-from RayEmbRegistrationLib.templates import get_templates, sample_embeddings
+from RayEmbRegistrationLib.detection.model import load_model, save_model
+from RayEmbRegistrationLib.detection.templates import get_templates, sample_embeddings
 
 S = 64  # the tiny_model fixture's network size (conftest.py)
 
@@ -40,10 +40,10 @@ def test_template_cache_on_disk(tiny_model, sample_ct, tmp_path):
 def test_template_tiles_cover_a_long_ct_and_only_a_long_one(sample_ct, shared_data):
     """The 4 views about the bone centroid miss the ends of the pelvis–abdomen CT; tiles bring its bone to
     ``TILE_COVERAGE`` (judged as training keeps points: inside every view of one tile). A lumbar crop is one tile."""
-    from RayEmbRegistrationLib.camera import Intrinsics
-    from RayEmbRegistrationLib.templates import (MAX_TILES, TILE_COVERAGE, _seen_by_all, ct_isocenter,
+    from RayEmbRegistrationLib.geometry.camera import Intrinsics
+    from RayEmbRegistrationLib.detection.templates import (MAX_TILES, TILE_COVERAGE, _seen_by_all, ct_isocenter,
                                                  inference_template_angles, template_isocenters)
-    from RayEmbRegistrationLib.volume import load_ct
+    from RayEmbRegistrationLib.inputs.volume import load_ct
 
     angles = inference_template_angles(4)
     iso = template_isocenters(sample_ct, angles)
@@ -63,8 +63,8 @@ def test_tiled_templates_give_each_point_one_tiles_views(tiny_model, sample_ct, 
     """A network trained on tiles (``ModelConfig.template_tiles``) gets every tile's views; each point takes V = 4
     columns from the first tile that sees it best: the centroid tile's columns, unchanged, for a point it sees, and
     another tile's for a point at the top of the CT that no centroid view sees (zero subspace without tiles)."""
-    from RayEmbRegistrationLib.model import ModelConfig, build_model
-    from RayEmbRegistrationLib.templates import build_templates, ct_isocenter, inference_template_angles
+    from RayEmbRegistrationLib.detection.model import ModelConfig, build_model
+    from RayEmbRegistrationLib.detection.templates import build_templates, ct_isocenter, inference_template_angles
 
     angles = inference_template_angles(4)
     tiled = build_model(ModelConfig.from_dict({**tiny_model.config.to_dict(), "template_tiles": True})).eval()
@@ -83,8 +83,8 @@ def test_tiled_templates_give_each_point_one_tiles_views(tiny_model, sample_ct, 
     assert float(e1[1].abs().max()) == 0.0  # no centroid view sees it …
     assert bool((em[1].norm(dim=0) > 0).all())  # … every view of its tile does
     # the cache keeps the tiles
-    from RayEmbRegistrationLib.model import load_model, save_model
-    from RayEmbRegistrationLib.templates import get_templates
+    from RayEmbRegistrationLib.detection.model import load_model, save_model
+    from RayEmbRegistrationLib.detection.templates import get_templates
 
     save_model(tiled, tmp_path / "t.safetensors")
     m = load_model(tmp_path / "t.safetensors")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.model import ModelConfig, build_model, normalize_image
-from RayEmbRegistrationLib.camera import project_points
+from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, normalize_image
+from RayEmbRegistrationLib.geometry.camera import project_points
 from RayEmbRegistrationLib.training.data import ShardSet
 from RayEmbRegistrationLib.training.generate import generate
 from RayEmbRegistrationLib.training.train import infonce_loss, train
@@ -76,8 +76,8 @@ def test_generate_is_deterministic_and_resumable(lumbar, tiny_data, tmp_path):
 def test_generate_pose_center_anywhere_centres_queries_on_bone_voxels(lumbar, tiny_data, tmp_path, where):
     """``anywhere`` (RAYEMB_SAMPLER) and ``clinical`` (CLINICAL_SAMPLER: C-arm use, close-ups) query poses look
     at random bone voxels; ``clinical`` sources are 450–900 mm from them."""
-    from RayEmbRegistrationLib.camera import Camera, Intrinsics
-    from RayEmbRegistrationLib.volume import BONE_HU, load_ct
+    from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.inputs.volume import BONE_HU, load_ct
 
     cen = _shard_arrays(tiny_data / "shard_00_000.npz")
     np.testing.assert_allclose(cen["query_centers"], np.repeat(cen["isocenter"][None], 3, 0))
@@ -154,8 +154,8 @@ def test_points_the_query_does_not_show_are_taught_to_score_below_the_null_level
     x = torch.cat([normalize_image(b["query"]), normalize_image(b["templates"])])
 
     def outside_peak() -> float:
-        from RayEmbRegistrationLib.detect import gram_scores
-        from RayEmbRegistrationLib.templates import sample_embeddings
+        from RayEmbRegistrationLib.detection.detect import gram_scores
+        from RayEmbRegistrationLib.detection.templates import sample_embeddings
 
         with torch.no_grad():
             f = model(x)
@@ -215,7 +215,7 @@ def test_ddp_two_cpu_ranks_keep_identical_weights(tiny_data, tmp_path):
 
 
 def test_finetune_reports_before_and_after_within_budget(lumbar, tmp_path):
-    from RayEmbRegistrationLib.model import load_model, save_model
+    from RayEmbRegistrationLib.detection.model import load_model, save_model
     from RayEmbRegistrationLib.training.finetune import finetune
 
     torch.manual_seed(0)
@@ -311,7 +311,7 @@ def test_a_render_process_gives_the_same_data_as_rendering_in_process(sample_ct)
 def test_a_network_is_fine_tuned_at_another_input_size(sample_ct, tmp_path):
     """Preparation at a smaller input size: the fully convolutional weights of a 64² network continue at 32² (the
     saved config says 32, the weights moved); a size the network cannot halve often enough is refused."""
-    from RayEmbRegistrationLib.model import load_model, save_model
+    from RayEmbRegistrationLib.detection.model import load_model, save_model
     from RayEmbRegistrationLib.training.stream import DRRStream
 
     torch.manual_seed(0)
@@ -335,10 +335,10 @@ def test_drr_stream_can_train_on_the_inference_template_views(sample_ct, lumbar)
     """``template_angles`` (+ ``tiles``): the stream's templates are exactly the views detection renders for this CT
     with a network trained on tiles (same poses as ``templates.build_templates``, every tile of a long CT
     included), so preparation can train on what inference uses; a batch takes the views of one tile."""
-    from RayEmbRegistrationLib.camera import Camera, Intrinsics
-    from RayEmbRegistrationLib.templates import inference_template_angles, template_isocenters, tiled_template_poses
+    from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics
+    from RayEmbRegistrationLib.detection.templates import inference_template_angles, template_isocenters, tiled_template_poses
     from RayEmbRegistrationLib.training.stream import DRRStream
-    from RayEmbRegistrationLib.volume import load_ct
+    from RayEmbRegistrationLib.inputs.volume import load_ct
 
     angles = inference_template_angles(4)
     lumbar = load_ct(lumbar)
@@ -367,7 +367,7 @@ def test_drr_stream_can_train_on_the_inference_template_views(sample_ct, lumbar)
 
 
 def test_finetune_on_the_fly_reports_progress_and_renders_no_cached_training_set(lumbar, tmp_path):
-    from RayEmbRegistrationLib.model import save_model
+    from RayEmbRegistrationLib.detection.model import save_model
     from RayEmbRegistrationLib.training.finetune import finetune
 
     torch.manual_seed(0)
@@ -385,7 +385,7 @@ def test_variant_stream_state_depends_only_on_seed_and_step(lumbar):
     """The general network's on-the-fly data: synthetic patients replaced every few steps, and the live set at
     step k rebuilt from scratch equals the one reached by stepping there (what an exact resume needs)."""
     from RayEmbRegistrationLib.training.stream import VariantStream
-    from RayEmbRegistrationLib.volume import load_ct
+    from RayEmbRegistrationLib.inputs.volume import load_ct
 
     ct = load_ct(lumbar)
     kw = dict(size=32, voxel_mm=6.0, slots=2, variant_every=2, queries=2, n_points=64, seed=4)
@@ -426,7 +426,7 @@ def test_training_on_the_fly_resumes_bit_for_bit(lumbar, tmp_path):
     import shutil
 
     from RayEmbRegistrationLib.training.stream import VariantStream
-    from RayEmbRegistrationLib.volume import load_ct
+    from RayEmbRegistrationLib.inputs.volume import load_ct
 
     ct = load_ct(lumbar)
     stream = lambda: VariantStream([ct], size=S, voxel_mm=5.0, slots=1, variant_every=1, queries=2, n_points=64)  # noqa: E731
@@ -467,7 +467,7 @@ def test_train_cli_streams_at_a_chosen_size_with_the_inference_templates(lumbar)
     size with the 4 template views detection uses (recorded in the stream's settings, so a resume checks them)."""
     import argparse
 
-    from RayEmbRegistrationLib.templates import inference_template_angles
+    from RayEmbRegistrationLib.detection.templates import inference_template_angles
     from RayEmbRegistrationLib.training.train import add_train_args, stream_from_args
 
     args = add_train_args(argparse.ArgumentParser()).parse_args(
@@ -498,7 +498,7 @@ def test_export_writes_the_checkpoints_weights_and_refuses_a_corrupt_one(tiny_da
     import hashlib
     import json
 
-    from RayEmbRegistrationLib.model import load_model
+    from RayEmbRegistrationLib.detection.model import load_model
     from RayEmbRegistrationLib.training.export import export_checkpoint, main
 
     train(tiny_data, tmp_path / "run", steps=2, batch_queries=1, n_templates=2, n_points=8, config=TINY_CFG,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.verdict import ACCEPTED, REJECTED, UNCERTAIN, VerdictRule, footprint_similarity, judge
+from RayEmbRegistrationLib.registration.verdict import ACCEPTED, REJECTED, UNCERTAIN, VerdictRule, footprint_similarity, judge
 
 GOOD = dict(initial_method="rayemb", refined=True, similarity=0.95, footprint_similarity=0.97, inliers=300,
             depth_tolerance_mm=10.0, warnings=0)
@@ -69,10 +69,10 @@ def test_footprint_similarity_ignores_where_the_ct_casts_no_shadow():
     outside = np.kron(drr, np.ones((2, 2))) == 0
     xray = xray + np.where(outside, rng.normal(0, 0.3, xray.shape), rng.normal(0, 0.02, xray.shape))
     fs = footprint_similarity(xray, drr)
-    from RayEmbRegistrationLib.similarity import multiscale_ncc
+    from RayEmbRegistrationLib.registration.similarity import multiscale_ncc
     import torch
 
-    from RayEmbRegistrationLib.refine import downsample_image
+    from RayEmbRegistrationLib.registration.refine import downsample_image
 
     plain = float(multiscale_ncc(torch.as_tensor(drr[None]), torch.as_tensor(downsample_image(xray, 64, 64)[None]))[0])
     assert fs > 0.9 and fs > plain + 0.1  # the empty background no longer dilutes the correlation
@@ -85,10 +85,10 @@ def test_final_agreement_counts_the_detections_the_final_pose_explains():
     final pose; undetected points (NaN) and far ones do not count; no detections → 0."""
     from types import SimpleNamespace
 
-    from RayEmbRegistrationLib.camera import Intrinsics
+    from RayEmbRegistrationLib.geometry.camera import Intrinsics
     from RayEmbRegistrationLib.options import RegistrationOptions
     from RayEmbRegistrationLib.results import Landmark
-    from RayEmbRegistrationLib.verdict import final_agreement
+    from RayEmbRegistrationLib.registration.verdict import final_agreement
 
     opts = RegistrationOptions()
     intr = Intrinsics.deepfluoro(256)
@@ -109,10 +109,10 @@ def noisy_sample_drr(sample_ct):
 
     import torch
 
-    from RayEmbRegistrationLib.camera import Intrinsics
-    from RayEmbRegistrationLib.carm import RAYEMB_SAMPLER
-    from RayEmbRegistrationLib.render import DRRRenderer
-    from RayEmbRegistrationLib.verdict import signal_points
+    from RayEmbRegistrationLib.geometry.camera import Intrinsics
+    from RayEmbRegistrationLib.geometry.carm import RAYEMB_SAMPLER
+    from RayEmbRegistrationLib.rendering.render import DRRRenderer
+    from RayEmbRegistrationLib.registration.verdict import signal_points
 
     torch.set_num_threads(1)
     intr = Intrinsics.deepfluoro(96)
@@ -126,10 +126,10 @@ def test_competitor_margin_is_positive_at_the_true_pose_and_not_at_a_shifted_one
     """``competitor_margin`` on a DRR of the real sample CT: from the true pose, the starts moved ±60 mm end at
     poses that explain the image worse (or come back); from a pose 40 mm off, a different pose explains it better
     or as well — below the rule's margin."""
-    from RayEmbRegistrationLib.camera import Camera
+    from RayEmbRegistrationLib.geometry.camera import Camera
     from RayEmbRegistrationLib.options import RefineOptions
-    from RayEmbRegistrationLib.refine import Refiner
-    from RayEmbRegistrationLib.verdict import competitor_margin
+    from RayEmbRegistrationLib.registration.refine import Refiner
+    from RayEmbRegistrationLib.registration.verdict import competitor_margin
 
     intr, T, xray, pts = noisy_sample_drr
     refiner = Refiner(sample_ct, RefineOptions(levels=(32, 64), iterations=(40, 20), bone_multiplier=2.5))
@@ -147,11 +147,11 @@ def test_neighbour_gain_is_negative_at_the_true_pose_and_finds_the_way_back_from
     """``neighbour_gain`` on a noisy DRR of the real sample CT: at the true pose every pose turned 2–4° about the
     bone in view is less similar; at the true pose turned by 4° about the image's x axis (through the same bone),
     the neighbour turned back by −4° is the most similar and beats it by more than the rule's threshold."""
-    from RayEmbRegistrationLib.camera import Camera
+    from RayEmbRegistrationLib.geometry.camera import Camera
     from RayEmbRegistrationLib.options import RefineOptions
-    from RayEmbRegistrationLib.refine import Refiner
-    from RayEmbRegistrationLib.rescue import rotated_about, view_centre
-    from RayEmbRegistrationLib.verdict import neighbour_gain
+    from RayEmbRegistrationLib.registration.refine import Refiner
+    from RayEmbRegistrationLib.registration.rescue import rotated_about, view_centre
+    from RayEmbRegistrationLib.registration.verdict import neighbour_gain
 
     intr, T, xray, pts = noisy_sample_drr
     refiner = Refiner(sample_ct, RefineOptions(levels=(96,), iterations=(1,), bone_multiplier=2.5))

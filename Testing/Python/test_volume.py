@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.volume import BONE_HU, CTVolume, VolumeError, load_ct, save_ct
+from RayEmbRegistrationLib.inputs.volume import BONE_HU, CTVolume, VolumeError, load_ct, save_ct
 
 slicer = pytest.importorskip("slicer")  # slicer-core wheel: real MRML scene + storage nodes
 vtk = pytest.importorskip("vtk")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import GeometryError, Intrinsics
-from RayEmbRegistrationLib.xray import XRayError, XRayImage, load_xray, save_xray, sidecar_candidates
-from RayEmbRegistrationLib.carm import CarmAngles
+from RayEmbRegistrationLib.geometry.camera import GeometryError, Intrinsics
+from RayEmbRegistrationLib.inputs.xray import XRayError, XRayImage, load_xray, save_xray, sidecar_candidates
+from RayEmbRegistrationLib.geometry.carm import CarmAngles
 
 GEOM = {"source_to_detector_mm": 1020.0, "pixel_spacing_mm": [0.3, 0.25]}
 

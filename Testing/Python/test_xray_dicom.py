@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from RayEmbRegistrationLib.camera import GeometryError
-from RayEmbRegistrationLib.xray import XRayError, load_xray
-from RayEmbRegistrationLib.carm import CarmAngles
-from RayEmbRegistrationLib.xray_dicom import read_carm_angles
+from RayEmbRegistrationLib.geometry.camera import GeometryError
+from RayEmbRegistrationLib.inputs.xray import XRayError, load_xray
+from RayEmbRegistrationLib.geometry.carm import CarmAngles
+from RayEmbRegistrationLib.inputs.xray_dicom import read_carm_angles
 from test_xray import _sha, line_integral_phantom  # the shared helpers of the X-ray tests
 
 

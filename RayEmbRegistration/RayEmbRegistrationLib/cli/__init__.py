@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rayemb``; returns the exit status."""
     args = build_parser().parse_args(argv)
     from ..errors import ModelUnavailable
-    from ..model import ModelFileError
+    from ..detection.model import ModelFileError
     from ..progress import Cancelled, Terminated, terminate_on_sigterm
 
     terminate_on_sigterm()

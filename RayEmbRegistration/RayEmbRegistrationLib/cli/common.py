@@ -125,7 +125,7 @@ def read_pose(path: str) -> np.ndarray:
 
 def read_geometry(path: str | None, size: Sequence[int] | None):
     """``--geometry`` (+ ``--size``) → ``camera.Intrinsics`` through the one geometry parser."""
-    from ..camera import Intrinsics
+    from ..geometry.camera import Intrinsics
 
     if path is None:
         raise CLIError("--geometry JSON is required: {\"source_to_detector_mm\": 1020, \"pixel_spacing_mm\": [du, dv], "
@@ -161,7 +161,7 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                    help="when to refine also from the PnP pose's depth valley (its tilt refitted to the PnP inliers at "
                         "0.7-1.1 x its depth): retry = only for a result the verdict did not accept because its DRR "
                         "does not match the X-ray, before the rescue search; always = for every X-ray, beside the "
-                        "depth search's starts (session 17: one wrong result accepted on a chest CT); off. Default: "
+                        "depth search's starts (on chest close-ups it accepted one wrong result); off. Default: "
                         f"{R.depth_valley}")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "

@@ -32,15 +32,15 @@ def add_parser(sub, formatter) -> None:
 
 
 def run(args) -> int:
-    from ..camera import Intrinsics
+    from ..geometry.camera import Intrinsics
     from ..errors import ModelUnavailable, RegistrationError
     from ..evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_errors
-    from ..pipeline import Registrar
-    from ..report import check_output_dir, write_json_atomic, write_registration
+    from ..registration.pipeline import Registrar
+    from ..outputs.report import check_output_dir, write_json_atomic, write_registration
     from ..resources import RESOURCES, bundled_model_for
-    from ..simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
-    from ..volume import load_ct
-    from ..xray import XRayImage, save_xray
+    from ..rendering.simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
+    from ..inputs.volume import load_ct
+    from ..inputs.xray import XRayImage, save_xray
 
     out = check_output_dir(args.out)  # before any work
     set_threads()

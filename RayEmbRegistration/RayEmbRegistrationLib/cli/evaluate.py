@@ -25,8 +25,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--size", type=int, default=256, help="simulated X-ray size (pixels, square)")
     p.add_argument("--poses", choices=("rayemb", "clinical"), default="rayemb",
-                   help="rayemb: RAYEMB_SAMPLER around the CT centre (the RayEmb/DiffPose benchmark, comparable with "
-                        "earlier figures); clinical: LAO/RAO ±45°, cranial/caudal ±30°, roll ±20°, source-to-isocentre "
+                   help="rayemb: RAYEMB_SAMPLER around the CT centre (the RayEmb/DiffPose benchmark); clinical: LAO/RAO ±45°, cranial/caudal ±30°, roll ±20°, source-to-isocentre "
                         "450–900 mm about random bone voxels (real C-arm use)")
     add_common(p)
     p.set_defaults(func=run)
@@ -34,7 +33,7 @@ def add_parser(sub, formatter) -> None:
 
 def run(args) -> int:
     from ..evaluate import run_benchmark
-    from ..report import check_output_dir
+    from ..outputs.report import check_output_dir
 
     check_output_dir(args.out)  # before any work
     if args.prepared and args.model:

@@ -37,8 +37,8 @@ def add_parser(sub, formatter) -> None:
 
 def run(args) -> int:
     from ..device import resolve_device
-    from ..prepare import prepare
-    from ..volume import load_ct
+    from ..training.prepare import prepare
+    from ..inputs.volume import load_ct
 
     set_threads()
     ct = load_ct(args.ct)
@@ -58,7 +58,7 @@ def run(args) -> int:
 
 def apply_prepared(args, ct, options):
     """``--prepared DIR|auto`` → ``prepare.use_prepared`` (and never together with ``--model``)."""
-    from ..prepare import use_prepared
+    from ..training.prepare import use_prepared
     from .common import CLIError
 
     if not getattr(args, "prepared", None):

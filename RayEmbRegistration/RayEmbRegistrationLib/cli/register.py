@@ -9,7 +9,7 @@ import time
 
 import sys
 
-from ..verdict import REJECTED, UNCERTAIN
+from ..registration.verdict import REJECTED, UNCERTAIN
 from .common import EXIT_REJECTED, Progress, add_common, options_from_args, set_threads
 
 __all__ = ["add_parser", "run"]
@@ -33,12 +33,12 @@ def add_parser(sub, formatter) -> None:
 
 
 def run(args) -> int:
-    from ..fiducials import load_fiducials
+    from ..inputs.fiducials import load_fiducials
     from .prepare import apply_prepared
-    from ..pipeline import Registrar
-    from ..report import check_output_dir, write_registration
-    from ..volume import load_ct
-    from ..xray import load_xray
+    from ..registration.pipeline import Registrar
+    from ..outputs.report import check_output_dir, write_registration
+    from ..inputs.volume import load_ct
+    from ..inputs.xray import load_xray
 
     check_output_dir(args.out)  # before any work
     set_threads()

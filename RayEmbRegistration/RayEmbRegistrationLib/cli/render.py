@@ -37,13 +37,13 @@ def add_parser(sub, formatter) -> None:
 
 
 def run(args) -> int:
-    from ..carm import CarmAngles, carm_camera_from_world
+    from ..geometry.carm import CarmAngles, carm_camera_from_world
     from ..device import resolve_device
-    from ..render import DRRRenderer
-    from ..volume import load_ct
-    from ..xray import save_xray
+    from ..rendering.render import DRRRenderer
+    from ..inputs.volume import load_ct
+    from ..inputs.xray import save_xray
 
-    from ..report import check_output_dir
+    from ..outputs.report import check_output_dir
 
     out = Path(args.out)
     if out.is_dir():
@@ -62,8 +62,8 @@ def run(args) -> int:
                            f"{intr.source_to_detector_mm:g} mm).")
         T = carm_camera_from_world(prim, sec, sid, ct.center_ras)
         carm = CarmAngles(prim, sec, sid)
-    from ..camera import Camera, GeometryError
-    from ..plausibility import check_overlap
+    from ..geometry.camera import Camera, GeometryError
+    from ..registration.plausibility import check_overlap
 
     try:
         cam = Camera(intr, T)  # a rigid camera_from_world or a clear error

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..camera import Camera, GeometryError, Intrinsics
-from ..carm import CarmAngles
-from ..fiducials import Fiducials
-from ..volume import CTVolume
-from ..xray import XRayImage, intensity_to_line_integral
+from ..geometry.camera import Camera, GeometryError, Intrinsics
+from ..geometry.carm import CarmAngles
+from ..inputs.fiducials import Fiducials
+from ..inputs.volume import CTVolume
+from ..inputs.xray import XRayImage, intensity_to_line_integral
 from .nodes import (ATTR_CARM, ATTR_INTRINSICS, ATTR_PIXEL_SPACING, ATTR_PRINCIPAL_POINT, ATTR_SDD, MRMLAdapterError,
                     _node_label, _node_to_world, _parse_numbers, _read_matrix, _xray_grid,
                     array_from_volume_node)

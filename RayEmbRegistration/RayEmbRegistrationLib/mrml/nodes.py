@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..camera import GeometryError
+from ..geometry.camera import GeometryError
 
 ATTR_CARM = "RayEmb.CarmAngles"  # JSON of carm.CarmAngles on X-ray nodes, when known
 ATTR_VERDICT = "RayEmb.Verdict"  # "accepted" / "uncertain: …" / "rejected: …" on a registration's output nodes

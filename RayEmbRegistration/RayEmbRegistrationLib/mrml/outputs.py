@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..camera import Camera, Intrinsics
-from ..volume import CTVolume
+from ..geometry.camera import Camera, Intrinsics
+from ..inputs.volume import CTVolume
 from .nodes import (ATTR_CARM, ATTR_INTRINSICS, ATTR_MATRIX, ATTR_PIXEL_SPACING, ATTR_PRINCIPAL_POINT, ATTR_SDD,
                     ATTR_VERDICT,
                     MRMLAdapterError, _check_points, _node_label, _ensure_display, _fmt, _get_or_add, _matrix_to_vtk, _set_control_points,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..volume import BONE_HU, CTVolume
+from ..inputs.volume import BONE_HU, CTVolume
 
 __all__ = ["AnatomyRanges", "random_anatomy"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..camera import project_points
-from ..templates import first_best_tile
+from ..geometry.camera import project_points
+from ..detection.templates import first_best_tile
 
 __all__ = ["ShardSet"]
 

@@ -6,7 +6,7 @@ config and provenance + ``<file>.sha256``).
 
 Usage (what made ``Resources/Models/rayemb_unet.safetensors``; the provenance goes into the ``.json``):
     python -m RayEmbRegistrationLib.training.export checkpoints/general96_all/last.pt OUT.safetensors \\
-        [--note "bundled since session 11"]
+        [--note "the bundled general network"]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def export_checkpoint(checkpoint, out, metadata: dict | None = None) -> str:
     checkpoint does not match its sha256 manifest or holds no model."""
     import torch
 
-    from ..model import ModelConfig, build_model, save_model, sha256_file
+    from ..detection.model import ModelConfig, build_model, save_model, sha256_file
 
     ckpt = Path(checkpoint)
     manifest = ckpt.with_name(ckpt.name + ".sha256")

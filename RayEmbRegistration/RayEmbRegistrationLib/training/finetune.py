@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..model import load_model
+from ..detection.model import load_model
 from ..progress import CancelFn, ProgressFn, sub_progress
 from ..resources import BUNDLED_MODEL
-from ..volume import BONE_HU, CTVolume, load_ct
+from ..inputs.volume import BONE_HU, CTVolume, load_ct
 from .data import ShardSet
 from .generate import POSE_CENTERS, generate
 from .stream import STREAM_POSES

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..camera import Camera, Intrinsics
+from ..geometry.camera import Camera, Intrinsics
 
-from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
-from ..templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
+from ..geometry.carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
+from ..detection.templates import TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_poses
 from ..progress import CancelFn, ProgressFn, check_cancel
-from ..volume import BONE_HU, CTVolume, load_ct
+from ..inputs.volume import BONE_HU, CTVolume, load_ct
 from .anatomy import random_anatomy
 from .cts import resolve_ct_path, training_set
 
@@ -54,7 +54,7 @@ def render_views(vol: CTVolume, K: Intrinsics, template_poses_, query_poses, que
     """The training views of one volume: templates (T, S, S) at one bone multiplier, queries (Q, S, S) each at its
     own; float32 line integrals in host memory (rendered on ``device``). Shared by ``generate`` and
     ``stream.VariantStream``."""
-    from ..render import DRRRenderer
+    from ..rendering.render import DRRRenderer
 
     r = DRRRenderer(vol, K, bone_multiplier=template_bone_multiplier, device=device)
     with torch.no_grad():
@@ -121,7 +121,7 @@ def generate(cts, out_dir, n_variants: int = 4, n_queries: int = 48, size: int =
     settings = dict(cts=names, n_variants=n_variants, n_queries=n_queries, size=size, voxel_mm=voxel_mm,
                     n_points=n_points, seed=seed, template_bone_multiplier=template_bone_multiplier, augment=augment,
                     template_grid_deg=list(TEMPLATE_GRID_DEG))
-    if pose_center != "centroid":  # older data folders (centroid only) keep their manifest
+    if pose_center != "centroid":  # the centroid default adds no key, so centroid folders keep their manifest
         settings["pose_center"] = pose_center
     man = out / "manifest.json"
     if man.exists():

@@ -27,11 +27,11 @@ import sys
 import numpy as np
 import torch
 
-from ..camera import Camera, Intrinsics
-from ..carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
-from ..templates import (TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_isocenters, template_poses,
+from ..geometry.camera import Camera, Intrinsics
+from ..geometry.carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
+from ..detection.templates import (TEMPLATE_GRID_DEG, ct_isocenter, grid_angles, template_isocenters, template_poses,
                          tiled_template_poses)
-from ..volume import BONE_HU
+from ..inputs.volume import BONE_HU
 from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
 from .generate import projection_matrices, render_views
@@ -39,9 +39,9 @@ from .generate import projection_matrices, render_views
 __all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
 
 STREAM_POSES = ("clinical", "rayemb")
-#: the renderer of the query DRRs (``render.DRRRenderer``): Joseph's method, 5 ms per 96² DRR on one thread instead of
-#: nanodrr's 116 ms (session 16, ``benchmarks/bench_render.py --sizes 96 --threads 1``), so that rendering is a few
-#: per cent of a preparation step instead of more than the whole step; the images correlate to 0.9999
+#: the renderer of the query DRRs (``render.DRRRenderer``): Joseph's method, 5 ms per 96² DRR on one thread against
+#: nanodrr's 116 ms (``benchmarks/bench_render.py --backends nanodrr joseph --sizes 96 --threads 1``), so that
+#: rendering is a few per cent of a preparation step instead of more than the whole step; the images correlate to 0.9999
 #: (``test_render.py``). Templates stay nanodrr's, as at inference (``templates.py``).
 QUERY_BACKEND = "joseph"
 
@@ -164,7 +164,7 @@ class DRRStream(_RenderProcessOwner, ShardSet):
     def describe(self) -> dict:
         d = {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
              "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed}
-        return {**d, "template_tiles": True} if self.template_tiles else d  # (older checkpoints: no key)
+        return {**d, "template_tiles": True} if self.template_tiles else d  # no key: untiled, as checkpoints without it read
 
 
 def _sample_pose(vol, poses: str, rng: np.random.Generator) -> np.ndarray:
@@ -208,7 +208,7 @@ class _QueryRenewals:
 
     def renderer(self, i: int):
         """This process's ``DRRRenderer`` of CT ``i`` (made on first use)."""
-        from ..render import DRRRenderer
+        from ..rendering.render import DRRRenderer
 
         if self._renderers is None:
             self._renderers = [DRRRenderer(v, self.K, device=self.device, backend=QUERY_BACKEND) for v in self.volumes]

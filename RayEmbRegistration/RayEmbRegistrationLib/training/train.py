@@ -28,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..camera import DEEPFLUORO_PIXEL_MM, DEEPFLUORO_SIZE_PX
-from ..detect import gram_scores, score_maps_argmax, subspace_basis, subspace_scores
-from ..templates import sample_embeddings
-from ..model import ModelConfig, build_model, normalize_image, save_model
+from ..geometry.camera import DEEPFLUORO_PIXEL_MM, DEEPFLUORO_SIZE_PX
+from ..detection.detect import gram_scores, score_maps_argmax, subspace_basis, subspace_scores
+from ..detection.templates import sample_embeddings
+from ..detection.model import ModelConfig, build_model, normalize_image, save_model
 from ..progress import CancelFn, ProgressFn, check_cancel
 from .augment import augment_images
-from ..templates import inference_template_angles
+from ..detection.templates import inference_template_angles
 from .data import ShardSet
 
 __all__ = ["train", "infonce_loss", "evaluate", "add_train_args", "train_main", "pixel_mm"]
@@ -211,7 +211,7 @@ def train(data, out_dir, val_data=None, steps: int = 3000, batch_queries: int = 
             val.refresh()
         return val
     if init_weights:  # fine-tuning: the architecture, size and (unless ``tau`` is given) τ come from the weights
-        from ..model import load_model
+        from ..detection.model import load_model
 
         init = load_model(init_weights)
         cfg = init.config
@@ -404,7 +404,7 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def stream_from_args(args: argparse.Namespace, size: int, voxel_mm: float, template_bone_multiplier: float):
     """``--ct`` → (``stream.VariantStream`` of those CTs, the list of CT specs)."""
-    from ..volume import load_ct
+    from ..inputs.volume import load_ct
     from .cts import resolve_ct_path, training_set
     from .stream import VariantStream
 
@@ -429,7 +429,7 @@ def train_main(args: argparse.Namespace) -> int:
                          "size and templates 'rayemb generate' rendered.")
     if args.ct:
         if args.init:
-            from ..model import load_model
+            from ..detection.model import load_model
 
             base = load_model(args.init).config
         else:

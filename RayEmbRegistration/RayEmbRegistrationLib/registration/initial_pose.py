@@ -1,0 +1,240 @@
+"""Where a registration's initial pose comes from: interchangeable strategies (as xvr's pose initialisers).
+
+Owns: the strategies that give a registration its initial pose.
+
+The ``InitialPose`` result and its two strategies — ``GivenPose`` (a caller's start: manual, the
+intensity-only baseline) and ``RayEmbPnP`` (landmark detection of fiducials + bone points, then PnP + RANSAC).
+
+A strategy's ``initial_pose(registrar, xray, fiducials, progress, cancel)`` returns an ``InitialPose`` or raises
+``errors.RegistrationError``; it uses the ``pipeline.Registrar``'s cached detector and refiner.
+Frames: world = the CT's RAS mm; poses ``camera_from_world`` (4, 4); pixels (u, v) of the X-ray as given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..geometry.camera import Camera
+from ..errors import RegistrationError
+from .plausibility import check_overlap, is_in_view
+from ..progress import check_cancel, sub_progress
+from ..results import Landmark, PnPHypothesis
+
+__all__ = ["InitialPose", "GivenPose", "RayEmbPnP", "DetectionPass"]
+
+#: a PnP pose that puts fewer bone candidates than this inside the X-ray gets no view pass (too few for PnP)
+_MIN_VIEW_POINTS = 50
+
+
+@dataclass
+class InitialPose:
+    """The start of the refinement: camera, how it was found, and what the finding produced."""
+
+    camera: Camera
+    method: str  # "given" | "rayemb"
+    landmarks: list[Landmark] = field(default_factory=list)
+    n_correspondences: int = 0
+    inliers: int = 0
+    pnp_rmse_px: float | None = None
+    hypotheses: list[PnPHypothesis] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    #: PnP found only implausible poses and the start is one of them re-seated in depth (``RayEmbPnP``)
+    reseated: bool = False
+
+
+@dataclass(frozen=True)
+class GivenPose:
+    """The caller's start pose ``camera_from_world`` (4, 4); it must see the CT."""
+
+    camera_from_world: np.ndarray
+
+    def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
+        cam = Camera(xray.intrinsics, np.asarray(self.camera_from_world, dtype=np.float64))
+        check_overlap(registrar.ct, cam, "given start pose")
+        return InitialPose(camera=cam, method="given")
+
+
+@dataclass
+class DetectionPass:
+    """One detection pass of ``RayEmbPnP``: the points detected (fiducials first, then bone points), their
+    detections, and which of them go to PnP (the usable fiducials and the ``n_bone_keep`` most confident bone
+    points). ``pts`` (N, 3) RAS; ``uv`` (N, 2) X-ray pixels; ``conf`` (N,); ``use`` indices into them."""
+
+    pts: np.ndarray
+    uv: np.ndarray
+    conf: np.ndarray
+    usable: np.ndarray
+    n_fiducials: int
+    bone_idx: np.ndarray
+    use: np.ndarray
+    label: str  # "all bone" | "in view of PnP pose k (s % of the bone)"
+
+    def landmarks(self, fid_labels, inliers) -> list[Landmark]:
+        """All fiducials (detected or not) + the bone points given to PnP; ``inliers`` indexes ``use``."""
+        nf, inlier_set = self.n_fiducials, set(self.use[inliers].tolist())
+        return [
+            Landmark(label=fid_labels[i] if i < nf else f"bone-{i - nf + 1:05d}", ras=self.pts[i],
+                     detected_px=self.uv[i] if self.usable[i] else np.full(2, np.nan),
+                     reprojected_px=np.full(2, np.nan), confidence=float(self.conf[i]),
+                     kind="fiducial" if i < nf else "bone", inlier=i in inlier_set)
+            for i in list(range(nf)) + self.bone_idx.tolist()
+        ]
+
+
+@dataclass(frozen=True)
+class RayEmbPnP:
+    """Detect the fiducials and ``n_bone_candidates`` random bone points, keep the fiducials and the
+    ``n_bone_keep`` most confident bone points, and solve PnP (MAGSAC++ RANSAC + LM polish) on them.
+
+    With ``detection.view_pass`` (default) — always, or with ``detection.view_pass_if_inliers_below`` < 1 only
+    when the first pass's largest consensus has fewer inliers than that share of its correspondences — a second
+    pass follows for each plausible PnP pose: the bone points *that pose* puts inside the X-ray are detected and PnP is solved on them. A close-up
+    shows a small part of the bone, so most random bone points are not in the image and their detections are
+    noise; among the points in view of a roughly right pose, far more detections are right (docs/pipeline.md,
+    "View pass"). Its poses join the first pass's.
+
+    When every PnP pose of the first pass is implausible (``pnp.reseat_implausible``, refinement on), the refused
+    poses are re-seated in depth (``_reseat``) and take the first pass's place; ``InitialPose.reseated`` says when the
+    start is one of them (the verdict then judges it by the detections that agree with the final pose).
+
+    With ``pnp.hypotheses > 1`` (or the view pass), refinement on and ``compare_hypotheses``, the plausible poses
+    each get the coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus
+    is not always the right pose); without, the largest consensus of the first pass is taken.
+    """
+
+    compare_hypotheses: bool = True
+
+    def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
+        from .pose import PoseError
+
+        o = registrar.options
+        ct, intr = registrar.ct, xray.intrinsics
+        fid_labels = list(fiducials.labels) if fiducials is not None else []
+        fid_ras = np.asarray(fiducials.ras, dtype=np.float64).reshape(-1, 3) if fiducials is not None else np.zeros((0, 3))
+        if len(fid_ras) == 0 and not o.detection.auto_bone_points:
+            raise RegistrationError("nothing to detect: give fiducials or enable automatic bone points.")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        det = registrar.detector(sub_progress(progress, 0.0, 0.3))
+        timings["detector_setup"] = time.perf_counter() - t
+        check_cancel(cancel, "registration")
+        bone = registrar.bone_candidates() if o.detection.auto_bone_points else np.zeros((0, 3))
+        t = time.perf_counter()
+        first = self._detect(det, registrar, xray, fid_ras, bone, "all bone", sub_progress(progress, 0.3, 0.6), cancel)
+        timings["detection"] = time.perf_counter() - t
+        check_cancel(cancel, "registration")
+        t = time.perf_counter()
+        reseated = False
+        try:
+            hyps = self._solve(registrar, intr, first, max(1, o.pnp.hypotheses))
+        except PoseError as exc:
+            timings["pnp"] = time.perf_counter() - t
+            t = time.perf_counter()
+            hyps = self._reseat(registrar, xray, first, exc.implausible[: max(1, o.pnp.hypotheses)])
+            timings["reseat"] = time.perf_counter() - t
+            if not hyps:
+                raise RegistrationError(f"pose estimation failed: {exc}") from exc
+            reseated = True
+        else:
+            timings["pnp"] = time.perf_counter() - t
+        cands = [(h, first) for h in hyps]
+        below = o.detection.view_pass_if_inliers_below
+        weak = below >= 1.0 or hyps[0].n_inliers < below * len(first.use)  # 1.0: always
+        if o.detection.view_pass and o.detection.auto_bone_points and weak:
+            t = time.perf_counter()
+            for k, h in enumerate(hyps):
+                check_cancel(cancel, "registration")
+                sub = sub_progress(progress, 0.6 + 0.2 * k / len(hyps), 0.6 + 0.2 * (k + 1) / len(hyps),
+                                   f"view pass {k + 1}/{len(hyps)}: ")
+                in_view, share = registrar.bone_in_view(Camera(intr, h.camera_from_world))
+                if len(in_view) < _MIN_VIEW_POINTS:
+                    continue
+                second = self._detect(det, registrar, xray, fid_ras, in_view,
+                                      f"in view of PnP pose {k + 1} ({share:.0%} of the bone)", sub, cancel)
+                try:
+                    cands.append((self._solve(registrar, intr, second, 1)[0], second))
+                except PoseError:
+                    continue
+            timings["view_pass"] = time.perf_counter() - t
+        n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
+        (pnp, used), ranked, best = cands[0], [], 0
+        if len(cands) > 1 and o.refine.enabled and self.compare_hypotheses:
+            t = time.perf_counter()
+            coarse, best = registrar.refiner().refine_from_starts(
+                xray.pixels, intr, [h.camera_from_world for h, _ in cands],
+                sub_progress(progress, 0.8, 1.0, "comparing PnP poses: "), cancel, max_levels=1)
+            pnp, used = cands[best]
+            ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best,
+                                    detection=p.label + (" (re-seated in depth)" if k < n_reseated else ""))
+                      for k, ((h, p), r) in enumerate(zip(cands, coarse))]
+            timings["hypotheses"] = time.perf_counter() - t
+        initial = Camera(intr, pnp.camera_from_world)
+        check_overlap(ct, initial, "PnP pose")
+        if progress:
+            progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
+        return InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
+                           n_correspondences=len(used.use), inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px,
+                           hypotheses=ranked, timings_s=timings, reseated=best < n_reseated)
+
+    @staticmethod
+    def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:
+        """Detect the fiducials and ``bone``; keep the usable fiducials and the ``n_bone_keep`` bone points whose peaks
+        stand out most (``detect.peak_contrast``; not the highest peak scores: see there)."""
+        o = registrar.options.detection
+        pts = np.vstack([fid_ras, bone])
+        d = det.detect(xray.pixels, xray.intrinsics, pts, progress=progress, cancel=cancel, fast=o.fast)
+        nf = len(fid_ras)
+        conf = np.asarray(d.confidence, dtype=np.float64)
+        uv = np.asarray(d.uv, dtype=np.float64)
+        usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
+        keep_f = np.flatnonzero(usable[:nf])
+        bone_idx = nf + np.flatnonzero(usable[nf:])
+        bone_idx = bone_idx[np.argsort(-d.contrast[bone_idx], kind="stable")[: o.n_bone_keep]]  # detect.peak_contrast
+        use = np.concatenate([keep_f, bone_idx]).astype(int)
+        return DetectionPass(pts=pts, uv=uv, conf=conf, usable=usable, n_fiducials=nf, bone_idx=bone_idx, use=use,
+                             label=label)
+
+    @staticmethod
+    def _reseat(registrar, xray, p: DetectionPass, implausible) -> list:
+        """PnP poses (``pose.PnPResult``) that PnP found but the field-of-view test refused, each slid along the
+        viewing ray of its inliers' centroid to the most similar depth (``refine.Refiner.search_depth``: the
+        refinement's own depth search, 0.3–0.95 × SDD, here from a start far outside that range); the plausible
+        ones, with their inliers counted again at the new depth (``PnPOptions.reseat_implausible``). Empty when the
+        option or the refinement is off."""
+        from .pose import PnPResult, reprojection_errors
+
+        o = registrar.options
+        if not (o.pnp.reseat_implausible and o.refine.enabled) or not implausible:
+            return []
+        intr, ct = xray.intrinsics, registrar.ct
+        X, x = p.pts[p.use], p.uv[p.use]
+        thr = o.pnp.threshold_px(intr)
+        out = []
+        for h in implausible:
+            centre = X[h.inliers].mean(0)
+            try:
+                ds = registrar.refiner().search_depth(xray.pixels, intr, h.camera_from_world, centre_ras=centre)
+            except ValueError:  # its inliers behind the source: no ray to slide along
+                continue
+            T = ds.camera_from_world
+            if not is_in_view(ct, Camera(intr, T)):
+                continue
+            err = reprojection_errors(T, intr, X, x)
+            inl = np.flatnonzero(err <= thr)
+            rmse = float(np.sqrt(np.mean(err[inl] ** 2))) if len(inl) else float("nan")
+            out.append(PnPResult(T, inl, h.n_correspondences, err, rmse, h.method + " re-seated", h.attempts))
+        return out
+
+    @staticmethod
+    def _solve(registrar, intr, p: DetectionPass, max_hypotheses: int):
+        """The plausible PnP poses of one pass (``pose.solve_pnp_hypotheses``; raises ``pose.PoseError``)."""
+        from .pose import solve_pnp_hypotheses
+
+        o, ct = registrar.options, registrar.ct
+        return solve_pnp_hypotheses(p.pts[p.use], p.uv[p.use], intr, threshold_px=o.pnp.threshold_px(intr),
+                                    iterations=o.pnp.ransac_iterations, confidence=o.pnp.ransac_confidence,
+                                    seed=o.seed, max_hypotheses=max_hypotheses,
+                                    is_plausible=lambda T: is_in_view(ct, Camera(intr, T)))
