@@ -12,7 +12,7 @@ Cases (every X-ray at a random ``RAYEMB_SAMPLER`` pose, DeepFluoro-like ``--size
 A case succeeds when its final pose has mTRE ≤ 10 mm (500 bone points, camera frame; ``evaluate.pose_errors``);
 ``mirrored`` and ``wrong_ct`` cases count as failures whatever the numbers say. Writes ``cases.csv`` (one row per
 case: kind, CT, network, signals, true mTRE, success) into ``--out``; ``verdict.py`` reads its thresholds from the
-table this data gives (see the README, "Registration verdict").
+table this data gives (see the docs/verdict.md).
 
 Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]

@@ -1,6 +1,6 @@
 """Is the registered pose the only one that explains the X-ray? Per X-ray of ``rayemb evaluate``'s benchmark: the
 registration's result and true error, then a *competitor search* around its final pose — the data behind the
-verdict's ambiguity signal (docs/pipeline.md, "Verdict").
+verdict's ambiguity signal (docs/verdict.md).
 
 Repeating anatomy (a lumbar spine: one vertebra looks like the next) and close-ups that show little of the bone
 give wrong poses whose DRR matches the X-ray as well as the right one: their footprint similarity is as high as a
@@ -113,7 +113,7 @@ def main() -> int:
     if not a.out:
         p.error("--out is required (or --table JSON ...)")
     # The registration's own competitor check off: this script runs the wider search itself, and its verdict
-    # column is the rule without that check (the "before" of docs/pipeline.md, "Verdict").
+    # column is the rule without that check (the "before" of docs/verdict.md).
     ct, intr, registrar, refiner, sim, eval_pts = case_setup(a, refine={"competitor_check": False})
     source = f"{Path(a.ct).name.split('.')[0]}:{a.prepared or a.model or 'bundled'}"
     rows = []

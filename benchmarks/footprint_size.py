@@ -3,7 +3,7 @@
 X-rays of a CT are simulated at 6 poses (``simulate.sample_visible_pose``, seed 0) at 256², 128² (with the default
 photons and 4× them) and 512²; the refinement's DRR at the true pose is compared with each by
 ``verdict.footprint_similarity`` — the number the verdict's accept line (0.93, calibrated at 256²) reads
-(docs/verdict.md, "Small X-rays and the verdict"; ``verdict.SMALL_XRAY_PX``):
+(docs/verdict.md; ``verdict.SMALL_XRAY_PX``):
 
     .venv/bin/python benchmarks/footprint_size.py                                          # sample CT
     .venv/bin/python benchmarks/footprint_size.py --ct .cache/extra_ct/lung2_image.nrrd --poses clinical

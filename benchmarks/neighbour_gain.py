@@ -1,10 +1,10 @@
 """Is the registered pose a local optimum of the image similarity? The data behind the verdict's local check
-(``verdict.neighbour_gain``, ``VerdictRule.max_neighbour_gain``; docs/pipeline.md, "Verdict").
+(``verdict.neighbour_gain``, ``VerdictRule.max_neighbour_gain``; docs/verdict.md).
 
 For each of ``rayemb evaluate``'s X-rays (``benchmark_cases``: same CT, poses, seed) the pipeline registers with its
 local check off, then the final pose is scored against the 8 poses turned ±2/±4° about the image's x and y axes
 through the bone in view; prints the true error, the verdict without the check, the largest gain of a neighbour
-and the seconds it took, then the gains of successes (mTRE ≤ 10 mm) and failures (docs/verdict.md, "Local optimum"):
+and the seconds it took, then the gains of successes (mTRE ≤ 10 mm) and failures (docs/verdict.md):
 
     .venv/bin/python benchmarks/neighbour_gain.py --prepared out/prep_pelvis_gen96 --n 20 --out out/lo_pelvis.json
     .venv/bin/python benchmarks/neighbour_gain.py --ct .cache/extra_ct/lung1_image.nrrd --prepared out/prep_lung1 --n 20 --out out/lo_lung1.json

@@ -1,6 +1,6 @@
 """The intensity-only refinement (``rayemb evaluate``'s baseline: near-true starts) with each DRR backend of
 the refinement (``RefineOptions.backend``), on the same X-rays (``benchmark_cases``); the
-data behind ``RefineOptions.backend = "joseph"`` on near-AP poses (docs/pipeline.md, "Renderer of the refinement"):
+data behind ``RefineOptions.backend = "joseph"`` on near-AP poses (docs/pipeline.md, "Refinement"):
 
     .venv/bin/python benchmarks/refine_backend.py --n 20 --model Resources/Models/finetuned/pelvis_abdomen_totalseg_3mm.safetensors
 """

@@ -222,7 +222,7 @@ class RefineOptions:
         competitor_check: before a refined pose is accepted, refine again from it shifted by
             ``competitor_shift_mm`` along the image axes (4 starts, one batch); when a *different* pose explains the
             X-ray about as well (repeating anatomy: a neighbouring vertebra), the verdict says uncertain
-            (``verdict.competitor_margin``; docs/pipeline.md, "Verdict"). Costs one batched refinement, only for
+            (``verdict.competitor_margin``; docs/verdict.md). Costs one batched refinement, only for
             results that would otherwise be accepted.
         local_check: before a refined pose is accepted, score it against 8 poses rotated 2–4° about the bone in
             view (``verdict.neighbour_gain``, one batch of DRRs, ~0.3 s); when one is more similar the refinement
@@ -251,7 +251,7 @@ class RefineOptions:
             no network saw, screening 10 with the ±60° grid registers 39, either alone 38, neither 37, no rescue 32,
             with 0 accepted failures; a rescue costs 7–10 s and runs only for results not accepted
             (``rayemb evaluate --poses clinical --prepared DIR [--no-rescue] [--rescue-screen 0]``;
-            docs/pipeline.md, "Rescue").
+            docs/pipeline.md, "Rescue search").
     """
 
     enabled: bool = True

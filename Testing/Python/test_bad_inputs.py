@@ -1,7 +1,7 @@
 """The bad-input matrix: every case a user can get wrong, through ``rayemb`` itself (``cli.main`` or a real
 process), asserting the exit status, the message, that no output was written and that the inputs are untouched.
 
-Exit status (README, "Exit status"): 0 ok, 2 bad input, 3 no usable network, 4 registration rejected,
+Exit status (README, "Command line"): 0 ok, 2 bad input, 3 no usable network, 4 registration rejected,
 130 interrupted, 143 terminated. No case may exit 0 with a wrong answer.
 """
 

@@ -68,7 +68,7 @@ def test_rotation_starts_keep_the_bone_in_view_at_its_pixel(sample_ct, setup):
 @pytest.mark.parametrize("screen", [0, 8])
 def test_search_recovers_a_start_rotated_beyond_the_capture_range(sample_ct, setup, screen):
     """A start 30° off about the image's x axis (through the bone in view): the refinement alone does not get back,
-    the rescue search does — the failure mode of clinical close-ups it is for (docs/pipeline.md, "Rescue") —
+    the rescue search does — the failure mode of clinical close-ups it is for (docs/pipeline.md, "Rescue search") —
     whether its starts are ranked as they are (``screen`` 0) or after a short refinement each."""
     intr, T, img, pts = setup
     refiner = Refiner(sample_ct, RefineOptions.schedule(128, 40))

@@ -94,15 +94,15 @@ def test_tiled_templates_give_each_point_one_tiles_views(tiny_model, sample_ct, 
     assert b.tiles.tolist() == a.tiles.tolist() == many.tiles.tolist()
 
 
-def test_template_cache_of_earlier_sessions_and_a_read_only_cache(tiny_model, sample_ct, tmp_path):
-    """A cache file written before template tiles (no ``tiles`` array) still reads as one tile under the same key;
+def test_template_cache_without_tiles_and_a_read_only_cache(tiny_model, sample_ct, tmp_path):
+    """A cache file without a ``tiles`` array reads as one tile under the same key;
     a cache folder that cannot be written leaves the templates uncached instead of failing the registration."""
     save_model(tiny_model, tmp_path / "m.safetensors")
     model = load_model(tmp_path / "m.safetensors")
     t1 = get_templates(model, sample_ct, cache_dir=tmp_path / "cache")
     (f,) = (tmp_path / "cache").glob("templates_*.npz")
     z = dict(np.load(f))
-    np.savez(f, **{k: v for k, v in z.items() if k != "tiles"})  # as sessions ≤ 18 wrote it
+    np.savez(f, **{k: v for k, v in z.items() if k != "tiles"})  # a cache without tiles
     t2 = get_templates(model, sample_ct, cache_dir=tmp_path / "cache")
     assert t2.n_tiles == 1 and len(t2.poses) == len(t1.poses) == 4
     blocked = tmp_path / "a_file"  # a cache folder that cannot be made (works for root too, unlike a chmod)

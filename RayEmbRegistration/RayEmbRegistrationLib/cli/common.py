@@ -22,7 +22,7 @@ __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_REJECTED", "EXIT_
            "CLIError", "Progress", "parse_progress_line", "set_threads",
            "read_json_option", "read_pose", "read_geometry", "add_common", "options_from_args"]
 
-# The exit status of every command (README, "Exit status"):
+# The exit status of every command (README, "Command line"):
 EXIT_OK = 0             # done; for register: the result is accepted or uncertain (registration.json says which)
 EXIT_BAD_INPUT = 2      # bad input or an impossible registration: the message names what is wrong and what to do
 EXIT_NO_MODEL = 3       # no usable network (missing, corrupt or mismatching weights)

@@ -134,7 +134,7 @@ def coarse_to_fine_peaks(emb: torch.Tensor, U: torch.Tensor, factor: int = 2, ra
 #: map is high — a subspace that captures most embeddings of the X-ray — first, and most of those peaks are wrong
 #: (the 600 of 2,000 bone detections that go to PnP hold 2,391 / 3,220 right ones by peak score and 3,316 / 3,516 by
 #: contrast over 20 pelvis X-rays with two prepared networks; ``benchmarks/detection_order.py``,
-#: docs/pipeline.md, "Detection order")
+#: docs/pipeline.md, "Detection")
 CONTRAST_QUANTILE, _CONTRAST_PIXELS = 0.9, 512
 
 

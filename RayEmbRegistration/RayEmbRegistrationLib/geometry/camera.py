@@ -96,7 +96,7 @@ class Intrinsics:
     principal_point_px: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        hint = "Supply it in the geometry sidecar JSON (see README: 'X-ray geometry')."
+        hint = "Supply it in the geometry sidecar JSON (see docs/io.md, 'Geometry')."
         object.__setattr__(
             self, "source_to_detector_mm", _finite_positive("source_to_detector_mm", self.source_to_detector_mm, hint)
         )

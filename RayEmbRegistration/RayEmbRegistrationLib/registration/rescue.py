@@ -9,7 +9,7 @@ hundred noisy detections, then a gradient refinement that captures about 10°): 
 is higher than at the final one — the objective is right, the start is outside its basin. Of the 7 results the
 verdict did not accept among 40 clinical X-rays of two chest CTs no network was trained on, the true pose was more
 similar than the final one in all 7 (``benchmarks/rescue_search.py``); the search registers 4 of the 8 failures,
-none wrongly accepted (docs/pipeline.md, "Rescue").
+none wrongly accepted (docs/pipeline.md, "Rescue search").
 
 Frames: poses are (4, 4) ``camera_from_world`` (RAS mm → OpenCV camera, ``camera.py``). A start is a base pose
 with the world rotated about the camera's x (image u) and y (image v) axes through the camera-frame centroid of the
