@@ -13,7 +13,7 @@ path, one concept per module:
     inputs/         volume (CTs: HU, ijk→RAS), xray / xray_dicom (X-ray pixels + their camera.Intrinsics),
                     fiducials (3D points: markups JSON, fcsv, CSV)
     rendering/      render (one DRR interface, three backends), joseph (the fast CPU projector), simulate
-                    (simulated X-rays at known poses)
+                    (simulated X-rays at known poses), appearance (X-ray appearance families)
     detection/      model (the network, its weight files), templates (template views of a CT and their cache),
                     detect (point subspaces, scores, detections, heatmaps)
     registration/   pipeline (Registrar: caches per CT; detect(), register()), initial_pose (where the start comes

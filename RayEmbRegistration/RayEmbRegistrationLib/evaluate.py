@@ -13,6 +13,7 @@ frame, mPD at the detector (mm).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -103,27 +104,43 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
     return rows
 
 
-def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, renderer, refiner):
+def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, renderer, refiner, appearance: str = "project"):
     """The benchmark's ``n`` X-rays of ``ct``: yields ``(case, camera_from_world (4, 4), XRayImage, start)`` — the
     true pose (``simulate.sample_visible_pose(poses=…)``), the X-ray simulated there with ``renderer``, and the
     intensity-only baseline's perturbed start (about ``refiner``'s centre), all from one generator seeded by
-    ``seed``, so that any script that iterates it sees exactly ``run_benchmark``'s cases."""
-    from .inputs.xray import XRayImage
+    ``seed``, so that any script that iterates it sees exactly ``run_benchmark``'s cases.
 
+    ``appearance`` (``rendering.appearance.FAMILIES``): the family the X-ray is made in. The project family's X-ray
+    is made in every family (and discarded in the others), so that the poses and starts are the same in all of them;
+    another family draws its parameters from ``rng([seed, 7, case])`` and records them in the X-ray's
+    ``metadata["appearance"]``."""
+    from .inputs.xray import XRayImage
+    from .rendering.appearance import FAMILIES, simulate
+
+    if appearance not in FAMILIES:
+        raise ValueError(f"unknown appearance {appearance!r}; choose one of {', '.join(FAMILIES)}")
     rng = np.random.default_rng(seed)
     for case in range(n):
         T = sample_visible_pose(ct, intr, rng, poses=poses)
-        xray = XRayImage(simulate_xray(ct, intr, T, rng, renderer=renderer), intr, f"case{case}")
+        record: dict = {}
+        pixels = simulate_xray(ct, intr, T, rng, renderer=renderer, record=record)
+        params = {"family": "project", **record}
+        if appearance != "project":
+            pixels, params = simulate(ct, intr, T, appearance, rng=np.random.default_rng([seed, 7, case]))
+        xray = XRayImage(pixels, intr, f"case{case}", metadata={"appearance": params})
         yield case, T, xray, perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
 
 
 def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int = 256, seed: int = 0,
-                  quiet: bool = False, poses: str = "rayemb", prepared: str | None = None) -> list[str]:
+                  quiet: bool = False, poses: str = "rayemb", prepared: str | None = None,
+                  appearance: str = "project") -> list[str]:
     """For each CT, ``n`` X-rays simulated at random poses (``simulate.sample_visible_pose(poses=…)``: ``"rayemb"``
     around the CT centre, or ``"clinical"`` C-arm use about random bone voxels; DeepFluoro-like ``size``²),
     registered by RayEmb (initial, refined) and by the intensity-only baseline (refinement from a perturbed
     true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines. ``prepared``: a
-    prepared-CT folder (or ``"auto"``: each CT's own, by content hash) whose weights and templates RayEmb uses."""
+    prepared-CT folder (or ``"auto"``: each CT's own, by content hash) whose weights and templates RayEmb uses.
+    ``appearance``: the X-ray family (``rendering.appearance.FAMILIES``) at the same poses; each case's drawn
+    parameters go into ``cases.csv`` (``appearance`` column, JSON)."""
     from tqdm import tqdm
 
     from .registration.pipeline import Registrar
@@ -147,14 +164,15 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             ct_options = use_prepared(options, ct, prepared)
         registrar = Registrar(ct, ct_options)
         refiner = registrar.refiner()
-        cases = simulated_cases(ct, intr, n, seed, poses, sim_r, refiner)
+        cases = simulated_cases(ct, intr, n, seed, poses, sim_r, refiner, appearance=appearance)
         for case, T, xray, start in tqdm(cases, total=n, desc=f"evaluate {Path(ct_path).name}", file=sys.stderr,
                                          disable=quiet):
             jobs = [("intensity-only baseline", baseline_opt, start)]
             if rayemb_missing is None:
                 jobs.insert(0, ("rayemb", ct_options, None))
             for name, opt, given in jobs:
-                common = {"ct": Path(ct_path).name, "case": case}
+                common = {"ct": Path(ct_path).name, "case": case,
+                          "appearance": json.dumps(xray.metadata.get("appearance", {}), sort_keys=True)}
                 registrar.options = opt
                 try:
                     res = registrar.register(xray, None, given)
@@ -181,7 +199,8 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             w.writerows(summary)
     where = "RAYEMB_SAMPLER poses" if poses == "rayemb" else "clinical C-arm poses (carm.CLINICAL_SAMPLER)"
     md = [f"Simulated benchmark: {n} random {where} per CT ({', '.join(Path(c).name for c in ct_paths)}), "
-          f"DeepFluoro-like {size}² X-rays (simulate.simulate_xray), seed {seed}. mTRE over {EVAL_POINTS} fixed bone "
+          f"DeepFluoro-like {size}² X-rays (appearance: {appearance}, rendering/appearance.py), seed {seed}. "
+          f"mTRE over {EVAL_POINTS} fixed bone "
           "points in the camera frame; mPD = mean projection distance at the detector. Intensity-only start = true pose "
           f"perturbed by N(0, {BASELINE_ROT_STD_RAD} rad) rotations about the bone centre and N(0, {BASELINE_TRANS_STD_MM}) mm.", "",
           "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]

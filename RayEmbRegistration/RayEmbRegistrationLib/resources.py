@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESOURCES", "SAMPLE_CT", "BUNDLED_MODEL", "SAMPLE_CT_MODEL", "REQUIREMENTS", "bundled_model_for",
-           "requirements"]
+__all__ = ["RESOURCES", "SAMPLE_CT", "BUNDLED_MODEL", "SAMPLE_CT_MODEL", "REQUIREMENTS", "PHYSICS_TABLES",
+           "bundled_model_for", "requirements"]
 
 
 def _resources_dir() -> Path:
@@ -34,6 +34,9 @@ BUNDLED_MODEL = RESOURCES / "Models" / "rayemb_unet.safetensors"
 SAMPLE_CT_MODEL = RESOURCES / "Models" / "finetuned" / "pelvis_abdomen_totalseg_3mm.safetensors"
 #: the one list of the library's runtime Python dependencies (read by pyproject, scripts/env.sh, the module)
 REQUIREMENTS = RESOURCES / "requirements.txt"
+#: tube spectra and mass attenuation coefficients of the physics-based X-ray appearance (made by
+#: scripts/make_physics_tables.py with SpekPy and XrayDB; read by rendering/appearance.py)
+PHYSICS_TABLES = RESOURCES / "Physics" / "xray_physics.npz"
 
 
 def bundled_model_for(ct_path: str | Path | None) -> Path | None:

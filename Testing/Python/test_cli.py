@@ -218,6 +218,21 @@ def test_demo_and_evaluate_through_main(tmp_path, capsys):
     assert "| RayEmb refined |" in (ev / "summary.md").read_text() and (ev / "mtre.png").is_file()
 
 
+def test_evaluate_appearance_through_main(tmp_path):
+    """``rayemb evaluate --appearance physics``: the X-rays come from the physics family, each case's parameters
+    are in cases.csv and the summary names the family; an unknown family is refused by argparse."""
+    import csv
+
+    torch.set_num_threads(1)
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--n", "1", "--out", str(ev), "--size", "64", "--appearance", "physics", *FAST_ARGS]) == 0
+    rows = list(csv.DictReader(open(ev / "cases.csv")))
+    assert rows and all(json.loads(r["appearance"])["family"] == "physics" for r in rows)
+    assert "appearance: physics" in (ev / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--out", "o", "--appearance", "film"])
+
+
 def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_ct, tmp_path, capsys):
     from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
 

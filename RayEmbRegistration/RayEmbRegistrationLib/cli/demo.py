@@ -17,6 +17,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub, formatter) -> None:
+    from ..rendering.appearance import FAMILIES
     from ..resources import SAMPLE_CT
 
     p = sub.add_parser("demo", help="simulate an X-ray of the sample CT and register it", formatter_class=formatter,
@@ -27,6 +28,9 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--out", default="rayemb-demo", metavar="DIR", help="output folder")
     p.add_argument("--ct", default=str(SAMPLE_CT), help="the CT (default: the bundled sample)")
     p.add_argument("--size", type=int, default=256, help="simulated X-ray size (pixels, square)")
+    p.add_argument("--appearance", choices=FAMILIES, default="project",
+                   help="how the simulated X-ray looks (rendering/appearance.py): project, diffdrr, physics or mixed; "
+                        "the pose is the same in every family")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -50,13 +54,19 @@ def run(args) -> int:
     intr = Intrinsics.deepfluoro(args.size)
     T_true = sample_visible_pose(ct, intr, rng)
     pixels = simulate_xray(ct, intr, T_true, rng)
+    appearance = {"family": "project"}
+    if args.appearance != "project":
+        from ..rendering.appearance import simulate
+
+        pixels, appearance = simulate(ct, intr, T_true, args.appearance, rng=np.random.default_rng([args.seed, 7]))
     save_xray(pixels, intr, out / "xray.tif")
-    write_json_atomic({"camera_from_world": T_true, "note": "ground truth of the simulated X-ray (not given to the pipeline)"},
-                      out / "truth.json")
+    write_json_atomic({"camera_from_world": T_true, "appearance": appearance,
+                       "note": "ground truth of the simulated X-ray (not given to the pipeline)"}, out / "truth.json")
     eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
     xray = XRayImage(pixels, intr, "simulated X-ray")
     print(f"CT {ct_path.name}: {ct.shape} voxels; X-ray simulated at a random RAYEMB_SAMPLER pose, "
-          f"{intr.width}×{intr.height} px DeepFluoro-like geometry (saved to {out / 'xray.tif'}).")
+          f"{intr.width}×{intr.height} px DeepFluoro-like geometry, appearance '{args.appearance}' "
+          f"(saved to {out / 'xray.tif'}).")
     options = options_from_args(args)
     own = None if args.model else bundled_model_for(ct_path)
     if own is not None:

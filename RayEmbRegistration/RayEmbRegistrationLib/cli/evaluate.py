@@ -13,6 +13,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub, formatter) -> None:
+    from ..rendering.appearance import FAMILIES
     from ..resources import SAMPLE_CT
 
     p = sub.add_parser("evaluate", help="simulated benchmark on random poses", formatter_class=formatter,
@@ -27,6 +28,11 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--poses", choices=("rayemb", "clinical"), default="rayemb",
                    help="rayemb: RAYEMB_SAMPLER around the CT centre (the RayEmb/DiffPose benchmark); clinical: LAO/RAO ±45°, cranial/caudal ±30°, roll ±20°, source-to-isocentre "
                         "450–900 mm about random bone voxels (real C-arm use)")
+    p.add_argument("--appearance", choices=FAMILIES, default="project",
+                   help="how the X-rays look (the same poses in every family): project = this project's DRR "
+                        "simulation; diffdrr = DiffDRR's renderer and HU->density mapping; physics = a physics-based "
+                        "simulator (spectrum, scatter, collimation, metal, display processing); mixed = one of the "
+                        "three per X-ray (docs/results.md, 'X-ray appearance')")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -40,7 +46,7 @@ def run(args) -> int:
         raise CLIError("give --model or --prepared, not both (a prepared folder brings its own weights).")
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
-                       quiet=args.quiet, poses=args.poses, prepared=args.prepared)
+                       quiet=args.quiet, poses=args.poses, prepared=args.prepared, appearance=args.appearance)
     out = Path(args.out)
     print("\n".join(md))
     print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")

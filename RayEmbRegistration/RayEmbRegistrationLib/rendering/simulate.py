@@ -25,12 +25,13 @@ __all__ = ["POSE_SETS", "simulate_xray", "sample_visible_pose", "perturbed_start
 BASELINE_ROT_STD_RAD = 0.05
 BASELINE_TRANS_STD_MM = (10.0, 10.0, 20.0)
 def simulate_xray(ct: CTVolume, intrinsics: Intrinsics, camera_from_world, rng: np.random.Generator | int | None = 0,
-                  renderer=None, photons: float = 3e4) -> np.ndarray:
+                  renderer=None, photons: float = 3e4, record: dict | None = None) -> np.ndarray:
     """A realistic X-ray (H, W) float32 in line-integral form from the CT at a known pose.
 
     A DRR with a random bone attenuation multiplier (U[1.5, 3.5]), then Poisson quantum noise (``photons`` per
     pixel before attenuation, line integrals scaled so the densest ray keeps ≥ ~1 % of the photons), Gaussian
-    detector noise, a smooth intensity ramp (heel effect) and a random gamma on the line integrals.
+    detector noise, a smooth intensity ramp (heel effect) and a random gamma on the line integrals. ``record``, if
+    given, receives the parameters drawn (``bone_multiplier``, ``heel_u``, ``heel_v``, ``gamma``, ``photons``).
     """
     from .render import DRRRenderer
 
@@ -47,12 +48,17 @@ def simulate_xray(ct: CTVolume, intrinsics: Intrinsics, camera_from_world, rng: 
     scale = 4.5 / max(float(L.max()), 1e-6)  # densest ray: exp(-4.5) ≈ 1.1 % transmission
     H, W = L.shape
     v, u = np.mgrid[0:H, 0:W]
-    heel = 1.0 + 0.15 * rng.uniform(-1, 1) * (u / max(W - 1, 1) - 0.5) + 0.15 * rng.uniform(-1, 1) * (v / max(H - 1, 1) - 0.5)
+    heel_u, heel_v = 0.15 * rng.uniform(-1, 1), 0.15 * rng.uniform(-1, 1)
+    heel = 1.0 + heel_u * (u / max(W - 1, 1) - 0.5) + heel_v * (v / max(H - 1, 1) - 0.5)
     I = rng.poisson(photons * heel * np.exp(-L * scale)).astype(np.float64)
     I += rng.normal(0, 0.002 * photons, I.shape)
     I = np.clip(I, 1.0, None)
     out = np.log(photons) - np.log(I)
-    out = np.clip(out, 0, None) ** float(rng.uniform(0.8, 1.25))
+    gamma = float(rng.uniform(0.8, 1.25))
+    out = np.clip(out, 0, None) ** gamma
+    if record is not None:
+        record.update(bone_multiplier=bm, heel_u=float(heel_u), heel_v=float(heel_v), gamma=gamma,
+                      photons=float(photons))
     return out.astype(np.float32)
 
 
