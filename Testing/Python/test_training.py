@@ -308,6 +308,32 @@ def test_a_render_process_gives_the_same_data_as_rendering_in_process(sample_ct)
         DRRStream([sample_ct], workers=2, **kw)
 
 
+def test_drr_stream_draws_queries_in_other_appearance_families(sample_ct):
+    """``appearance`` = the share of queries made in the diffdrr or physics family: the same poses as without it,
+    other images for about that share, the same images again for the same (seed, step) (a resumed run, a render
+    process), and the stream's description says so; a share outside [0, 1] is refused."""
+    from RayEmbRegistrationLib.training.stream import DRRStream
+
+    torch.set_num_threads(1)
+    kw = dict(size=32, voxel_mm=6.0, pool=4, renew=2, n_points=64, poses="clinical", seed=5)
+    plain, mixed, again = DRRStream([sample_ct], **kw), DRRStream([sample_ct], appearance=1.0, **kw), \
+        DRRStream([sample_ct], appearance=1.0, **kw)
+    for s in (plain, mixed, again):
+        s.at_step(0)
+        s.at_step(1)
+    np.testing.assert_array_equal(mixed.shards[0]["query_P"], plain.shards[0]["query_P"])
+    q_plain, q_mixed = plain.shards[0]["queries"], mixed.shards[0]["queries"]
+    assert all(not np.allclose(q_plain[k], q_mixed[k]) for k in range(len(q_plain)))
+    np.testing.assert_array_equal(again.shards[0]["queries"], q_mixed)
+    assert mixed.describe()["appearance"] == 1.0 and "appearance" not in plain.describe()
+    half = DRRStream([sample_ct], appearance=0.5, **{**kw, "pool": 16, "renew": 0})
+    other = sum(not np.allclose(a, b) for a, b in zip(half.shards[0]["queries"],
+                                                       DRRStream([sample_ct], **{**kw, "pool": 16, "renew": 0}).shards[0]["queries"]))
+    assert 2 <= other <= 14
+    with pytest.raises(ValueError, match="appearance is a share"):
+        DRRStream([sample_ct], appearance=1.5, **kw)
+
+
 def test_a_network_is_fine_tuned_at_another_input_size(sample_ct, tmp_path):
     """Preparation at a smaller input size: the fully convolutional weights of a 64² network continue at 32² (the
     saved config says 32, the weights moved); a size the network cannot halve often enough is refused."""

@@ -223,9 +223,27 @@ def _material_density(index: int):
     return density
 
 
-def _physics(ct, intrinsics, T, p, backend) -> np.ndarray:
+_RENDERERS: list = []  # [(ct, backend, [renderer per material])], the last few CTs
+
+
+def _material_renderers(ct: CTVolume, intrinsics: Intrinsics, backend: str) -> list:
+    """One renderer per material of ``ct``, kept for the last 4 (CT, backend) pairs: building a volume costs more
+    than rendering it, and a training stream renders the same CT thousands of times."""
     from .render import DRRRenderer
 
+    for c, b, rs in _RENDERERS:
+        if c is ct and b == backend:
+            if rs[0].intrinsics != intrinsics:
+                for r in rs:
+                    r.set_intrinsics(intrinsics)
+            return rs
+    rs = [DRRRenderer(ct, intrinsics, backend=backend, attenuation=_material_density(i)) for i in range(len(MATERIALS))]
+    _RENDERERS.insert(0, (ct, backend, rs))
+    del _RENDERERS[4:]
+    return rs
+
+
+def _physics(ct, intrinsics, T, p, backend) -> np.ndarray:
     tables = physics_tables()
     E = tables["energy_kev"].astype(np.float64)
     names = list(tables["materials"])
@@ -234,8 +252,7 @@ def _physics(ct, intrinsics, T, p, backend) -> np.ndarray:
     W, H = intrinsics.size
 
     # line integrals of mass density per material (g/cm²), then the metal that is not in the CT
-    L = [np.clip(DRRRenderer(ct, intrinsics, backend=backend, attenuation=_material_density(i)).render_numpy(T), 0, None)
-         .astype(np.float64) for i in range(len(MATERIALS))]
+    L = [np.clip(r.render_numpy(T), 0, None).astype(np.float64) for r in _material_renderers(ct, intrinsics, backend)]
     L_iron = _metal_path_g_cm2(ct, intrinsics, T, p["metal"])
 
     # spectrum: the table's two neighbouring kVp rows blended, cut at the kVp, with extra aluminium

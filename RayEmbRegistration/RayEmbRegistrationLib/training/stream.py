@@ -36,7 +36,7 @@ from .anatomy import AnatomyRanges, random_anatomy
 from .data import ShardSet
 from .generate import projection_matrices, render_views
 
-__all__ = ["DRRStream", "VariantStream", "STREAM_POSES"]
+__all__ = ["DRRStream", "VariantStream", "STREAM_POSES", "query_appearance"]
 
 STREAM_POSES = ("clinical", "rayemb")
 #: the renderer of the query DRRs (``render.DRRRenderer``): Joseph's method, 5 ms per 96² DRR on one thread against
@@ -85,6 +85,9 @@ class DRRStream(_RenderProcessOwner, ShardSet):
             of the coming steps while the network trains (CPU only: at 96² rendering is half of a one-thread
             step, ``benchmarks/bench_prepare.py``). The data are the same either way: the renewal of step k depends
             only on (seed, k) (``renewal_views``). Call ``close()`` when done (it stops the process).
+        appearance: the share of query DRRs made in another X-ray appearance family than the project's
+            (``rendering.appearance``: ``diffdrr`` or ``physics``, half each, rendered with Joseph's projector),
+            drawn per query from (seed, step) (``query_appearance``); 0 = the project's DRRs only.
 
     ``at_step(k)`` (``train`` calls it before every step) renews the pool for step k — one CT (drawn from (seed,
     k)), ``renew`` queries — and ``batch`` then draws from that CT. Without ``at_step`` nothing is renewed.
@@ -92,14 +95,18 @@ class DRRStream(_RenderProcessOwner, ShardSet):
 
     def __init__(self, cts, size: int = 224, voxel_mm: float = 2.5, pool: int = 16, renew: int = 2,
                  n_points: int = 2048, template_bone_multiplier: float = 2.0, poses: str = "clinical",
-                 seed: int = 0, device: str = "cpu", template_angles=None, workers: int = 0, tiles: bool = False) -> None:
+                 seed: int = 0, device: str = "cpu", template_angles=None, workers: int = 0, tiles: bool = False,
+                 appearance: float = 0.0) -> None:
         if poses not in STREAM_POSES:
             raise ValueError(f"poses must be one of {STREAM_POSES}, got {poses!r}")
         if pool < 1 or not 0 <= renew <= pool:
             raise ValueError(f"pool must be ≥ 1 and renew in [0, pool]; got pool {pool}, renew {renew}")
         if workers not in (0, 1):
             raise ValueError(f"workers must be 0 (render in this process) or 1 (a render process); got {workers}")
+        if not 0.0 <= float(appearance) <= 1.0:
+            raise ValueError(f"appearance is a share in [0, 1]; got {appearance}")
         self.size, self.poses, self.renew_n, self.seed = int(size), poses, int(renew), int(seed)
+        self.appearance = float(appearance)
         self.template_tiles = bool(tiles) and template_angles is not None  # (``train`` marks the network so)
         self.max_shards, self.dirs, self.paths = None, [], []
         self.K = Intrinsics.deepfluoro(self.size)
@@ -107,7 +114,7 @@ class DRRStream(_RenderProcessOwner, ShardSet):
         self.shards, self._next = [], []
         angles = np.array(grid_angles(TEMPLATE_GRID_DEG) if template_angles is None else template_angles, float)
         self._volumes = [ct.resampled(voxel_mm) if min(ct.spacing) < voxel_mm * 0.999 else ct for ct in cts]
-        self._renewals = _QueryRenewals(self._volumes, self.K, poses, self.seed, self.renew_n, device)
+        self._renewals = _QueryRenewals(self._volumes, self.K, poses, self.seed, self.renew_n, device, self.appearance)
         self._worker = _AheadWorker(self._renewals) if workers and self.renew_n and not str(device).startswith("cuda") \
             else None
         if self._worker is not None:
@@ -130,9 +137,10 @@ class DRRStream(_RenderProcessOwner, ShardSet):
                 shard["template_tiles"] = tile_of
             self.shards.append(shard)
             self._next.append(0)
-            for _ in range(pool):
+            for k in range(pool):
                 T = _sample_pose(vol, poses, rng)
-                self._store(i, T, render_query(r, T, float(rng.uniform(1.0, 10.0))))
+                img = render_query(r, T, float(rng.uniform(1.0, 10.0)))
+                self._store(i, T, query_appearance(vol, self.K, T, img, self.appearance, (self.seed, 4, i, k)))
         self.rendered = 0  # fresh query DRRs rendered since the initial pool
         self._step: int | None = None  # the step whose renewal the pool holds
         self._current: int | None = None  # the CT renewed for that step (the one ``batch`` draws from)
@@ -164,6 +172,8 @@ class DRRStream(_RenderProcessOwner, ShardSet):
     def describe(self) -> dict:
         d = {"kind": "DRRStream", "cts": [v.name for v in self._volumes], "size": self.size, "poses": self.poses,
              "pool": len(self.shards[0]["queries"]), "renew": self.renew_n, "seed": self.seed}
+        if self.appearance:  # no key: the project's DRRs only, as checkpoints without it read
+            d["appearance"] = self.appearance
         return {**d, "template_tiles": True} if self.template_tiles else d  # no key: untiled, as checkpoints without it read
 
 
@@ -188,6 +198,21 @@ def renewal_views(volumes, poses: str, seed: int, step: int, renew: int) -> tupl
     return i, views
 
 
+def query_appearance(vol, K, T: np.ndarray, image: np.ndarray, share: float, key: tuple) -> np.ndarray:
+    """``image`` (the project's query DRR at ``T``), or — with probability ``share``, drawn from
+    ``default_rng(key)`` alone — the same view of ``vol`` made in the ``diffdrr`` or the ``physics`` appearance
+    family (``rendering.appearance.simulate`` with Joseph's projector, its parameters from the same generator)."""
+    if share <= 0:
+        return image
+    rng = np.random.default_rng([int(x) for x in key])
+    if rng.random() >= share:
+        return image
+    from ..rendering.appearance import simulate
+
+    family = "diffdrr" if rng.random() < 0.5 else "physics"
+    return simulate(vol, K, T, family, rng=rng, backend=QUERY_BACKEND)[0].astype(np.float32)
+
+
 def render_query(renderer, T: np.ndarray, bone_multiplier: float) -> np.ndarray:
     """The (S, S) float32 query DRR at pose ``T`` with this bone multiplier."""
     renderer.set_bone_multiplier(bone_multiplier)
@@ -199,9 +224,9 @@ class _QueryRenewals:
     """``DRRStream``'s renewals as a function of the step (picklable; its renderers are built on first use, in the
     process that renders): ``step`` → (CT index, poses, images)."""
 
-    def __init__(self, volumes, K, poses: str, seed: int, renew: int, device: str = "cpu") -> None:
+    def __init__(self, volumes, K, poses: str, seed: int, renew: int, device: str = "cpu", appearance: float = 0.0) -> None:
         self.volumes, self.K, self.poses, self.seed, self.renew = volumes, K, poses, int(seed), int(renew)
-        self.device, self._renderers = device, None
+        self.device, self._renderers, self.appearance = device, None, float(appearance)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_renderers": None}
@@ -216,7 +241,9 @@ class _QueryRenewals:
 
     def __call__(self, step: int):
         i, views = renewal_views(self.volumes, self.poses, self.seed, step, self.renew)
-        return i, [T for T, _ in views], [render_query(self.renderer(i), T, m) for T, m in views]
+        images = [query_appearance(self.volumes[i], self.K, T, render_query(self.renderer(i), T, m), self.appearance,
+                                   (self.seed, 3, step, j)) for j, (T, m) in enumerate(views)]
+        return i, [T for T, _ in views], images
 
 
 def _ahead_loop(make, start: int, out) -> None:
