@@ -17,6 +17,7 @@ table this data gives (see the docs/verdict.md).
 Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
     .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --only mirrored:lumbar --backend nanodrr
+    .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --appearance physics   # another X-ray look
     .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...] [--pipeline]
 
 ``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) — or, with
@@ -47,6 +48,7 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_e
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.cts import resolve_ct_path  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import judge, signals  # noqa: E402
@@ -90,7 +92,8 @@ def table(paths, pipeline: bool = False) -> int:
     out = {}
     for r in rows:
         status = "rejected" if r.get("error") else (r["pipeline_status"] if pipeline else judge(r).status)
-        key = (r["kind"], "success" if r["success"] else "failure")
+        key = (f'{r["kind"]}{"" if r.get("appearance", "project") in ("", "project") else " (" + r["appearance"] + ")"}',
+               "success" if r["success"] else "failure")
         out.setdefault(key, {"accepted": 0, "uncertain": 0, "rejected": 0})[status] += 1
     print("| kind | truth | n | accepted | uncertain | rejected (or error) |")
     print("|---|---|---|---|---|---|")
@@ -122,6 +125,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", default=None, metavar="KIND[:CT]",
                     help="register only these cases (e.g. mirrored:lumbar); the others are still simulated, so every "
                          "case is the one of the full run")
+    ap.add_argument("--appearance", default="project", choices=FAMILIES,
+                    help="X-ray appearance family of every case (rendering/appearance.py; the same poses and cases "
+                         "in every family)")
     ap.add_argument("--backend", default=None, choices=("joseph", "nanodrr", "diffdrr"),
                     help="the refinement's renderer (default: RefineOptions' own)")
     a = ap.parse_args()
@@ -163,6 +169,8 @@ def main() -> int:
         src = vols[shows]
         T = sample_visible_pose(src, intr, rng)
         pixels = simulate_xray(src, intr, T, rng)
+        if a.appearance != "project":
+            pixels = simulate(src, intr, T, a.appearance, rng=np.random.default_rng([a.seed, 7, k]))[0]
         geo = intr
         if kind == "mirrored":
             pixels = np.ascontiguousarray(pixels[:, ::-1])
@@ -176,7 +184,7 @@ def main() -> int:
             opts = RegistrationOptions(model_path=str(model))
             registrars[key] = Registrar(vols[target], opts.replace(refine={"backend": a.backend}) if a.backend else opts)
         reg = registrars[key]
-        row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net}
+        row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net, "appearance": a.appearance}
         t = time.perf_counter()
         try:
             res = reg.register(xray)
