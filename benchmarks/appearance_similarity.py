@@ -37,25 +37,12 @@ from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
 from RayEmbRegistrationLib.inputs.volume import BONE_HU  # noqa: E402
 from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.refine import Refiner, downsample_image, level_intrinsics, perturbation_numpy  # noqa: E402
-from RayEmbRegistrationLib.registration.similarity import local_ncc, multiscale_ncc, ncc  # noqa: E402
+from RayEmbRegistrationLib.registration.similarity import gradient_ncc, multiscale_ncc  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import footprint_similarity  # noqa: E402
 from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
 from RayEmbRegistrationLib.rendering.render import MU_WATER, DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
-
-
-def sobel(img: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) → (B, 2, H, W) horizontal and vertical Sobel gradients (replicate padding)."""
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=img.dtype)
-    w = torch.stack([k, k.T])[:, None]
-    x = torch.nn.functional.pad(img[:, None], (1, 1, 1, 1), mode="replicate")
-    return torch.nn.functional.conv2d(x, w)
-
-
-def grad_ncc(a: torch.Tensor, b: torch.Tensor, patch: int) -> torch.Tensor:
-    ga, gb = sobel(a), sobel(b)
-    return 0.5 * (multiscale_ncc(ga[:, 0], gb[:, 0], patch) + multiscale_ncc(ga[:, 1], gb[:, 1], patch))
 
 
 def _multiple_r(y: torch.Tensor, X: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -123,7 +110,7 @@ def main() -> int:
             tgt = torch.as_tensor(downsample_image(pixels, li.width, li.height))[None].expand_as(drr)
             vals = {"mncc": multiscale_ncc(drr, tgt, patch).numpy(),
                     "footprint": np.array([footprint_similarity(pixels, d) for d in drr.numpy()]),
-                    "grad": grad_ncc(drr, tgt.contiguous(), patch).numpy(),
+                    "grad": gradient_ncc(drr, tgt.contiguous(), patch).numpy(),
                     "mix": mix_ncc(tgt.contiguous(), ch, patch).numpy()}
             for s, v in vals.items():
                 r = results[f][s]

@@ -83,6 +83,20 @@ def test_depth_valley_mode_reaches_the_options():
         build_parser().parse_args(base + ["--depth-valley", "sometimes"])
 
 
+def test_similarity_reaches_the_options():
+    """``--similarity grad`` sets ``refine.similarity`` (register and evaluate); the default is the intensity NCC;
+    another name is refused by argparse."""
+    from RayEmbRegistrationLib.cli.common import options_from_args
+
+    base = ["register", "--ct", "ct.nii.gz", "--xray", "x.tif", "--out", "o"]
+    assert options_from_args(build_parser().parse_args(base)).refine.similarity == "mncc"
+    assert options_from_args(build_parser().parse_args(base + ["--similarity", "grad"])).refine.similarity == "grad"
+    ev = build_parser().parse_args(["evaluate", "--n", "2", "--out", "o", "--similarity", "grad"])
+    assert options_from_args(ev).refine.similarity == "grad"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--similarity", "mi"])
+
+
 def test_competitor_levels_reach_the_options_and_a_bad_count_names_the_flag():
     """``--competitor-levels N`` sets how many refinement levels the competitor check runs (0: every level); a
     count beyond the schedule's limit is refused with the flag's name."""

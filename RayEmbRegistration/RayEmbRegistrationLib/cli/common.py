@@ -163,6 +163,10 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                         "does not match the X-ray, before the rescue search; always = for every X-ray, beside the "
                         "depth search's starts (on chest close-ups it accepted one wrong result); off. Default: "
                         f"{R.depth_valley}")
+    p.add_argument("--similarity", choices=("mncc", "grad"), default=None,
+                   help="the image similarity of the refinement and its checks: mncc = multiscale NCC of the intensities "
+                        "(calibrated); grad = the same on image gradients (blind to scatter and windowing). Default: "
+                        f"{R.similarity}")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
@@ -238,6 +242,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["depth_search"] = False
     if getattr(args, "depth_valley", None) is not None:
         ref["depth_valley"] = args.depth_valley
+    if getattr(args, "similarity", None) is not None:
+        ref["similarity"] = args.similarity
     if getattr(args, "no_competitor_check", False):
         ref["competitor_check"] = False
     if getattr(args, "no_local_check", False):

@@ -33,7 +33,7 @@ from ..geometry.camera import Intrinsics
 from ..options import RefineOptions
 from ..progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from ..rendering.render import DRRRenderer
-from .similarity import multiscale_ncc
+from .similarity import image_similarity
 from ..inputs.volume import BONE_HU, CTVolume
 
 __all__ = [
@@ -208,7 +208,7 @@ class Refiner:
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
         drr = self._render(intr)(torch.as_tensor(poses, dtype=torch.float32, device=self.device))
         patch = max(5, int(round(self.options.patch_fraction * intr.width)))
-        return multiscale_ncc(drr, target.expand_as(drr), patch).double().cpu().numpy()
+        return image_similarity(self.options.similarity)(drr, target.expand_as(drr), patch).double().cpu().numpy()
 
     @torch.no_grad()
     def drr(self, intrinsics: Intrinsics, camera_from_world, size: int | None = None) -> np.ndarray:
@@ -395,6 +395,7 @@ class Refiner:
             target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
             renderer = self._render(intr)
             patch = max(5, int(round(o.patch_fraction * intr.width)))
+            similarity = image_similarity(o.similarity)
             opt = torch.optim.Adam([p], lr=lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_it), eta_min=0.1 * lr)
             active[:] = True  # a start stopped by a non-finite gradient resumes at the next level, as alone
@@ -406,7 +407,7 @@ class Refiner:
                 opt.zero_grad()
                 T = torch.stack([pose_perturbation(p[b], c_cam[b], self.radius_mm) @ T0_t[b] for b in range(B)])
                 drr = renderer(T.to(torch.float32))
-                sim = multiscale_ncc(drr, target[None].expand_as(drr), patch)
+                sim = similarity(drr, target[None].expand_as(drr), patch)
                 s = sim.detach().cpu().numpy()
                 now = p.detach().cpu().numpy()
                 for b in np.flatnonzero(active.cpu().numpy()):
