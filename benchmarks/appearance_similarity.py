@@ -24,6 +24,7 @@ mix per tile, invariant to how bone and soft tissue are weighted).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.refine import Refiner, downsample_image, level_intrinsics, perturbation_numpy  # noqa: E402
 from RayEmbRegistrationLib.registration.similarity import gradient_ncc, multiscale_ncc  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import footprint_similarity  # noqa: E402
-from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, draw_params, simulate  # noqa: E402
 from RayEmbRegistrationLib.rendering.render import MU_WATER, DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
@@ -79,6 +80,9 @@ def main() -> int:
     ap.add_argument("--rot-mm", type=float, default=3.0, help="rotation σ (mm of arc at the bone radius)")
     ap.add_argument("--trans-mm", type=float, nargs=3, default=(3.0, 3.0, 10.0), help="translation σ (u, v, depth)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
+                    help="fix parameters of every drawn X-ray, e.g. collimator='\"none\"' metal=[] unsharp_amount=0 "
+                         "(which part of a family's look breaks a similarity)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ct = load_ct(a.ct)
@@ -106,7 +110,12 @@ def main() -> int:
             drr = refiner._render(li)(P)
             ch = torch.stack([soft(P), bone(P)], dim=1)
         for f in a.appearance:
-            pixels = project if f == "project" else simulate(ct, intr, T, f, rng=np.random.default_rng([a.seed, 7, k]))[0]
+            if f == "project":
+                pixels = project
+            else:
+                params = draw_params(f, np.random.default_rng([a.seed, 7, k]))
+                params.update({key: json.loads(v) for key, v in (s.split("=", 1) for s in a.set) if key in params})
+                pixels = simulate(ct, intr, T, f, params=params)[0]
             tgt = torch.as_tensor(downsample_image(pixels, li.width, li.height))[None].expand_as(drr)
             vals = {"mncc": multiscale_ncc(drr, tgt, patch).numpy(),
                     "footprint": np.array([footprint_similarity(pixels, d) for d in drr.numpy()]),
@@ -119,7 +128,8 @@ def main() -> int:
                 r["best"].append(bool(v[0] > v[1:].max()))
         print(f"case {k}: " + "; ".join(f"{f} " + " ".join(f"{s} {results[f][s]['truth'][-1]:.3f}" for s in results[f])
                                         for f in a.appearance), flush=True)
-    print(f"\n{a.n} clinical X-rays of {Path(a.ct).name}, seed {a.seed}; {a.offsets} poses perturbed by rotations "
+    print(f"\n{a.n} clinical X-rays of {Path(a.ct).name}, seed {a.seed}, fixed: {' '.join(a.set) or 'nothing'}; "
+          f"{a.offsets} poses perturbed by rotations "
           f"N(0, {a.rot_mm} mm of arc) and translations N(0, {tuple(a.trans_mm)}) mm per X-ray; finest grid {size}²\n")
     print("| similarity | " + " | ".join(f"{f}: at truth / truth best / margin" for f in a.appearance) + " |")
     print("|---|" + "---|" * len(a.appearance))
