@@ -40,7 +40,7 @@ from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.refine import Refiner, downsample_image, level_intrinsics, perturbation_numpy  # noqa: E402
 from RayEmbRegistrationLib.registration.similarity import gradient_ncc, multiscale_ncc  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import footprint_similarity  # noqa: E402
-from RayEmbRegistrationLib.rendering.appearance import FAMILIES, draw_params, simulate  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, case_in_family  # noqa: E402
 from RayEmbRegistrationLib.rendering.render import MU_WATER, DRRRenderer  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
@@ -96,6 +96,7 @@ def main() -> int:
     bone = DRRRenderer(ct3, li, backend="joseph",
                        attenuation=lambda hu, bm: MU_WATER * torch.clip(hu - BONE_HU, 0) / 1000)
     patch = max(5, int(round(refiner.options.patch_fraction * li.width)))
+    fixed = {key: json.loads(v) for key, v in (s.split("=", 1) for s in a.set)}
     rng = np.random.default_rng(a.seed)
     results = {f: {s: {"truth": [], "margin": [], "best": []} for s in ("mncc", "footprint", "grad", "mix")}
                for f in a.appearance}
@@ -110,12 +111,7 @@ def main() -> int:
             drr = refiner._render(li)(P)
             ch = torch.stack([soft(P), bone(P)], dim=1)
         for f in a.appearance:
-            if f == "project":
-                pixels = project
-            else:
-                params = draw_params(f, np.random.default_rng([a.seed, 7, k]))
-                params.update({key: json.loads(v) for key, v in (s.split("=", 1) for s in a.set) if key in params})
-                pixels = simulate(ct, intr, T, f, params=params)[0]
+            pixels, _ = case_in_family(ct, intr, T, f, (project, {}), (a.seed, 7, k), overrides=fixed)
             tgt = torch.as_tensor(downsample_image(pixels, li.width, li.height))[None].expand_as(drr)
             vals = {"mncc": multiscale_ncc(drr, tgt, patch).numpy(),
                     "footprint": np.array([footprint_similarity(pixels, d) for d in drr.numpy()]),

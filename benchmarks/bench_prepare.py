@@ -55,7 +55,7 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED  # noqa
 from RayEmbRegistrationLib.detection.model import load_model  # noqa: E402
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
-from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, case_in_family  # noqa: E402
 from RayEmbRegistrationLib.training.prepare import (TRAINING, render_workers, self_check_case, summarise_self_check,  # noqa: E402
                                           training_stream, usable_cores)
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT  # noqa: E402
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         T = sample_visible_pose(ct, intr, rng, poses="clinical")
         project = simulate_xray(ct, intr, T, rng)
         for f in a.appearance:
-            pixels = project if f == "project" else simulate(ct, intr, T, f, rng=np.random.default_rng([a.seed, 7, k]))[0]
+            pixels, _ = case_in_family(ct, intr, T, f, (project, {}), (a.seed, 7, k))
             xrays[f].append((XRayImage(pixels, intr, f"check {k + 1} ({f})"), T))
 
     def self_checks(model_path: Path) -> dict:

@@ -48,7 +48,7 @@ from RayEmbRegistrationLib.evaluate import EVAL_POINTS, EVAL_POINTS_SEED, pose_e
 from RayEmbRegistrationLib.options import RegistrationOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.pipeline import Registrar  # noqa: E402
 from RayEmbRegistrationLib.resources import BUNDLED_MODEL, SAMPLE_CT, SAMPLE_CT_MODEL  # noqa: E402
-from RayEmbRegistrationLib.rendering.appearance import FAMILIES, simulate  # noqa: E402
+from RayEmbRegistrationLib.rendering.appearance import FAMILIES, case_in_family  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.training.cts import resolve_ct_path  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import judge, signals  # noqa: E402
@@ -168,9 +168,7 @@ def main() -> int:
     for k, (kind, shows, target, net, model) in enumerate(jobs):
         src = vols[shows]
         T = sample_visible_pose(src, intr, rng)
-        pixels = simulate_xray(src, intr, T, rng)
-        if a.appearance != "project":
-            pixels = simulate(src, intr, T, a.appearance, rng=np.random.default_rng([a.seed, 7, k]))[0]
+        pixels, _ = case_in_family(src, intr, T, a.appearance, (simulate_xray(src, intr, T, rng), {}), (a.seed, 7, k))
         geo = intr
         if kind == "mirrored":
             pixels = np.ascontiguousarray(pixels[:, ::-1])

@@ -115,7 +115,7 @@ def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, rendere
     another family draws its parameters from ``rng([seed, 7, case])`` and records them in the X-ray's
     ``metadata["appearance"]``."""
     from .inputs.xray import XRayImage
-    from .rendering.appearance import FAMILIES, simulate
+    from .rendering.appearance import FAMILIES, case_in_family
 
     if appearance not in FAMILIES:
         raise ValueError(f"unknown appearance {appearance!r}; choose one of {', '.join(FAMILIES)}")
@@ -123,10 +123,8 @@ def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, rendere
     for case in range(n):
         T = sample_visible_pose(ct, intr, rng, poses=poses)
         record: dict = {}
-        pixels = simulate_xray(ct, intr, T, rng, renderer=renderer, record=record)
-        params = {"family": "project", **record}
-        if appearance != "project":
-            pixels, params = simulate(ct, intr, T, appearance, rng=np.random.default_rng([seed, 7, case]))
+        project = simulate_xray(ct, intr, T, rng, renderer=renderer, record=record), {"family": "project", **record}
+        pixels, params = case_in_family(ct, intr, T, appearance, project, (seed, 7, case))
         xray = XRayImage(pixels, intr, f"case{case}", metadata={"appearance": params})
         yield case, T, xray, perturbed_start(ct, intr, T, refiner.centre_ras, refiner.radius_mm, rng)
 

@@ -174,3 +174,15 @@ def test_diffdrr_mapping_is_diffdrrs_own():
 def test_unknown_family_names_the_families():
     with pytest.raises(ValueError, match="project, diffdrr, physics, mixed"):
         A.draw_params("deepdrr", np.random.default_rng(0))
+
+
+def test_case_in_family_keeps_the_project_image_and_fixes_overrides(sample_ct):
+    """``case_in_family``: the project family returns the benchmark's own image untouched; another family draws its
+    parameters from the key (the same key, the same image) with ``overrides`` fixed."""
+    intr = Intrinsics.deepfluoro(48)
+    T = sample_visible_pose(sample_ct, intr, np.random.default_rng(2), poses="clinical")
+    project = (np.zeros((48, 48), np.float32), {"family": "project"})
+    assert A.case_in_family(sample_ct, intr, T, "project", project, (0, 7, 1)) is project
+    a, pa = A.case_in_family(sample_ct, intr, T, "diffdrr", project, (0, 7, 1), overrides={"noise": 0.0, "x": 1})
+    b, pb = A.case_in_family(sample_ct, intr, T, "diffdrr", project, (0, 7, 1), overrides={"noise": 0.0})
+    assert pa["noise"] == 0.0 and "x" not in pa and pa == pb and np.array_equal(a, b)

@@ -42,7 +42,7 @@ import numpy as np
 from ..geometry.camera import Intrinsics
 from ..inputs.volume import CTVolume
 
-__all__ = ["FAMILIES", "simulate", "draw_params", "physics_tables", "hu_to_mass_density", "material_fractions",
+__all__ = ["FAMILIES", "simulate", "case_in_family", "draw_params", "physics_tables", "hu_to_mass_density", "material_fractions",
            "diffdrr_hu_to_density", "MATERIALS"]
 
 FAMILIES = ("project", "diffdrr", "physics", "mixed")
@@ -136,6 +136,19 @@ def simulate(ct: CTVolume, intrinsics: Intrinsics, camera_from_world, family: st
     if kind == "physics":
         return _physics(ct, intrinsics, T, params, backend or "nanodrr"), params
     raise ValueError(f"unknown appearance family {kind!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def case_in_family(ct: CTVolume, intrinsics: Intrinsics, camera_from_world, family: str, project: tuple[np.ndarray, dict],
+                   key, overrides: dict | None = None) -> tuple[np.ndarray, dict]:
+    """A benchmark case's X-ray in ``family``: ``project`` (the project family's image and parameters, made as the
+    benchmark always makes it, so that its random stream — the poses and starts that follow — is the same in every
+    family), or a new image whose parameters are drawn from ``default_rng(key)`` (``key`` e.g. ``(seed, 7, case)``)
+    with ``overrides`` fixed. → ``(image, params)``."""
+    if family == "project":
+        return project
+    params = draw_params(family, np.random.default_rng([int(k) for k in key]))
+    params.update({k: v for k, v in (overrides or {}).items() if k in params})
+    return simulate(ct, intrinsics, camera_from_world, family, params=params)
 
 
 # ---------------------------------------------------------------------------------------------------------------
