@@ -35,13 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RayEmbRegistration
 
 from RayEmbRegistrationLib import load_ct  # noqa: E402
 from RayEmbRegistrationLib.geometry.camera import Intrinsics  # noqa: E402
-from RayEmbRegistrationLib.inputs.volume import BONE_HU  # noqa: E402
 from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.refine import Refiner, downsample_image, level_intrinsics, perturbation_numpy  # noqa: E402
 from RayEmbRegistrationLib.registration.similarity import gradient_ncc, multiscale_ncc  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import footprint_similarity  # noqa: E402
 from RayEmbRegistrationLib.rendering.appearance import FAMILIES, case_in_family  # noqa: E402
-from RayEmbRegistrationLib.rendering.render import MU_WATER, DRRRenderer  # noqa: E402
+from RayEmbRegistrationLib.rendering.render import DRRRenderer, hu_to_attenuation  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
 
@@ -91,10 +90,10 @@ def main() -> int:
     size = refiner.options.levels[-1]
     li = level_intrinsics(intr, size)
     ct3 = ct.resampled(refiner.options.voxel_mm) if refiner.options.voxel_mm else ct
-    soft = DRRRenderer(ct3, li, backend="joseph",
-                       attenuation=lambda hu, bm: MU_WATER * torch.clip(torch.minimum(hu, torch.tensor(BONE_HU)) + 1000, 0) / 1000)
+    # the project's one HU -> attenuation mapping split into its soft-tissue part (bone multiplier 0) and its bone excess
+    soft = DRRRenderer(ct3, li, backend="joseph", attenuation=lambda hu, bm: hu_to_attenuation(hu, 0.0))
     bone = DRRRenderer(ct3, li, backend="joseph",
-                       attenuation=lambda hu, bm: MU_WATER * torch.clip(hu - BONE_HU, 0) / 1000)
+                       attenuation=lambda hu, bm: hu_to_attenuation(hu, 1.0) - hu_to_attenuation(hu, 0.0))
     patch = max(5, int(round(refiner.options.patch_fraction * li.width)))
     fixed = {key: json.loads(v) for key, v in (s.split("=", 1) for s in a.set)}
     rng = np.random.default_rng(a.seed)

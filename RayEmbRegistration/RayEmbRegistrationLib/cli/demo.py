@@ -42,6 +42,7 @@ def run(args) -> int:
     from ..registration.pipeline import Registrar
     from ..outputs.report import check_output_dir, write_json_atomic, write_registration
     from ..resources import RESOURCES, bundled_model_for
+    from ..rendering.appearance import case_in_family
     from ..rendering.simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
     from ..inputs.volume import load_ct
     from ..inputs.xray import XRayImage, save_xray
@@ -53,12 +54,8 @@ def run(args) -> int:
     rng = np.random.default_rng(args.seed)
     intr = Intrinsics.deepfluoro(args.size)
     T_true = sample_visible_pose(ct, intr, rng)
-    pixels = simulate_xray(ct, intr, T_true, rng)
-    appearance = {"family": "project"}
-    if args.appearance != "project":
-        from ..rendering.appearance import simulate
-
-        pixels, appearance = simulate(ct, intr, T_true, args.appearance, rng=np.random.default_rng([args.seed, 7]))
+    pixels, appearance = case_in_family(ct, intr, T_true, args.appearance,
+                                        (simulate_xray(ct, intr, T_true, rng), {"family": "project"}), (args.seed, 7))
     save_xray(pixels, intr, out / "xray.tif")
     write_json_atomic({"camera_from_world": T_true, "appearance": appearance,
                        "note": "ground truth of the simulated X-ray (not given to the pipeline)"}, out / "truth.json")
