@@ -95,7 +95,13 @@ def main() -> int:
     bone = DRRRenderer(ct3, li, backend="joseph",
                        attenuation=lambda hu, bm: hu_to_attenuation(hu, 1.0) - hu_to_attenuation(hu, 0.0))
     patch = max(5, int(round(refiner.options.patch_fraction * li.width)))
-    fixed = {key: json.loads(v) for key, v in (s.split("=", 1) for s in a.set)}
+    fixed = {}
+    for s in a.set:
+        key, _, value = s.partition("=")
+        try:
+            fixed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            ap.error(f"--set {s}: give KEY=JSON, e.g. spr=0 or collimator='\"none\"' (strings in double quotes)")
     rng = np.random.default_rng(a.seed)
     results = {f: {s: {"truth": [], "margin": [], "best": []} for s in ("mncc", "footprint", "grad", "mix")}
                for f in a.appearance}
