@@ -27,10 +27,24 @@ from RayEmbRegistrationLib.inputs.volume import CTVolume
 
 
 def line_integral_drr(ct: CTVolume, camera: Camera, n_samples: int | None = None) -> np.ndarray:
-    """(H, W) DRR of ``ct`` seen by ``camera``, rendered by the project's own default renderer (nanodrr)."""
-    from RayEmbRegistrationLib.rendering.render import DRRRenderer
+    """(H, W) line integrals of ``ct``'s attenuation seen by ``camera``: ``n_samples`` trilinear samples per ray from
+    the source to each pixel centre (NumPy + SciPy only, so the checks also run in a Slicer without PyTorch). The
+    adapters only need a real image at a known geometry; the project's renderers are tested elsewhere."""
+    from scipy.ndimage import map_coordinates
 
-    return DRRRenderer(ct, camera.intrinsics, n_samples=n_samples).render_numpy(camera.camera_from_world)
+    K = camera.intrinsics
+    n = int(n_samples or 128)
+    v, u = np.mgrid[0:K.height, 0:K.width]
+    uv = np.c_[u.ravel(), v.ravel()].astype(float)
+    src = camera.source_ras
+    det = camera.pixel_to_detector_ras(uv)
+    t = (np.arange(n) + 0.5) / n
+    pts = src[None, None, :] + t[None, :, None] * (det - src)[:, None, :]  # (P, n, 3) RAS
+    ijk = (np.c_[pts.reshape(-1, 3), np.ones(pts.shape[0] * n)] @ np.linalg.inv(ct.ijk_to_ras).T)[:, :3]
+    mu = np.clip((ct.hu.astype(np.float32) + 1000.0) / 1000.0, 0.0, None) * 0.02  # 1/mm, water 0.02
+    samples = map_coordinates(mu, ijk.T, order=1, mode="constant", cval=0.0).reshape(-1, n)
+    step = np.linalg.norm(det - src, axis=1) / n
+    return (samples.sum(axis=1) * step).reshape(K.height, K.width).astype(np.float32)
 
 
 def _approx(expected, rel=1e-6, abs=1e-9):
@@ -188,6 +202,43 @@ def check_xray_missing_sdd_names_the_field(app, drr):
     assert K.principal_point_px == ((96 - 1) / 2, (80 - 1) / 2)
 
 
+def check_xray_unit_spacing_is_missing_geometry(app, drr):
+    """Slicer gives a PNG/JPG/plain-NRRD X-ray 1 mm pixels: that is no detector spacing, so it is asked for, never
+    used; an explicit attribute (even 1 mm) or a GUI value is used."""
+    import vtk
+
+    node = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "png")
+    mrml_nodes._set_image(node, drr[None], vtk.VTK_FLOAT)
+    node.SetSpacing(1.0, 1.0, 1.0)
+    assert mrml.missing_geometry(node, {"source_to_detector_mm": 1000.0}) == ["pixel_spacing_mm"]
+    with _raises(GeometryError, match="pixel spacing"):
+        mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0})
+    K = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0, "pixel_spacing_mm": (0.2, 0.25)}).intrinsics
+    assert K.pixel_spacing_mm == _approx((0.2, 0.25))
+    node.SetAttribute(mrml.ATTR_PIXEL_SPACING, "1,1")
+    assert mrml.missing_geometry(node, {"source_to_detector_mm": 1000.0}) == []
+    assert mrml.read_xray_geometry(node)["sources"]["pixel_spacing_mm"] == "node attributes"
+
+
+def check_xray_file_with_sidecar_gets_its_geometry(app, cameras, drr, tmp_path):
+    """An X-ray file loaded as Slicer loads it (no RayEmb attributes) takes SDD, pixel spacing and principal point
+    from the geometry sidecar beside the file; the pixels are the file's."""
+    from RayEmbRegistrationLib.inputs.xray import load_xray, save_xray
+
+    K = cameras[0].intrinsics
+    path = tmp_path / "xray.nrrd"
+    save_xray(drr, K, path)
+    node = app.load_volume(path)
+    assert node.GetAttribute(mrml.ATTR_SDD) is None
+    geo = mrml.read_xray_geometry(node)
+    assert geo["sources"]["source_to_detector_mm"].startswith("sidecar")
+    x = mrml.volume_node_to_xray(node)
+    assert x.intrinsics == K
+    np.testing.assert_array_equal(x.pixels, load_xray(path).pixels)
+    (tmp_path / "xray.nrrd.json").unlink()
+    assert "source_to_detector_mm" in mrml.missing_geometry(node)
+
+
 def check_xray_from_rgb_vector_volume(app):
     import vtk
 
@@ -200,7 +251,7 @@ def check_xray_from_rgb_vector_volume(app):
     a = ns.numpy_to_vtk(rgb.reshape(-1, 3), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR)
     img.GetPointData().SetScalars(a)
     node.SetAndObserveImageData(img)
-    px = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0}).pixels
+    px = mrml.volume_node_to_xray(node, {"source_to_detector_mm": 1000.0, "pixel_spacing_mm": 0.3}).pixels
     assert px.shape == (4, 5) and px[1, 2] == _approx(60.0) and px.sum() == _approx(60.0)
 
 

@@ -1,5 +1,5 @@
 """The headless slicer-core application context of the tests: ``mrml.HeadlessSlicerApp`` plus the helpers the
-shared checks (``mrml_checks.py``) need: ``nodes``, ``snapshot``, ``fresh``.
+shared checks (``mrml_checks.py``) need: ``nodes``, ``snapshot``, ``fresh``, ``load_volume``.
 
 Usage::
 
@@ -8,6 +8,8 @@ Usage::
     red = app.add_slice_view("Red")  # optional: a slice logic for 2D rendering
     app.save_mrb(path); app2 = SlicerApp(); app2.load_mrb(path)
 """
+
+from pathlib import Path
 
 from RayEmbRegistrationLib.mrml import HeadlessSlicerApp
 
@@ -25,6 +27,13 @@ class SlicerApp(HeadlessSlicerApp):
         """All nodes of a class (including subclasses) in scene order."""
         col = self.scene.GetNodesByClass(class_name)
         return [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
+
+    def load_volume(self, path: str):
+        """Read a volume file into the scene as Slicer's *Add data* does (the volumes logic's archetype reader)."""
+        node = self.logics["Volumes"].AddArchetypeVolume(str(path), Path(str(path)).name.split(".")[0])
+        if node is None:
+            raise OSError(f"could not read {path} as a volume")
+        return node
 
     def snapshot(self) -> list:
         """``(ID, class, MTime)`` of every node: equal snapshots ⇒ no node added, removed or modified."""

@@ -307,3 +307,38 @@ def test_errors(tmp_path, shared_data):
         soft.resampled(0)
     with pytest.raises(VolumeError, match="unsupported"):
         save_ct(soft, tmp_path / "x.png")
+
+
+def _series_copy(shared_data, tmp_path, edit):
+    """The real DICOM series copied to ``tmp_path`` with ``edit(k, dataset)`` applied to each slice's header
+    (``edit`` returning False drops the slice)."""
+    import pydicom
+
+    files = sorted((shared_data / DICOM_DIR).glob("*"), key=lambda f: float(pydicom.dcmread(str(f), stop_before_pixels=True).ImagePositionPatient[2]))
+    out = tmp_path / "series"
+    out.mkdir()
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(str(f))
+        if edit(k, ds) is False:
+            continue
+        ds.save_as(str(out / f.name))
+    return out
+
+
+def test_dicom_series_with_gantry_tilt_is_refused_with_what_to_do(shared_data, tmp_path):
+    def tilt(k, ds):  # each slice shifted along the column direction: a 20° gantry tilt
+        dz = float(ds.SliceThickness or 1.0) if "SliceThickness" in ds else 1.0
+        ipp = [float(x) for x in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + k * dz * np.tan(np.radians(20.0)), ipp[2]]
+
+    folder = _series_copy(shared_data, tmp_path, tilt)
+    with pytest.raises(VolumeError, match=r"tilted by 2\d\.\d°.*acquisition geometry regularization"):
+        load_ct(folder)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(shared_data, tmp_path):
+    folder = _series_copy(shared_data, tmp_path, lambda k, ds: k != 5)
+    with pytest.raises(VolumeError, match="not equally spaced"):
+        load_ct(folder)
+    (tmp_path / "b").mkdir()
+    assert load_ct(_series_copy(shared_data, tmp_path / "b", lambda k, ds: None)).hu.shape[2] == 20

@@ -32,6 +32,11 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--self-check", type=int, default=10, metavar="N", help="simulated X-rays of the self-check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stop-file", default=None, metavar="PATH",
+                   help="stop the training early when this file appears (the folder is still completed); how a GUI "
+                        "stops a preparation it started, through any launcher process")
+    p.add_argument("--watch-pid", type=int, default=None, metavar="PID",
+                   help="stop as if --stop-file appeared when process PID (the GUI that started this) is gone (POSIX)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +44,7 @@ def run(args) -> int:
     from ..device import resolve_device
     from ..training.prepare import prepare
     from ..inputs.volume import load_ct
+    from ..training.prepare_job import stop_requested
 
     set_threads()
     ct = load_ct(args.ct)
@@ -48,8 +54,13 @@ def run(args) -> int:
             el = time.time() - t0
             bar(f, f"{m} | {el / 60:.1f} of {budget / 60:g} min, ~{max(0.0, budget - el) / 60:.1f} left")
 
+        cancel = None
+        if args.stop_file or args.watch_pid:
+            def cancel():
+                return stop_requested(args.stop_file, args.watch_pid)
+
         prep = prepare(ct, args.out, minutes=args.minutes, model_path=args.model, device=resolve_device(args.device),
-                       n_selfcheck=args.self_check, seed=args.seed, progress=progress,
+                       n_selfcheck=args.self_check, seed=args.seed, progress=progress, cancel=cancel,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
     print("\n".join(prep.summary_lines()))
     print(f"use it with: rayemb register --prepared {prep.path} ...")

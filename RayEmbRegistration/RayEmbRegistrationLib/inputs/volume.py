@@ -270,6 +270,49 @@ def _right_handed(hu: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, n
     return hu[:, :, ::-1], A
 
 
+#: slice positions may deviate from a regular grid by this much (mm) and the slice direction from the image
+#: normal by this much (unit-vector components) before a series counts as irregular or tilted; the same tolerance
+#: as 3D Slicer's DICOM scalar-volume reader
+SERIES_GEOMETRY_TOL = 1e-2
+
+
+def series_geometry_problem(files: list[str]) -> str | None:
+    """None when the DICOM slices ``files`` lie on a regular grid; otherwise what is wrong (gantry tilt: the slices
+    advance along a direction that is not their normal; irregular spacing: unequal gaps or a missing slice) and what
+    to do. Read from the headers (ImagePositionPatient, ImageOrientationPatient). A reader that stacks such slices
+    as if regular gets the CT's geometry — and every pose found on it — wrong."""
+    import pydicom
+
+    if len(files) < 3:
+        return None
+    pos, orient = [], None
+    for f in files:
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if ipp is None or iop is None:
+            return None  # no patient geometry to check (the reader then stacks slices by file order)
+        pos.append([float(x) for x in ipp])
+        orient = orient if orient is not None else np.asarray([float(x) for x in iop])
+    row, col = orient[:3], orient[3:]
+    normal = np.cross(row, col)
+    pos = np.asarray(pos)
+    pos = pos[np.argsort(pos @ normal)]
+    steps = np.diff(pos, axis=0)
+    lengths = np.linalg.norm(steps, axis=1)
+    direction = (pos[-1] - pos[0]) / max(np.linalg.norm(pos[-1] - pos[0]), 1e-9)
+    fix = ("Load it in 3D Slicer with the DICOM module's acquisition geometry regularization and harden the "
+           "transform (or resample it onto a regular grid), save it as NRRD or NIfTI, and use that file.")
+    if np.abs(direction - normal).max() > SERIES_GEOMETRY_TOL:
+        tilt = np.degrees(np.arccos(np.clip(abs(float(direction @ normal)), -1.0, 1.0)))
+        return (f"the slices of this CT series are tilted by {tilt:.1f}° (gantry tilt): they advance along a direction "
+                f"that is not their normal, so its voxels are not on a regular grid. {fix}")
+    if lengths.max() - lengths.min() > SERIES_GEOMETRY_TOL:
+        return (f"the slices of this CT series are not equally spaced (gaps from {lengths.min():.3f} to "
+                f"{lengths.max():.3f} mm; a missing slice or a series of several spacings), so its voxels are not on "
+                f"a regular grid. {fix}")
+    return None
+
+
 def _read_dicom_series(path: Path):
     import SimpleITK as sitk
 
@@ -297,6 +340,9 @@ def _read_dicom_series(path: Path):
                 "to read that one.", folder, len(by_size), by_size[0][1], by_size[0][0],
             )
         files = list(reader.GetGDCMSeriesFileNames(str(folder), by_size[0][1]))
+    problem = series_geometry_problem(files)
+    if problem is not None:
+        raise VolumeError(f"{folder}: {problem}")
     reader.SetFileNames(files)
     try:
         return reader.Execute()  # GDCM applies RescaleSlope/Intercept → HU

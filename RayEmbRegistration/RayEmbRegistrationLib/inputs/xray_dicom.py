@@ -102,7 +102,11 @@ def read_dicom_xray(path: Path, frame: int | None, log: bool | None, notes: list
     """Pixels (H, W) in line-integral form, ``CarmAngles`` or None, geometry fields, why missing fields are
     missing, and metadata of the DICOM X-ray ``path`` (``log``: as ``load_xray``'s ``log_transform``)."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+
+    try:
+        from pydicom.pixels import apply_modality_lut  # pydicom >= 3
+    except ImportError:  # pydicom 2.x (3D Slicer 5.10 ships 2.4)
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -194,6 +198,19 @@ def _carm_angles(ds, notes: list[str]) -> CarmAngles | None:
         return CarmAngles(prim if isinstance(prim, float) else 0.0, sec if isinstance(sec, float) else 0.0,
                           sid if isinstance(sid, float) else None)
     return None
+
+
+def read_dicom_geometry(path: str | Path) -> dict:
+    """The geometry fields the DICOM X-ray ``path`` records (header only): any of ``source_to_detector_mm``,
+    ``pixel_spacing_mm`` [du, dv], ``principal_point_px``; a field it does not record is absent."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:
+        raise XRayError(f"Cannot read DICOM file {path}: {exc}") from exc
+    vals, _why = _dicom_geometry(ds, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), [])
+    return vals
 
 
 def read_carm_angles(path: str | Path) -> CarmAngles | None:

@@ -39,29 +39,81 @@ def volume_node_to_ct(node) -> CTVolume:
     return CTVolume(arr.transpose(2, 1, 0).astype(np.float32), ijk_to_ras, node.GetName())
 
 
-def read_xray_geometry(node) -> dict[str, Any]:
-    """The geometry attributes of an X-ray node: ``{"source_to_detector_mm", "pixel_spacing_mm",
-    "principal_point_px"}``, each None when absent (the pixel spacing then falls back to the node's spacing)."""
+#: a node spacing this close to 1 mm is what Slicer gives a file that records no spacing (PNG, JPG, a plain NRRD):
+#: it is not taken as the detector's pixel spacing
+_UNIT_SPACING_TOL = 1e-6
+
+
+def node_file_sidecar(node) -> tuple[dict[str, Any], str] | None:
+    """The geometry sidecar (``xray.sidecar_candidates``: ``<file>.json`` or ``<stem>.json``) next to the file the
+    node was loaded from, as ``(content, path)``; None when the node has no file or no sidecar exists there."""
+    from ..inputs.xray import _read_json, sidecar_candidates
+
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    name = storage.GetFileName() if storage is not None else None
+    if not name:
+        return None
+    for cand in sidecar_candidates(name):
+        if cand.is_file():
+            return _read_json(cand, "geometry sidecar"), str(cand)
+    return None
+
+
+def read_xray_geometry(node, dicom_file: str | None = None) -> dict[str, Any]:
+    """The detector geometry known for an X-ray node, each field None when unknown:
+    ``{"source_to_detector_mm", "pixel_spacing_mm", "principal_point_px", "sources"}``.
+
+    Priority per field: the node's ``RayEmb.*`` attributes; the geometry sidecar next to the file it was loaded from
+    (``node_file_sidecar``); the header of ``dicom_file`` (the DICOM file behind the node, which the Slicer module
+    finds in Slicer's DICOM database); the node's spacing — but only when it is not 1 mm × 1 mm, the spacing Slicer
+    gives a PNG, JPG or plain NRRD that records none: such an X-ray has **no** known pixel spacing (the module then
+    asks for it) instead of a silently wrong detector. ``sources`` names where each known field came from."""
+    fields = ("source_to_detector_mm", "pixel_spacing_mm", "principal_point_px")
+    out: dict[str, Any] = {k: None for k in fields}
+    sources: dict[str, str] = {}
+
+    def take(values: dict, source: str) -> None:
+        for k in fields:
+            if out[k] is None and values.get(k) is not None:
+                out[k] = values[k]
+                sources[k] = source
+
     sdd = _parse_numbers(node, ATTR_SDD, 1)
-    ps = _parse_numbers(node, ATTR_PIXEL_SPACING, 2)
-    pp = _parse_numbers(node, ATTR_PRINCIPAL_POINT, 2)
-    if ps is None:
-        sp = node.GetSpacing()
-        ps = (float(sp[0]), float(sp[1]))
-    return {
-        "source_to_detector_mm": sdd[0] if sdd else None,
-        "pixel_spacing_mm": ps,
-        "principal_point_px": pp,
-    }
+    take({"source_to_detector_mm": sdd[0] if sdd else None, "pixel_spacing_mm": _parse_numbers(node, ATTR_PIXEL_SPACING, 2),
+          "principal_point_px": _parse_numbers(node, ATTR_PRINCIPAL_POINT, 2)}, "node attributes")
+    side = node_file_sidecar(node)
+    if side is not None:
+        take(Intrinsics.fields(side[0]), f"sidecar {side[1]}")
+    if dicom_file:
+        from ..inputs.xray_dicom import read_dicom_geometry
+
+        take(read_dicom_geometry(dicom_file), f"DICOM {dicom_file}")
+    sp = node.GetSpacing()
+    if out["pixel_spacing_mm"] is None and not (abs(sp[0] - 1.0) < _UNIT_SPACING_TOL and abs(sp[1] - 1.0) < _UNIT_SPACING_TOL):
+        take({"pixel_spacing_mm": (float(sp[0]), float(sp[1]))}, "node spacing")
+    for k in ("pixel_spacing_mm", "principal_point_px"):
+        if out[k] is not None:
+            out[k] = tuple(float(x) for x in np.broadcast_to(np.asarray(out[k], dtype=float), (2,)))
+    if out["source_to_detector_mm"] is not None:
+        out["source_to_detector_mm"] = float(out["source_to_detector_mm"])
+    out["sources"] = sources
+    return out
 
 
-def volume_node_to_xray(node, overrides: dict[str, Any] | None = None, raw_intensity: bool = False) -> XRayImage:
+def _pixel_value_map(node) -> dict | None:
+    side = node_file_sidecar(node)
+    return side[0].get("pixel_value_map") if side is not None else None
+
+
+def volume_node_to_xray(node, overrides: dict[str, Any] | None = None, raw_intensity: bool = False,
+                        dicom_file: str | None = None) -> XRayImage:
     """X-ray volume node → ``xray.XRayImage`` in line-integral form.
 
-    Geometry: ``overrides`` (e.g. the module's geometry fields, keys of the sidecar format; None values = not
-    given) override the node's attributes; the pixel spacing falls back to the node's spacing; a missing
-    source-to-detector distance raises ``GeometryError``. ``raw_intensity``: the node holds raw detector
-    intensities (bone dark) → ``xray.intensity_to_line_integral``. C-arm angles from ``ATTR_CARM``, if set.
+    Geometry: ``read_xray_geometry(node, dicom_file)`` with ``overrides`` (e.g. the module's geometry fields, keys of
+    the sidecar format; None values = not given) applied over it; a missing source-to-detector distance or pixel
+    spacing raises ``GeometryError`` naming what to enter. ``raw_intensity``: the node holds raw detector
+    intensities (bone dark) → ``xray.intensity_to_line_integral``. Stored values are mapped back with the sidecar's
+    ``pixel_value_map`` (a 16-bit PNG written by ``save_xray``). C-arm angles from ``ATTR_CARM``, if set.
     A vector (RGB) image is averaged to grayscale. Pixels are indexed ``[v, u]`` = ``[J, I]``.
     """
     arr = array_from_volume_node(node)
@@ -73,14 +125,24 @@ def volume_node_to_xray(node, overrides: dict[str, Any] | None = None, raw_inten
             "(one slice). Select the radiograph, not the CT."
         )
     pixels = arr[0].astype(np.float32)
-    geo = Intrinsics.fields(read_xray_geometry(node), overrides)
+    geo = Intrinsics.fields(read_xray_geometry(node, dicom_file), overrides)
     if "source_to_detector_mm" not in geo:
         raise GeometryError(
             f"X-ray '{node.GetName()}' has no source-to-detector distance (attribute {ATTR_SDD}). "
             "Enter SDD (mm) in the module's geometry fields, or load the X-ray with its geometry sidecar JSON."
         )
+    if "pixel_spacing_mm" not in geo:
+        raise GeometryError(
+            f"X-ray '{node.GetName()}' has no known detector pixel spacing: its file records none (Slicer shows "
+            "1 mm for a PNG, JPG or plain NRRD, which is not the detector's). Enter the pixel spacing (mm) in the "
+            "module's geometry fields, or load the X-ray with its geometry sidecar JSON or from DICOM."
+        )
     H, W = pixels.shape
     notes = []
+    vm = _pixel_value_map(node)
+    if vm:
+        pixels = (pixels * float(vm.get("scale", 1.0)) + float(vm.get("offset", 0.0))).astype(np.float32)
+        notes.append("stored values mapped back with the sidecar's pixel_value_map")
     if raw_intensity:
         pixels = intensity_to_line_integral(pixels, f"X-ray '{node.GetName()}'", notes).astype(np.float32)
         notes.append("raw intensities log-transformed: log(I0) - log(I)")
@@ -90,11 +152,11 @@ def volume_node_to_xray(node, overrides: dict[str, Any] | None = None, raw_inten
                      {"source": f"mrml:{node.GetID()}", "format": "mrml", "notes": notes})
 
 
-def missing_geometry(node, overrides: dict[str, Any] | None = None) -> list[str]:
+def missing_geometry(node, overrides: dict[str, Any] | None = None, dicom_file: str | None = None) -> list[str]:
     """Names of the geometry fields (``"source_to_detector_mm"``, ``"pixel_spacing_mm"``) that neither
-    ``overrides`` nor the X-ray node give (unreadable attributes count as missing)."""
+    ``overrides`` nor ``read_xray_geometry`` give (unreadable attributes count as missing)."""
     try:
-        geo = read_xray_geometry(node)
+        geo = read_xray_geometry(node, dicom_file)
     except GeometryError:
         geo = {}
     geo = Intrinsics.fields(geo, overrides)
