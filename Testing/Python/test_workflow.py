@@ -1,0 +1,54 @@
+"""The module's steps (``mrml.workflow``) clicked through on a real slicer-core scene as a tester would in Slicer
+(``clickthrough.py``, the same body as the module's self-test): sample CT + sample X-ray loaded from their files,
+three fiducials, Register (accepted, close to the pose the X-ray was rendered at, outputs written once), a second
+Register during the first refused, Prepare with a one-minute budget stopped during training (folder complete, no
+process left). Plus the decisions the module's fields make."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+
+import clickthrough  # noqa: E402
+from slicer_app import SlicerApp  # noqa: E402
+
+from RayEmbRegistrationLib.mrml.workflow import ModuleInputs, Workflow  # noqa: E402
+from RayEmbRegistrationLib.resources import SAMPLE_CT, SAMPLE_CT_MODEL, SAMPLE_XRAY  # noqa: E402
+
+
+def test_click_through_register_and_prepare(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYEMB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with SlicerApp() as app:
+        figures = clickthrough.click_through(app, str(tmp_path), sys.executable, str(HERE.parents[1] / "RayEmbRegistration"),
+                                             log=lambda m: None)
+    assert figures["verdict"] == "accepted" and figures["mtre_mm"] < 5.0
+    assert Path(figures["prepared"]).parent == tmp_path / "cache" / "prepared"
+
+
+def test_fields_geometry_and_network_choice(tmp_path):
+    with SlicerApp() as app:
+        flow = Workflow(app.scene)
+        ct_node, xr = app.load_volume(str(SAMPLE_CT)), app.load_volume(str(SAMPLE_XRAY))
+        inp = ModuleInputs(ct_node=ct_node, xray_node=xr)
+        assert flow.known_geometry(inp)["source_to_detector_mm"] == 1020.0
+        inp.source_to_detector_mm = 900.0  # a typed value wins over the sidecar
+        assert flow.xray(inp).intrinsics.source_to_detector_mm == 900.0
+        ct = flow.ct(inp)
+        inp.model_source = "file"
+        with pytest.raises(ValueError, match="Model file not found: ''"):
+            flow.options(inp, ct)
+        inp.model_source = "prepared"
+        with pytest.raises(ValueError, match="Prepare this CT"):
+            flow.options(inp, ct)
+        inp.model_source = "bundled"
+        assert flow.options(inp, ct).model_path == str(SAMPLE_CT_MODEL)
+        other = type(ct)(ct.hu + 1.0, ct.ijk_to_ras, "other")  # another CT: the general network
+        assert flow.options(inp, other).model_path is None and "general" in flow.network_note
