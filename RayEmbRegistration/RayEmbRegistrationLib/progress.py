@@ -17,7 +17,7 @@ import threading
 from typing import Callable, Iterator, Optional
 
 __all__ = ["ProgressFn", "CancelFn", "Cancelled", "Terminated", "check_cancel", "sub_progress", "signals_deferred",
-           "terminate_on_sigterm", "deliver_lost_interrupts"]
+           "terminate_on_sigterm", "deliver_lost_interrupts", "DecileLog"]
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -37,6 +37,20 @@ def check_cancel(cancel: Optional[CancelFn], what: str = "operation") -> None:
     deliver_lost_interrupts()
     if cancel is not None and cancel():
         raise Cancelled(f"{what} cancelled")
+
+
+class DecileLog:
+    """A progress callback that logs one line per tenth of the work (and the first and last), not one per step:
+    what a console or log file should get from a long step whose progress dialog shows every message."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str = "") -> None:
+        self.log, self.prefix, self._last = log, prefix, -1
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        decile = min(10, max(0, int(float(fraction) * 10 + 1e-9)))
+        if decile != self._last:
+            self._last = decile
+            self.log(f"{self.prefix}{message} ({100 * float(fraction):.0f}%)")
 
 
 def sub_progress(progress: Optional[ProgressFn], lo: float, hi: float, prefix: str = "") -> Optional[ProgressFn]:

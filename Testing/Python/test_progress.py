@@ -90,3 +90,13 @@ def test_an_interrupt_that_lands_in_a_finaliser_is_not_lost(sig):
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
         sys.unraisablehook = old_hook
+
+
+def test_decile_log_writes_one_line_per_tenth():
+    from RayEmbRegistrationLib.progress import DecileLog
+
+    lines = []
+    log = DecileLog(lines.append, "reg: ")
+    for i in range(201):
+        log(i / 200, f"step {i}")
+    assert len(lines) == 11 and lines[0] == "reg: step 0 (0%)" and lines[-1] == "reg: step 200 (100%)"

@@ -68,7 +68,7 @@ def test_module_defines_the_four_template_classes(module_ast):
 
 
 def test_module_imports_nothing_heavy_and_installs_nothing_at_import(module_ast):
-    allowed = {"importlib", "logging", "os", "pathlib", "sys", "typing", "ctk", "qt", "slicer", "vtk"}
+    allowed = {"importlib", "logging", "os", "pathlib", "shutil", "sys", "typing", "ctk", "qt", "slicer", "vtk"}
     for node in module_ast.body:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -131,7 +131,8 @@ def test_every_ui_widget_the_module_uses_exists(module_ast, ui_root):
                  "pixelSpacingUSpinBox", "pixelSpacingVSpinBox", "principalPointUSpinBox", "principalPointVSpinBox",
                  "geometryWarningLabel", "modelSourceComboBox", "deviceComboBox", "autoBonePointsCheckBox",
                  "refineCheckBox", "iterationsSpinBox", "resolutionSpinBox", "detectButton", "registerButton",
-                 "finetuneButton", "resultsTableView", "overlayOpacitySliderWidget"):
+                 "prepareButton", "resultsTableView", "overlayOpacitySliderWidget", "modelPathLineEdit",
+                 "preparedFolderLineEdit"):
         assert name in widgets, name
 
 
@@ -178,8 +179,34 @@ def test_parameter_names_in_ui_match_the_parameter_node(module_ast, ui_root):
             assert "Choice(" in extra, f"{param}: a QComboBox needs a Choice annotation"
         if cls == "ctkSliderWidget":
             assert "WithinRange(" in extra, f"{param}: a ctkSliderWidget needs bounds"
-    unbound = set(fields) - set(bound) - {"finetunedModelFile"}
+    # the two path strings are connected by hand (an empty pathlib.Path would show "."): both directions
+    by_hand = {"modelFile": "modelPathLineEdit", "preparedFolder": "preparedFolderLineEdit"}
+    text = MODULE_PY.read_text()
+    for param, widget in by_hand.items():
+        assert _base_type(fields[param])[0] == "str" and param not in bound
+        assert f'self.ui.{widget}.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("{param}", path))' in text
+        assert f"(self.ui.{widget}, p.{param})" in text
+    unbound = set(fields) - set(bound) - set(by_hand)
     assert not unbound, f"parameters without a widget: {sorted(unbound)}"
+
+
+def test_module_stops_preparations_through_the_job_and_installs_pinned_after_one_question(module_ast):
+    """The review's breaks, as the module file must avoid them: no QProcess.terminate (it ends only PythonSlicer's
+    launcher), no second install dialog or slow skip_packages path, a modal progress dialog, and the version gate
+    constant equal to the library's."""
+    from RayEmbRegistrationLib.install import MIN_PYTHON
+
+    text = MODULE_PY.read_text()
+    assert "QProcess" not in text and ".terminate()" not in text
+    assert "prepareJob" in text and "job.stop()" in text and "job.kill()" in text and "self._prepareJob.close()" in text
+    assert "pip_ensure" not in text and "skip_packages" not in text and "pydeps" not in text
+    assert "plan.pip_arguments(constraints)" in text and "torchVersionRequirement=requirement" in text
+    assert "qt.Qt.ApplicationModal" in text
+    consts = {n.targets[0].id: ast.literal_eval(n.value) for n in module_ast.body
+              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "MIN_PYTHON"}
+    assert consts["MIN_PYTHON"] == MIN_PYTHON
+    # the confirmation is never shown under a wait cursor: the install runs outside tryWithErrorDisplay(waitCursor=True)
+    assert 'tryWithErrorDisplay(_("Could not install the Python packages."), waitCursor=False)' in text
 
 
 def test_ui_is_a_valid_designer_file(ui_root):

@@ -4,7 +4,8 @@ Owns: the public API of the MRML adapters and their conventions.
 
 The package's public API and its conventions (below); the work is in ``nodes`` (node mechanics),
 ``inputs`` (nodes → ``CTVolume``/``XRayImage``/``Fiducials``/``Camera``), ``outputs`` (results → nodes, all or
-nothing), ``table`` (the per-landmark table) and ``app`` (a headless slicer-core application, ``.mrb`` files).
+nothing), ``table`` (the per-landmark table), ``app`` (a headless slicer-core application, ``.mrb`` files) and
+``workflow`` (the Slicer module's steps and decisions, Qt-free; imported on its own, not re-exported here).
 
 Rules for output nodes: found again and updated on a re-run, never duplicated; inputs never modified; a failure
 leaves the scene as it was. The scene is always an argument: nothing here touches ``slicer.mrmlScene``,
