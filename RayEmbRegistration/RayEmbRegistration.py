@@ -84,7 +84,7 @@ ACCV 2024): landmarks are detected in the X-ray by matching learned ray embeddin
 estimated with PnP + RANSAC and refined by DRR image similarity.
 Select the CT, the X-ray (with its detector geometry) and, optionally, 3D landmarks; then Register.
 Try it first with Sample Data → RayEmbRegistration (a pelvis CT and an X-ray of it).
-Supports 3D Slicer 5.10 and newer. See the <a href="https://github.com/RayEmbRegistration/RayEmbRegistration#readme">documentation</a>.
+Supports 3D Slicer 5.10 and newer. See the <a href="https://github.com/RayEmbRegistration/SlicerRayEmbRegistration#readme">documentation</a>.
 """
         )
         self.parent.acknowledgementText = _(
