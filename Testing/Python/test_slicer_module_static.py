@@ -349,3 +349,33 @@ def test_library_never_imports_qt_ctk_slicer_app(path):
                     assert id(node) not in module_level, f"mrml/{path.name}:{node.lineno}: import {n} lazily, inside a function"
         if isinstance(node, ast.Attribute) and node.attr in ("app", "mrmlScene") and isinstance(node.value, ast.Name) and node.value.id == "slicer":
             raise AssertionError(f"{path.name}:{node.lineno} uses slicer.{node.attr}: take the scene as an argument")
+
+
+def test_catalog_rules_that_need_no_network():
+    """The offline part of ExtensionsIndex's check_description_files.py (scripts/check_catalog_entry.py runs the
+    real checker): the entry's name is the CMake project's and does not start with 'Slicer'; the repository's name
+    does; a LICENSE at the root; the icon and screenshot URLs name files of this tree; LF line endings."""
+    entry_path = REPO / "RayEmbRegistration.json"
+    entry = json.loads(entry_path.read_text())
+    name = entry_path.stem
+    assert not name.lower().startswith("slicer")
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"project\s*\(\s*([^\s)]+)", cmake).group(1) == name
+    repo_name = entry["scm_url"].rstrip("/").split("/")[-1].removesuffix(".git")
+    assert repo_name.startswith("Slicer"), repo_name
+    assert (REPO / "LICENSE").is_file() and "MIT License" in (REPO / "LICENSE").read_text()
+    assert b"\r" not in entry_path.read_bytes()
+    raw = f"https://raw.githubusercontent.com/{entry['scm_url'].split('github.com/')[1].removesuffix('.git')}/" \
+          f"{entry['scm_revision']}/"
+    icon = re.search(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"', cmake).group(1)
+    shots = re.search(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake).group(1).split()
+    for url in [icon, *shots]:
+        assert url.startswith(raw) and (REPO / url[len(raw):]).is_file(), url
+    s4ext = (REPO / "RayEmbRegistration.s4ext").read_text()
+    assert f"iconurl {icon}" in s4ext and f"scmurl {entry['scm_url']}" in s4ext
+
+
+def test_module_file_parses_as_python_3_9_so_an_old_slicer_can_show_the_refusal():
+    """Slicer 5.8 (Python 3.9) must be able to load the module file to show why it is unsupported; the library
+    itself is imported only after the version gate."""
+    ast.parse(MODULE_PY.read_text(), feature_version=(3, 9))
