@@ -8,5 +8,6 @@ cd "$ROOT"
 export VTK_DEFAULT_OPENGL_WINDOW="${VTK_DEFAULT_OPENGL_WINDOW:-vtkEGLRenderWindow}"
 python -m pytest -q Testing/Python/test_render_views.py
 mkdir -p docs/screenshots
-cp Testing/Artifacts/view3d_ct_frustum.png Testing/Artifacts/slice_xray_overlay.png docs/screenshots/
+cp Testing/Artifacts/view3d_ct_frustum.png Testing/Artifacts/slice_xray_overlay.png \
+   Testing/Artifacts/walkthrough_slice.png Testing/Artifacts/walkthrough_3d.png docs/screenshots/
 echo "updated docs/screenshots/"

@@ -239,3 +239,85 @@ def test_slice_view_xray_with_overlay(scene_with_results):
     np.testing.assert_allclose(uv, true.project(labels_ras), atol=1e-6)
     path = _save_png(np.asarray(canvas), "slice_xray_overlay.png")
     assert path.stat().st_size > 5000
+
+
+def test_walkthrough_views_of_a_real_registration(tmp_path):
+    """docs/slicer.md's walkthrough pictures: the sample CT and the sample X-ray loaded from their files, three
+    fiducials, Register through the module's workflow — then the Red slice view (X-ray, DRR at the found pose in
+    green, the fiducials' reprojections) and a 3D view (bone, initial and final frusta) rendered from that scene.
+    Checked: the slice view shows the X-ray as stored; the final frustum's source is drawn in its colour."""
+    from PIL import Image, ImageDraw
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from RayEmbRegistrationLib.mrml.workflow import ModuleInputs, Workflow
+    from RayEmbRegistrationLib.resources import SAMPLE_CT, SAMPLE_XRAY
+
+    with SlicerApp() as app:
+        ct_node, xr = app.load_volume(str(SAMPLE_CT)), app.load_volume(str(SAMPLE_XRAY))
+        flow = Workflow(app.scene)
+        inp = ModuleInputs(ct_node=ct_node, xray_node=xr)
+        ct = flow.ct(inp)
+        pts = ct.sample_bone_points(3, np.random.default_rng(1))
+        inp.fiducials_node = mrml.fiducials_to_markups_node(app.scene, ["F-1", "F-2", "F-3"], pts, "F")
+        result = flow.register(inp)
+        out = flow.outputs
+        assert result.verdict.status == "accepted"
+
+        # Red slice view, as RayEmbRegistrationLogic.showOutputs sets it up
+        red = app.add_slice_view("Red")
+        out["drr"].GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGreen")
+        mrml.show_in_slice_views(app.scene, xr, out["drr"], 0.35)
+        sn = red.GetSliceNode()
+        sn.SetDimensions(512, 512, 1)
+        sn.RotateToVolumePlane(xr)
+        red.FitSliceToAll()
+        producer = red.GetImageDataConnection().GetProducer()
+        producer.Update()
+        img = producer.GetOutputDataObject(0)
+        w, h, _ = img.GetDimensions()
+        rgb = np.ascontiguousarray(vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3])
+        xy_to_ras = np.array([[sn.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+        M, W, H = mrml_nodes._xray_grid(xr)
+        ys, xs = np.mgrid[0:h, 0:w]
+        xy = np.stack([xs.ravel(), (h - 1 - ys).ravel(), np.zeros(xs.size), np.ones(xs.size)], axis=1)
+        ijk = xy @ (np.linalg.inv(M) @ xy_to_ras).T
+        u, v = np.rint(ijk[:, 0]).astype(int), np.rint(ijk[:, 1]).astype(int)
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        pixels = mrml.volume_node_to_xray(xr).pixels
+        corr = np.corrcoef(rgb.reshape(-1, 3)[inside][:, 0].astype(float), pixels[v[inside], u[inside]])[0, 1]
+        assert corr > 0.9, corr
+        canvas = Image.fromarray(rgb)
+        draw = ImageDraw.Draw(canvas)
+        inv = np.linalg.inv(xy_to_ras)
+        for p in mrml.markups_node_to_fiducials(out["points.reprojected"]).ras:
+            x, y = (inv @ np.r_[p, 1.0])[:2]
+            y = h - 1 - y
+            draw.line([x - 6, y, x + 6, y], fill=(255, 50, 200), width=2)
+            draw.line([x, y - 6, x, y + 6], fill=(255, 50, 200), width=2)
+        _save_png(np.asarray(canvas), "walkthrough_slice.png")
+
+        # 3D view: bone and the initial / final frusta
+        ren = vtk.vtkRenderer()
+        ren.SetBackground(0.08, 0.1, 0.16)
+        ren.AddActor(_bone_actor(ct_node))
+        for stage in ("initial", "final"):
+            ren.AddActor(_model_actor(out[f"frustum.{stage}"]))
+        rw = vtk.vtkRenderWindow()
+        rw.SetOffScreenRendering(1)
+        rw.SetSize(W3D, H3D)
+        rw.AddRenderer(ren)
+        final = result.final
+        centre = final.frustum_vertices_ras.mean(axis=0)
+        cam = ren.GetActiveCamera()
+        cam.SetFocalPoint(*centre)
+        cam.SetPosition(*(centre + np.array([-1700.0, 1100.0, 1000.0])))
+        cam.SetViewUp(0.0, 0.0, 1.0)
+        cam.Zoom(1.4)
+        ren.ResetCameraClippingRange()
+        rw.Render()
+        img3 = _grab(rw)
+        ren.SetWorldPoint(*final.source_ras, 1.0)
+        ren.WorldToDisplay()
+        x, y, _ = ren.GetDisplayPoint()
+        assert _near_colour(img3, (x, H3D - 1 - y), out["frustum.final"].GetDisplayNode().GetColor(), radius=3)
+        _save_png(img3, "walkthrough_3d.png")
