@@ -52,3 +52,19 @@ def test_fields_geometry_and_network_choice(tmp_path):
         assert flow.options(inp, ct).model_path == str(SAMPLE_CT_MODEL)
         other = type(ct)(ct.hu + 1.0, ct.ijk_to_ras, "other")  # another CT: the general network
         assert flow.options(inp, other).model_path is None and "general" in flow.network_note
+
+
+def test_what_the_module_imports_before_installing_needs_nothing_slicer_lacks():
+    """The Logic is created when the module opens, before the first install: the workflow, the install plan and the
+    job import with every package a fresh Slicer lacks (torch, OpenCV, nibabel, pynrrd, ...) made unimportable."""
+    import subprocess
+
+    blocked = ["torch", "cv2", "nibabel", "nrrd", "tifffile", "safetensors", "tqdm", "matplotlib", "nanodrr",
+               "diffdrr", "torchio", "einops"]
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+            + f"sys.path.insert(0, {str(HERE.parents[1] / 'RayEmbRegistration')!r})\n"
+            "import RayEmbRegistrationLib.mrml.workflow, RayEmbRegistrationLib.install, "
+            "RayEmbRegistrationLib.training.prepare_job, RayEmbRegistrationLib.progress, RayEmbRegistrationLib.resources\n"
+            "print('imported')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-2000:]
