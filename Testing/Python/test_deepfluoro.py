@@ -123,3 +123,31 @@ def test_layout_errors_name_what_is_missing(tmp_path, fixture):
             f.specimen(7)
         with pytest.raises(DeepFluoroError, match="no frame '042'"):
             f.specimen(1).frame(42)
+
+
+def test_evaluate_deepfluoro_command_scores_resumes_and_prints_published_rows(fixture, tmp_path):
+    """``rayemb evaluate --deepfluoro``: both methods on two frames, scored over the 14 landmarks; a rerun adds
+    nothing; the tables have per-specimen and pooled rows; a transcribed published CSV is printed beside."""
+    import csv
+
+    from RayEmbRegistrationLib.cli import main
+
+    path, _ = fixture
+    out = tmp_path / "df_eval"
+    pub = tmp_path / "published.csv"
+    pub.write_text("source,specimen,method,mTRE_p50_mm\nexample transcription,1,RayEmb,1.0\n")
+    args = ["evaluate", "--deepfluoro", str(path), "--specimen", "1", "--frames", "0-1", "--out", str(out),
+            "--quiet", "--published", str(pub)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    assert sorted((r["frame"], r["method"]) for r in rows) == [("000", "intensity"), ("000", "rayemb"),
+                                                                ("001", "intensity"), ("001", "rayemb")]
+    assert all(r["protocol"] == "general network" and r["mirrored"] == "1" for r in rows)
+    assert min(float(r["mtre_mm"]) for r in rows if r["method"] == "rayemb") < 5.0
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert {(r["specimen"], r["method"]) for r in summary} == {("17-1882", "rayemb"), ("pooled", "rayemb"),
+                                                                ("17-1882", "intensity"), ("pooled", "intensity")}
+    md = (out / "summary.md").read_text()
+    assert "example transcription" in md and (out / "mtre.png").stat().st_size > 1000
+    assert main(args) == 0  # resumed: nothing left to run, nothing duplicated
+    assert len(list(csv.DictReader(open(out / "cases.csv")))) == 4

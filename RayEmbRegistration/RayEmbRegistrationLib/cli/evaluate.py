@@ -33,6 +33,19 @@ def add_parser(sub, formatter) -> None:
                         "simulation; diffdrr = DiffDRR's renderer and HU->density mapping; physics = a physics-based "
                         "simulator (spectrum, scatter, collimation, metal, display processing); mixed = one of the "
                         "three per X-ray (docs/results.md, 'X-ray appearance')")
+    df = p.add_argument_group("DeepFluoro (real fluoroscopy, read from your own copy; docs/deepfluoro.md)")
+    df.add_argument("--deepfluoro", default=None, metavar="FILE",
+                    help="run DeepFluoro's real frames instead of simulated X-rays: ipcai_2020_full_res_data.h5 "
+                         "(CC BY-NC 4.0; never bundled or downloaded)")
+    df.add_argument("--specimen", nargs="+", default=None, metavar="N",
+                    help="specimens 1-6 (or group names like 17-1882); default: all in the file")
+    df.add_argument("--frames", default=None, metavar="LIST", help="frame numbers, e.g. 0-9,12 (default: all)")
+    df.add_argument("--methods", nargs="+", default=["rayemb", "intensity"], choices=["rayemb", "intensity"],
+                    help="rayemb: the pipeline; intensity: refinement alone from the uninformed standard start "
+                         "(the RayEmb paper's DiffDRR column)")
+    df.add_argument("--published", default=None, metavar="CSV",
+                    help="a CSV of published rows you transcribed (columns source, specimen, method, ...), "
+                         "printed beside this run's table")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -41,12 +54,33 @@ def run(args) -> int:
     from ..evaluate import run_benchmark
     from ..outputs.report import check_output_dir
 
-    check_output_dir(args.out)  # before any work
     if args.prepared and args.model:
         raise CLIError("give --model or --prepared, not both (a prepared folder brings its own weights).")
+    if args.deepfluoro:
+        return _run_deepfluoro(args)
+    check_output_dir(args.out)  # before any work
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
                        quiet=args.quiet, poses=args.poses, prepared=args.prepared, appearance=args.appearance)
+    out = Path(args.out)
+    print("\n".join(md))
+    print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")
+    return 0
+
+
+def _run_deepfluoro(args) -> int:
+    """``--deepfluoro FILE``: resumable; the output folder may hold an earlier run's ``cases.csv``."""
+    from ..datasets.deepfluoro_eval import run_deepfluoro, write_tables
+    from .common import Progress
+
+    if args.published and not Path(args.published).is_file():
+        raise CLIError(f"--published {args.published}: file not found")
+    set_threads()
+    with Progress("deepfluoro", not args.quiet) as bar:
+        run_deepfluoro(args.deepfluoro, args.out, options_from_args(args), specimens=args.specimen,
+                       frames=args.frames, methods=args.methods, prepared=args.prepared, progress=bar,
+                       log=(lambda m: None) if args.quiet else print)
+    md = write_tables(args.out, published=args.published)
     out = Path(args.out)
     print("\n".join(md))
     print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")
