@@ -145,6 +145,8 @@ class RayEmbRegistrationParameterNode:
         (modelFile and preparedFolder are plain strings, "" = none, connected by hand: the path widget's
         parameter connector shows an empty pathlib.Path as ".").
     prepareMinutes: the budget of "Prepare this CT".
+    deepfluoroFile (a string connected by hand, like the other paths), deepfluoroSpecimen, deepfluoroFrame: the
+        DeepFluoro frame the *DeepFluoro* section loads.
     overlayOpacity: opacity of the DRR / heatmap overlay in the slice views.
     """
 
@@ -168,6 +170,9 @@ class RayEmbRegistrationParameterNode:
     resolution: Annotated[int, WithinRange(32, 1024)] = 96
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     prepareMinutes: Annotated[int, WithinRange(1, 240)] = 10
+    deepfluoroFile: str = ""
+    deepfluoroSpecimen: Annotated[int, WithinRange(1, 6)] = 1
+    deepfluoroFrame: Annotated[int, WithinRange(0, 999)] = 0
 
 
 #
@@ -269,11 +274,13 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.resultsTableView.connect("clicked(QModelIndex)", self.onResultRowClicked)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("modelFile", path))
         self.ui.preparedFolderLineEdit.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("preparedFolder", path))
+        self.ui.deepfluoroPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._setPathParameter("deepfluoroFile", path))
 
         # Buttons
         self.ui.detectButton.connect("clicked(bool)", self.onDetectButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
+        self.ui.deepfluoroLoadButton.connect("clicked(bool)", self.onDeepFluoroLoadButton)
 
         self.ui.fiducialsPlaceWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.fiducialsPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
@@ -343,7 +350,8 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         p = self._parameterNode
         if p is None:
             return
-        for widget, value in ((self.ui.modelPathLineEdit, p.modelFile), (self.ui.preparedFolderLineEdit, p.preparedFolder)):
+        for widget, value in ((self.ui.modelPathLineEdit, p.modelFile), (self.ui.preparedFolderLineEdit, p.preparedFolder),
+                              (self.ui.deepfluoroPathLineEdit, p.deepfluoroFile)):
             if widget.currentPath != value:
                 widget.currentPath = value
         haveInputs = bool(p.ctVolume and p.xrayVolume)
@@ -438,10 +446,23 @@ class RayEmbRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
             done, result = self._runWithProgress(_("Registering X-ray to CT"), self.logic.register)
             if done:
-                self.ui.statusLabel.text = self.logic.summary(result)
+                self.ui.statusLabel.text = self.logic.summary(result, self._parameterNode)
                 color = self.logic.VERDICT_COLORS.get(getattr(result.verdict, "status", ""), "")
                 self.ui.statusLabel.setStyleSheet(f"color: {color}; font-weight: bold;" if color else "")
                 self._showResults()
+
+    def onDeepFluoroLoadButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the DeepFluoro frame."), waitCursor=True):
+            if not self._ensureDependenciesQuietly():
+                return
+            self.ui.statusLabel.text = self.logic.loadDeepFluoro(self._parameterNode)
+            self.ui.statusLabel.setStyleSheet("")
+
+    def _ensureDependenciesQuietly(self) -> bool:
+        """h5py (and the rest) are needed to read the file: the same one question as Register."""
+        if self.logic.installPlan().missing:
+            return self._ensureDependencies()
+        return True
 
     # --- "Prepare this CT": rayemb prepare in a child process (training.prepare_job), watched by a timer --------
     def onPrepareButton(self) -> None:
@@ -681,8 +702,16 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             p.preparedFolder, p.modelSource = str(outDir), "prepared"
         return "\n".join(PreparedCT.open(outDir).summary_lines())
 
-    def summary(self, result) -> str:
-        return self.workflow.summary(result)
+    def summary(self, result, p=None) -> str:
+        return self.workflow.summary(result, self.inputs(p) if p is not None else None)
+
+    def loadDeepFluoro(self, p) -> str:
+        """Load the DeepFluoro specimen/frame of the parameter node and select its CT, X-ray and landmarks."""
+        nodes = self.workflow.load_deepfluoro(p.deepfluoroFile, int(p.deepfluoroSpecimen), int(p.deepfluoroFrame))
+        p.ctVolume, p.xrayVolume, p.fiducials = nodes["ct"], nodes["xray"], nodes["landmarks"]
+        self.showOutputs(p)
+        return (f"Loaded {nodes['xray'].GetName()} with its ground-truth camera (red frustum); Register reports "
+                "the error against it.")
 
     # --- display --------------------------------------------------------------------------------------------
     def showOutputs(self, p) -> None:

@@ -137,7 +137,7 @@ def test_evaluate_deepfluoro_command_scores_resumes_and_prints_published_rows(fi
     pub = tmp_path / "published.csv"
     pub.write_text("source,specimen,method,mTRE_p50_mm\nexample transcription,1,RayEmb,1.0\n")
     args = ["evaluate", "--deepfluoro", str(path), "--specimen", "1", "--frames", "0-1", "--out", str(out),
-            "--quiet", "--published", str(pub)]
+            "--quiet", "--published", str(pub), "--methods", "rayemb", "intensity"]
     assert main(args) == 0
     rows = list(csv.DictReader(open(out / "cases.csv")))
     assert sorted((r["frame"], r["method"]) for r in rows) == [("000", "intensity"), ("000", "rayemb"),
@@ -151,3 +151,34 @@ def test_evaluate_deepfluoro_command_scores_resumes_and_prints_published_rows(fi
     assert "example transcription" in md and (out / "mtre.png").stat().st_size > 1000
     assert main(args) == 0  # resumed: nothing left to run, nothing duplicated
     assert len(list(csv.DictReader(open(out / "cases.csv")))) == 4
+
+
+def test_fixed_landmark_baseline_trains_detects_and_solves(fixture, tmp_path):
+    """The fixed-landmark network on the fixture's CT (a short budget): it trains, is written with its landmark
+    names and sha256, detects the 14 landmarks on a frame, and PnP on the confident ones runs or refuses clearly."""
+    from RayEmbRegistrationLib.detection.fixed_landmarks import (detect_fixed, fixed_landmark_pose,
+                                                                 load_fixed_landmarks, train_fixed_landmarks)
+    from RayEmbRegistrationLib.registration.pose import PoseError
+
+    path, truth = fixture
+    with DeepFluoroFile(path) as f:
+        sp = f.specimen(1)
+        ct, lm = sp.ct(), sp.landmarks()
+        w = train_fixed_landmarks(ct, lm, tmp_path / "fixed.safetensors", minutes=0.3, size=64, log=lambda m: None)
+        assert (tmp_path / "fixed.safetensors.sha256").is_file()
+        model, names = load_fixed_landmarks(w)
+        assert names == list(LANDMARKS) and model.config.dim == 14
+        fr = sp.frame(0)
+        uv, conf = detect_fixed(model, fr.xray)
+        assert uv.shape == (14, 2) and ((conf > 0) & (conf <= 1)).all()
+        W, H = fr.xray.intrinsics.size
+        assert (uv >= -0.5).all() and (uv[:, 0] <= W - 0.5).all() and (uv[:, 1] <= H - 0.5).all()
+        try:
+            res = fixed_landmark_pose(model, names, fr.xray, lm)
+            assert res.camera_from_world.shape == (4, 4)
+        except PoseError as exc:
+            assert "PnP" in str(exc) or "inlier" in str(exc).lower() or "pose" in str(exc).lower()
+    with pytest.raises(ValueError, match="not a fixed-landmark network"):
+        from RayEmbRegistrationLib.resources import BUNDLED_MODEL
+
+        load_fixed_landmarks(BUNDLED_MODEL)

@@ -180,7 +180,8 @@ def test_parameter_names_in_ui_match_the_parameter_node(module_ast, ui_root):
         if cls == "ctkSliderWidget":
             assert "WithinRange(" in extra, f"{param}: a ctkSliderWidget needs bounds"
     # the two path strings are connected by hand (an empty pathlib.Path would show "."): both directions
-    by_hand = {"modelFile": "modelPathLineEdit", "preparedFolder": "preparedFolderLineEdit"}
+    by_hand = {"modelFile": "modelPathLineEdit", "preparedFolder": "preparedFolderLineEdit",
+               "deepfluoroFile": "deepfluoroPathLineEdit"}
     text = MODULE_PY.read_text()
     for param, widget in by_hand.items():
         assert _base_type(fields[param])[0] == "str" and param not in bound

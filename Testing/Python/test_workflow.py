@@ -68,3 +68,26 @@ def test_what_the_module_imports_before_installing_needs_nothing_slicer_lacks():
             "print('imported')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "imported" in r.stdout, r.stderr[-2000:]
+
+
+def test_a_deepfluoro_frame_loads_into_the_scene_and_registration_reports_its_truth_error(sample_ct, tmp_path):
+    """The module's DeepFluoro section on a fixture in DeepFluoro's layout: CT, landmarks, the frame with its
+    geometry, the ground-truth transform and frustum; Register reports the error against the ground truth."""
+    import deepfluoro_fixture
+
+    path = tmp_path / "df.h5"
+    deepfluoro_fixture.write_fixture(path, sample_ct, n_frames=1, size=300)
+    with SlicerApp() as app:
+        flow = Workflow(app.scene)
+        with pytest.raises(ValueError, match="DeepFluoro file not found"):
+            flow.load_deepfluoro(str(tmp_path / "absent.h5"), 1, 0)
+        nodes = flow.load_deepfluoro(str(path), 1, 0)
+        assert {"ct", "landmarks", "xray", "truth_transform", "truth_frustum"} <= set(nodes)
+        assert nodes["landmarks"].GetNumberOfControlPoints() == 14
+        inp = ModuleInputs(ct_node=nodes["ct"], xray_node=nodes["xray"])
+        assert flow.missing_geometry(inp) == []
+        result = flow.register(inp)
+        text = flow.summary(result, inp)
+        assert "ground truth: mTRE" in text, text
+        err = flow.truth_error(inp, result)
+        assert err["mtre_mm"] < 5.0, err

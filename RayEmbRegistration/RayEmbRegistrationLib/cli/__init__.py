@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import demo, detect, evaluate, prepare, register, render, training
+from . import demo, detect, evaluate, prepare, register, render, train_landmarks, training
 from .common import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_NO_MODEL, EXIT_TERMINATED, CLIError
 
 __all__ = ["main", "build_parser", "CLIError"]
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (register, detect, render, demo, evaluate, prepare):
+    for module in (register, detect, render, demo, evaluate, prepare, train_landmarks):
         module.add_parser(sub, F)
     training.add_parsers(sub, F)
     return ap

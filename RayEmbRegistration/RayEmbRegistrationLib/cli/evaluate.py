@@ -40,9 +40,13 @@ def add_parser(sub, formatter) -> None:
     df.add_argument("--specimen", nargs="+", default=None, metavar="N",
                     help="specimens 1-6 (or group names like 17-1882); default: all in the file")
     df.add_argument("--frames", default=None, metavar="LIST", help="frame numbers, e.g. 0-9,12 (default: all)")
-    df.add_argument("--methods", nargs="+", default=["rayemb", "intensity"], choices=["rayemb", "intensity"],
-                    help="rayemb: the pipeline; intensity: refinement alone from the uninformed standard start "
-                         "(the RayEmb paper's DiffDRR column)")
+    df.add_argument("--methods", nargs="+", default=["rayemb", "fixed", "intensity"],
+                    choices=["rayemb", "fixed", "intensity"],
+                    help="rayemb: the pipeline; fixed: a heatmap network for the 14 landmarks trained on DRRs of "
+                         "the specimen's CT + PnP (the paper's Fixed Landmark column); intensity: refinement alone "
+                         "from the uninformed standard start (the paper's DiffDRR column)")
+    df.add_argument("--fixed-minutes", type=float, default=5.0, metavar="M",
+                    help="training budget of each specimen's fixed-landmark network (trained once per output folder)")
     df.add_argument("--published", default=None, metavar="CSV",
                     help="a CSV of published rows you transcribed (columns source, specimen, method, ...), "
                          "printed beside this run's table")
@@ -78,7 +82,8 @@ def _run_deepfluoro(args) -> int:
     set_threads()
     with Progress("deepfluoro", not args.quiet) as bar:
         run_deepfluoro(args.deepfluoro, args.out, options_from_args(args), specimens=args.specimen,
-                       frames=args.frames, methods=args.methods, prepared=args.prepared, progress=bar,
+                       frames=args.frames, methods=args.methods, prepared=args.prepared,
+                       fixed_minutes=args.fixed_minutes, progress=bar,
                        log=(lambda m: None) if args.quiet else print)
     md = write_tables(args.out, published=args.published)
     out = Path(args.out)

@@ -27,6 +27,9 @@ def add_parser(sub, formatter) -> None:
                         "(default: DICOM tags or <xray>.json next to the image)")
     p.add_argument("--fiducials", default=None, metavar="FILE",
                    help="3D points to detect and use: Slicer markups .mrk.json, .fcsv or CSV label,r,a,s (RAS mm)")
+    p.add_argument("--landmark-model", default=None, metavar="FILE",
+                   help="start from the fixed-landmark baseline instead of RayEmb: PnP on the detections of this "
+                        "network ('rayemb train-landmarks') of the --fiducials it was trained for, then the refinement")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     add_common(p)
     p.set_defaults(func=run)
@@ -46,9 +49,20 @@ def run(args) -> int:
     ct = load_ct(args.ct)
     xray = load_xray(args.xray, geometry=args.geometry)
     fids = load_fiducials(args.fiducials) if args.fiducials else None
+    start = None
+    if args.landmark_model:
+        from ..detection.fixed_landmarks import fixed_landmark_pose, load_fixed_landmarks
+        from .common import CLIError
+
+        if fids is None:
+            raise CLIError("--landmark-model needs --fiducials: the named 3D landmarks the network was trained for")
+        model, names = load_fixed_landmarks(args.landmark_model)
+        start = fixed_landmark_pose(model, names, xray, fids, seed=args.seed).camera_from_world
+        fids = None  # the start is the fixed landmarks' pose; the refinement takes it from there
     t_load = time.perf_counter() - t
     with Progress("register", not args.quiet) as bar:
-        result = Registrar(ct, apply_prepared(args, ct, options_from_args(args))).register(xray, fids, progress=bar)
+        result = Registrar(ct, apply_prepared(args, ct, options_from_args(args))).register(
+            xray, fids, initial_camera_from_world=start, progress=bar)
     result.timings_s = {"load": t_load, **result.timings_s}
     paths = write_registration(args.out, result, ct, xray, fids, scene=not args.no_scene)
     print("\n".join(result.summary_lines()))

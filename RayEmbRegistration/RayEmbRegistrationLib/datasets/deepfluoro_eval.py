@@ -8,6 +8,9 @@ Methods (``METHODS``):
 
 * ``rayemb`` — the pipeline as ``rayemb register`` runs it (detection + PnP + refinement + verdict), with the
   network of the protocol: a prepared folder of the specimen's CT (``--prepared DIR|auto``) or the general network.
+* ``fixed`` — the paper's "Fixed Landmark" column (``detection.fixed_landmarks``): a heatmap network for the
+  specimen's 14 landmarks trained on DRRs of its CT (``fixed_minutes`` per specimen, cached in
+  ``out/fixed_landmarks/``), PnP + RANSAC on its confident detections, then the same refinement.
 * ``intensity`` — the RayEmb paper's "DiffDRR" column: the intensity refinement alone from an uninformed standard
   start, ``STANDARD_START``: an AP view (C-arm 0°/0°, ``carm.carm_camera_from_world``) with the CT's centre halfway
   between source and detector (DiffPose's standard DeepFluoro start), whatever the frame shows.
@@ -34,7 +37,7 @@ import numpy as np
 
 __all__ = ["METHODS", "STANDARD_START", "run_deepfluoro", "standard_start", "summarise_deepfluoro"]
 
-METHODS = ("rayemb", "intensity")
+METHODS = ("rayemb", "fixed", "intensity")
 #: the uninformed start of the intensity-only method: C-arm angles (deg) and the CT centre's share of the SDD
 STANDARD_START = {"primary_deg": 0.0, "secondary_deg": 0.0, "isocentre_share_of_sdd": 0.5}
 
@@ -74,11 +77,13 @@ def _parse_frames(spec: str | None, ids: list[str]) -> list[str]:
 
 
 def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None, methods=METHODS,
-                   prepared: str | None = None, progress=None, cancel=None, log=print) -> list[str]:
+                   prepared: str | None = None, fixed_minutes: float = 5.0, progress=None, cancel=None,
+                   log=print) -> list[str]:
     """Run ``methods`` on the frames of ``specimens`` (numbers or names; all by default) of the DeepFluoro file
     ``path``; rows appended to ``out/cases.csv`` as they finish (a rerun skips the rows already there), then the
     tables. ``prepared``: a prepared-CT folder (one specimen) or ``"auto"`` (each specimen's CT in the cache).
     Returns the Markdown lines of ``summary.md``."""
+    from ..detection.fixed_landmarks import fixed_landmark_pose
     from ..errors import ModelUnavailable
     from ..evaluate import pose_errors
     from ..progress import check_cancel
@@ -114,6 +119,7 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                     protocol = ("patient-prepared " + Path(opts.model_path).parent.name) if prepared else \
                         ("weights " + Path(opts.model_path).name if opts.model_path else "general network")
                     registrar, current = Registrar(ct, opts), sp
+                    fixed = _fixed_network(out, sp, ct, lm, fixed_minutes, log, cancel) if "fixed" in methods else None
                 fr = sp.frame(fid)
                 row = {"specimen": sp.id, "frame": fid, "method": method, "protocol": protocol,
                        "visible_landmarks": len(fr.visible_landmarks()), "mirrored": int(fr.mirrored),
@@ -121,6 +127,8 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                 t0 = time.perf_counter()
                 try:
                     start = standard_start(ct, fr.xray.intrinsics) if method == "intensity" else None
+                    if method == "fixed":
+                        start = fixed_landmark_pose(fixed[0], fixed[1], fr.xray, lm, seed=options.seed).camera_from_world
                     res = registrar.register(fr.xray, initial_camera_from_world=start, cancel=cancel)
                     row.update(pose_errors(res.final.camera_from_world, fr.truth.camera_from_world, lm.ras,
                                            fr.truth.intrinsics))
@@ -136,6 +144,16 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                 if progress:
                     progress((k + 1) / max(1, len(todo)), f"{sp.id}/{fid} {method}: mTRE {row['mtre_mm']:.2f} mm")
     return write_tables(out, published=None)
+
+
+def _fixed_network(out: Path, sp, ct, lm, minutes: float, log, cancel):
+    """The specimen's fixed-landmark network: ``out/fixed_landmarks/<specimen>.safetensors``, trained once."""
+    from ..detection.fixed_landmarks import load_fixed_landmarks, train_fixed_landmarks
+
+    path = out / "fixed_landmarks" / f"{sp.id}.safetensors"
+    if not path.is_file():
+        train_fixed_landmarks(ct, lm, path, minutes=minutes, cancel=cancel, log=log)
+    return load_fixed_landmarks(path)
 
 
 def _read_cases(path: Path) -> list[dict]:

@@ -233,6 +233,14 @@ class Workflow:
             self.last_detection = det
             return det
 
+    def load_deepfluoro(self, path: str, specimen, frame) -> dict:
+        """Load a DeepFluoro specimen and frame (``mrml.deepfluoro.load_deepfluoro_frame``); → the new nodes."""
+        from .deepfluoro import load_deepfluoro_frame
+
+        if not path or not os.path.isfile(path):
+            raise ValueError(f"DeepFluoro file not found: '{path}'. Choose your copy of ipcai_2020_full_res_data.h5.")
+        return load_deepfluoro_frame(self.scene, path, specimen, frame)
+
     def prepare_job(self, inp: ModuleInputs, temp_dir: str, python: str, module_dir: str):
         """A ``PrepareJob`` (not started) that prepares the CT in a child process: the CT is written to a temporary
         NIfTI in ``temp_dir`` (the node is not modified), the folder goes to the prepared-CT cache under the CT's
@@ -264,12 +272,26 @@ class Workflow:
         return "\n".join(prep.summary_lines())
 
     # --- display ------------------------------------------------------------------------------------------------
-    def summary(self, result) -> str:
+    def truth_error(self, inp: ModuleInputs, result) -> dict | None:
+        """The result's error against the ground truth of a dataset frame (``mrml.deepfluoro``: mTRE and mPD over
+        its landmarks), or None for an X-ray without one."""
+        from ..evaluate import pose_errors
+        from .deepfluoro import truth_of
+
+        t = truth_of(self.scene, inp.xray_node)
+        if t is None:
+            return None
+        truth, pts = t
+        return pose_errors(result.final.camera_from_world, truth.camera_from_world, pts, truth.intrinsics)
+
+    def summary(self, result, inp: ModuleInputs | None = None) -> str:
         """The status text after a registration: headline (verdict first), total time, the network used, the
-        verdict's reasons and the warnings."""
+        error against the ground truth (a dataset frame), the verdict's reasons and the warnings."""
         text = f"{result.headline()}; {result.timings_s.get('total', float('nan')):.1f} s"
         reasons = list(result.verdict.reasons) if result.verdict is not None else []
-        return "\n".join([text] + ([self.network_note] if self.network_note else []) + reasons
+        err = self.truth_error(inp, result) if inp is not None else None
+        truth = [f"ground truth: mTRE {err['mtre_mm']:.2f} mm, mPD {err['mpd_mm']:.2f} mm over the landmarks"] if err else []
+        return "\n".join([text] + ([self.network_note] if self.network_note else []) + truth + reasons
                          + list(result.warnings or []))
 
     #: status-label colour per verdict (rejected results are shown, but never look like a success)
