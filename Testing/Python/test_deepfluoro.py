@@ -182,3 +182,34 @@ def test_fixed_landmark_baseline_trains_detects_and_solves(fixture, tmp_path):
         from RayEmbRegistrationLib.resources import BUNDLED_MODEL
 
         load_fixed_landmarks(BUNDLED_MODEL)
+
+
+def test_train_landmarks_and_register_from_fixed_landmarks_on_the_command_line(fixture, tmp_path):
+    """``rayemb train-landmarks`` then ``rayemb register --landmark-model``: a network for a CT's named landmarks,
+    and a registration that starts from PnP on its detections (or exits 2 naming why PnP could not run)."""
+    from RayEmbRegistrationLib.cli import main
+    from RayEmbRegistrationLib.inputs.fiducials import save_markups_json
+    from RayEmbRegistrationLib.inputs.volume import save_ct
+    from RayEmbRegistrationLib.inputs.xray import save_xray
+
+    path, _ = fixture
+    with DeepFluoroFile(path) as f:
+        sp = f.specimen(1)
+        ct, lm, fr = sp.ct(), sp.landmarks(), sp.frame(0)
+    save_ct(ct, tmp_path / "ct.nii.gz")
+    save_markups_json(lm, tmp_path / "lm.mrk.json")
+    save_xray(fr.xray.pixels, fr.xray.intrinsics, tmp_path / "xray.tif")
+    w = tmp_path / "fixed.safetensors"
+    assert main(["train-landmarks", "--ct", str(tmp_path / "ct.nii.gz"), "--fiducials", str(tmp_path / "lm.mrk.json"),
+                 "--out", str(w), "--minutes", "0.2", "--size", "64", "--quiet"]) == 0
+    assert w.is_file() and (tmp_path / "fixed.json").is_file()
+    base = ["register", "--ct", str(tmp_path / "ct.nii.gz"), "--xray", str(tmp_path / "xray.tif"), "--no-scene",
+            "--quiet", "--landmark-model", str(w)]
+    assert main(base + ["--out", str(tmp_path / "r0")]) == 2  # without the landmarks it was trained for
+    rc = main(base + ["--fiducials", str(tmp_path / "lm.mrk.json"), "--out", str(tmp_path / "r1")])
+    assert rc in (0, 2, 4)
+    if rc != 2:
+        import json
+
+        r = json.loads((tmp_path / "r1" / "registration.json").read_text())
+        assert r["initial_method"] == "given"

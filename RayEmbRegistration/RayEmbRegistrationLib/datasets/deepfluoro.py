@@ -38,7 +38,6 @@ Conversion (``deepfluoro_camera``), written down once:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +204,8 @@ class DeepFluoroSpecimen:
         """Frame ``frame_id`` (``"005"`` or 5), preprocessed (see the module docstring)."""
         fid = f"{int(frame_id):03d}" if isinstance(frame_id, (int, np.integer)) or str(frame_id).isdigit() else str(frame_id)
         projs = self._g["projections"]
+        if fid not in projs and fid.isdigit():  # frames named without zero padding
+            fid = next((k for k in projs if k.isdigit() and int(k) == int(fid)), fid)
         if fid not in projs:
             raise DeepFluoroError(f"{self.file.path}: specimen {self.id} has no frame {fid!r} (frames "
                                   f"{', '.join(self.frame_ids()[:5])}…)")
@@ -278,8 +279,9 @@ class DeepFluoroFile:
             "pixel-row-spacing": float(np.asarray(g["pixel-row-spacing"][()]).reshape(-1)[0]),
             "pixel-col-spacing": float(np.asarray(g["pixel-col-spacing"][()]).reshape(-1)[0]),
         }
-        self.specimens = [k for k in SPECIMENS if k in self.h5] + sorted(
-            k for k in self.h5 if k not in SPECIMENS and k != "proj-params" and re.match(r"^\d", k))
+        groups = [k for k in self.h5 if k != "proj-params" and hasattr(self.h5[k], "keys")
+                  and ("projections" in self.h5[k] or "vol" in self.h5[k])]
+        self.specimens = [k for k in SPECIMENS if k in groups] + sorted(k for k in groups if k not in SPECIMENS)
         if not self.specimens:
             self.close()
             raise DeepFluoroError(f"{self.path} holds proj-params but no specimen group (e.g. 17-1882)")
