@@ -24,10 +24,14 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["train_fixed_landmarks", "load_fixed_landmarks", "detect_fixed", "fixed_landmark_pose",
-           "FIXED_MIN_CONFIDENCE"]
+           "FIXED_MIN_CONFIDENCE", "FIXED_RANSAC_SHARE"]
 
-#: a landmark is used for PnP when its heatmap's peak holds at least this share of the probability
-FIXED_MIN_CONFIDENCE = 0.02
+#: a landmark is used for PnP when its heatmap's peak holds at least this share of the probability (80× a flat
+#: 128² map); RANSAC's inlier threshold is ``FIXED_RANSAC_SHARE`` of the image width. Measured on the DeepFluoro-layout
+#: fixture (8 frames, a 5-minute network): 0.005 / 8 % gives a PnP pose on 4 of 8 frames, 0.02 / 3 % on 1 of 8
+#: (``benchmarks/deepfluoro_fixture.py``; docs/results.md)
+FIXED_MIN_CONFIDENCE = 0.005
+FIXED_RANSAC_SHARE = 0.08
 
 
 def _heatmap_model(n: int, size: int):
@@ -169,5 +173,5 @@ def fixed_landmark_pose(model, names, xray, fiducials, min_confidence: float = F
                         "PnP needs 6")
     det = np.array([uv[i] for i, _ in use])
     pts = np.array([fiducials.ras[j] for _, j in use])
-    thr = threshold_px if threshold_px is not None else 0.03 * xray.intrinsics.width
+    thr = threshold_px if threshold_px is not None else FIXED_RANSAC_SHARE * xray.intrinsics.width
     return solve_pnp(pts, det, xray.intrinsics, threshold_px=thr, iterations=2000, seed=seed)
