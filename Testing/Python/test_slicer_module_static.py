@@ -380,3 +380,12 @@ def test_module_file_parses_as_python_3_9_so_an_old_slicer_can_show_the_refusal(
     """Slicer 5.8 (Python 3.9) must be able to load the module file to show why it is unsupported; the library
     itself is imported only after the version gate."""
     ast.parse(MODULE_PY.read_text(), feature_version=(3, 9))
+
+
+def test_module_clumsy_points_stay_fixed():
+    """Entering the module does not reset the overlay opacity (connectGui's write is not a user's change); the
+    in-process fine-tune is gone; Sample Data lists the X-ray with its geometry sidecar beside it."""
+    text = MODULE_PY.read_text()
+    assert "self._connectingGui = True" in text and "if not self._connectingGui:" in text
+    assert "finetune" not in text.lower().replace("fine-tuned on", "")
+    assert "uris=[SAMPLE_XRAY.as_uri(), sidecar.as_uri()]" in text and "loadFiles=[True, False]" in text

@@ -169,3 +169,20 @@ def test_read_carm_angles_from_the_header(tmp_path):
     (tmp_path / "not.dcm").write_text("not a dicom file")
     with pytest.raises(XRayError, match="Cannot read DICOM"):
         read_carm_angles(tmp_path / "not.dcm")
+
+
+def test_a_pydicom_without_pydicom_pixels_reads_the_same_image(shared_data, monkeypatch):
+    """3D Slicer 5.10 ships pydicom 2.4, which has no ``pydicom.pixels``: the reader falls back to
+    ``pydicom.pixel_data_handlers.util.apply_modality_lut`` and gets the same pixels."""
+    import warnings
+
+    import pydicom.pixels
+
+    src = shared_data / "xray" / "tibia_cr.dcm"
+    geo = {"source_to_detector_mm": 1100, "pixel_spacing_mm": 0.2}
+    want = load_xray(src, geometry=geo).pixels
+    monkeypatch.delattr(pydicom.pixels, "apply_modality_lut")  # as in pydicom 2.x: the name is not there
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        got = load_xray(src, geometry=geo).pixels
+    np.testing.assert_array_equal(got, want)
