@@ -17,7 +17,7 @@ Methods (``METHODS``):
 
 Scores, over the specimen's 14 landmarks (``evaluate.pose_errors``): mTRE (mean 3D distance of the landmarks in the
 camera frame of the estimate vs the truth), mPD (mean projection distance at the detector, mm), their 25th / 50th /
-95th percentiles over frames, GFR@10 / GFR@5 (share of frames with mTRE above 10 / 5 mm), the verdicts, runtime.
+95th percentiles over frames, GFR@10 / GFR@5 (share of frames with mTRE above 10 / 5 mm), the verdicts, runtime, and each row's protocol (which network found the start).
 A frame that raises (too few detections, …) counts as a failure with infinite error.
 
 Published rows: the RayEmb paper's per-specimen table is not available to this project as numbers (its paper and
@@ -121,7 +121,9 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                     registrar, current = Registrar(ct, opts), sp
                     fixed = _fixed_network(out, sp, ct, lm, fixed_minutes, log, cancel) if "fixed" in methods else None
                 fr = sp.frame(fid)
-                row = {"specimen": sp.id, "frame": fid, "method": method, "protocol": protocol,
+                how = {"rayemb": protocol, "intensity": "standard AP start",
+                       "fixed": f"fixed-landmark network ({fixed_minutes:g} min)"}[method]
+                row = {"specimen": sp.id, "frame": fid, "method": method, "protocol": how,
                        "visible_landmarks": len(fr.visible_landmarks()), "mirrored": int(fr.mirrored),
                        "rotated": int(fr.rotated), "error": ""}
                 t0 = time.perf_counter()
@@ -172,7 +174,12 @@ def summarise_deepfluoro(rows: list[dict]) -> list[dict]:
         m = np.where(np.isfinite(m), m, np.inf)
         mpd = np.array([r["mpd_mm"] for r in rs], float)
         t = np.array([r["total_s"] for r in rs], float)
-        pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else math.nan)
+        def pct(a, q):  # a failed frame (inf) ranks above every finite one; a percentile that touches one is inf
+            if not len(a):
+                return math.nan
+            v = float(np.percentile(np.where(np.isfinite(a), a, 1e12), q))
+            return math.inf if v > 1e9 else v
+
         return {"n": len(rs), "mTRE_p25_mm": pct(m, 25), "mTRE_p50_mm": pct(m, 50), "mTRE_p95_mm": pct(m, 95),
                 "mPD_p50_mm": pct(mpd[np.isfinite(mpd)], 50) if np.isfinite(mpd).any() else math.inf,
                 "GFR@10mm_%": 100.0 * float(np.mean(m > 10)), "GFR@5mm_%": 100.0 * float(np.mean(m > 5)),
