@@ -54,11 +54,10 @@ def run(args) -> int:
             el = time.time() - t0
             bar(f, f"{m} | {el / 60:.1f} of {budget / 60:g} min, ~{max(0.0, budget - el) / 60:.1f} left")
 
-        cancel = None
-        if args.stop_file or args.watch_pid:
-            def cancel():
-                return stop_requested(args.stop_file, args.watch_pid)
+        def asked_to_stop():
+            return stop_requested(args.stop_file, args.watch_pid)
 
+        cancel = asked_to_stop if (args.stop_file or args.watch_pid) else None
         prep = prepare(ct, args.out, minutes=args.minutes, model_path=args.model, device=resolve_device(args.device),
                        n_selfcheck=args.self_check, seed=args.seed, progress=progress, cancel=cancel,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
