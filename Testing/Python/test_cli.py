@@ -136,6 +136,23 @@ def test_render_writes_sidecar_readable_by_load_xray(sample_ct_path, sample_ct, 
     np.testing.assert_allclose(load_xray(out2).pixels, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_render_in_an_appearance_family_records_its_parameters(sample_ct_path, sample_ct, geometry_json, tmp_path):
+    """``rayemb render --appearance physics --seed 3``: the X-ray simulate() makes with those drawn parameters, which
+    the sidecar records (so the image can be made again)."""
+    import json
+
+    from RayEmbRegistrationLib.rendering.appearance import simulate
+
+    out = tmp_path / "phys.tif"
+    assert main(["render", "--ct", str(sample_ct_path), "--carm-angles", "10", "5", "700", "--geometry",
+                 str(geometry_json), "--out", str(out), "--appearance", "physics", "--seed", "3"]) == 0
+    side = json.loads((tmp_path / "phys.tif.json").read_text())
+    assert side["appearance"]["family"] == "physics"
+    T = carm_camera_from_world(10, 5, 700, sample_ct.center_ras)
+    again, _ = simulate(sample_ct, Intrinsics.deepfluoro(64), T, "physics", params=side["appearance"])
+    np.testing.assert_allclose(load_xray(out).pixels, again, rtol=1e-5, atol=1e-5)
+
+
 def _bad_register(args, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["register", *args, "--out", str(out), "--quiet", "--no-scene"])

@@ -33,6 +33,11 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--backend", default="nanodrr", choices=["nanodrr", "diffdrr", "joseph"], help="DRR renderer")
     p.add_argument("--bone-multiplier", type=float, default=1.0, help="bone attenuation multiplier (1 = physical)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--appearance", default=None, choices=["project", "diffdrr", "physics", "mixed"],
+                   help="instead of a plain DRR, an X-ray simulated in this appearance family (docs/appearance.md; "
+                        "its drawn parameters go to the sidecar): project = this project's simulated X-ray, diffdrr = "
+                        "DiffDRR's renderer, physics = the physics-based simulator, mixed = one of the three")
+    p.add_argument("--seed", type=int, default=0, help="seed of the appearance family's random parameters")
     p.set_defaults(func=run)
 
 
@@ -72,10 +77,19 @@ def run(args) -> int:
     check_overlap(ct, cam, "pose given to render")  # a DRR of nothing would be all zeros
     if not args.bone_multiplier > 0:
         raise CLIError(f"--bone-multiplier {args.bone_multiplier:g}: it must be > 0 (1 = physical).")
-    r = DRRRenderer(ct, intr, backend=args.backend, bone_multiplier=args.bone_multiplier,
-                    device=resolve_device(args.device))
-    img = r.render_numpy(T)
+    extra = {"camera_from_world": T.tolist()}
+    if args.appearance:
+        import numpy as np
+
+        from ..rendering.appearance import simulate
+
+        img, params = simulate(ct, intr, T, args.appearance, rng=np.random.default_rng(args.seed))
+        extra["appearance"] = params
+    else:
+        r = DRRRenderer(ct, intr, backend=args.backend, bone_multiplier=args.bone_multiplier,
+                        device=resolve_device(args.device))
+        img = r.render_numpy(T)
     # The pose is recorded too (ignored by load_xray; handy for checking registrations).
-    img_path, side = save_xray(img, intr, out, carm=carm, extra={"camera_from_world": T.tolist()})
+    img_path, side = save_xray(img, intr, out, carm=carm, extra=extra)
     print(f"wrote {img_path} and {side}")
     return 0
