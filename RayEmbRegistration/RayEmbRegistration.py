@@ -648,8 +648,9 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             return []
         return [f for f in (db.fileForInstance(uid) for uid in uids) if f]
 
-    def inputs(self, p):
-        """The parameter node as ``ModuleInputs`` (geometry fields, options, the DICOM files behind the nodes)."""
+    def inputs(self, p, ctFiles: bool = True):
+        """The parameter node as ``ModuleInputs`` (geometry fields, options, the DICOM files behind the nodes; the
+        CT's, one database query per slice, only with ``ctFiles`` — not for the geometry checks a GUI edit runs)."""
         from RayEmbRegistrationLib.mrml.workflow import ModuleInputs
 
         xrayFiles = self._dicomFiles(p.xrayVolume)
@@ -662,16 +663,16 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             prepared_folder=p.preparedFolder, device=p.device, auto_bone_points=bool(p.autoBonePoints),
             refine=bool(p.refine), iterations=int(p.iterations), resolution=int(p.resolution),
             prepare_minutes=float(p.prepareMinutes), xray_dicom_file=xrayFiles[0] if xrayFiles else "",
-            ct_dicom_files=self._dicomFiles(p.ctVolume),
+            ct_dicom_files=self._dicomFiles(p.ctVolume) if ctFiles else [],
         )
 
     def knownGeometry(self, p) -> dict:
-        return self.workflow.known_geometry(self.inputs(p))
+        return self.workflow.known_geometry(self.inputs(p, ctFiles=False))
 
     def missingGeometry(self, p) -> list:
         """Names of the geometry fields that neither the fields nor the X-ray give."""
         names = {"source_to_detector_mm": _("SDD"), "pixel_spacing_mm": _("pixel spacing")}
-        return [names[k] for k in self.workflow.missing_geometry(self.inputs(p))]
+        return [names[k] for k in self.workflow.missing_geometry(self.inputs(p, ctFiles=False))]
 
     # --- actions (usable without the GUI) -------------------------------------------------------------------
     def register(self, p, progress=None, cancel=None):
@@ -703,7 +704,7 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
         return "\n".join(PreparedCT.open(outDir).summary_lines())
 
     def summary(self, result, p=None) -> str:
-        return self.workflow.summary(result, self.inputs(p) if p is not None else None)
+        return self.workflow.summary(result, self.inputs(p, ctFiles=False) if p is not None else None)
 
     def loadDeepFluoro(self, p) -> str:
         """Load the DeepFluoro specimen/frame of the parameter node and select its CT, X-ray and landmarks."""
