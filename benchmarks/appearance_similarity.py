@@ -14,7 +14,6 @@ Printed per family and similarity:
 * ``margin``: the median of (truth − the best perturbed pose).
 
 Similarities: ``mncc`` (the refinement's multiscale NCC), ``footprint`` (the verdict's, inside the CT's footprint),
-``footprint_unsat`` (the same without the X-ray's clipped pixels: collimator, metal; ``verdict.unsaturated_mask``),
 ``grad`` (multiscale NCC of the images' Sobel gradients, Penney et al. 1998), ``mix`` (multiscale multiple
 correlation of the X-ray with the bone and the soft-tissue line integrals rendered as two channels: the best linear
 mix per tile, invariant to how bone and soft tissue are weighted).
@@ -104,7 +103,7 @@ def main() -> int:
         except json.JSONDecodeError:
             ap.error(f"--set {s}: give KEY=JSON, e.g. spr=0 or collimator='\"none\"' (strings in double quotes)")
     rng = np.random.default_rng(a.seed)
-    results = {f: {s: {"truth": [], "margin": [], "best": []} for s in ("mncc", "footprint", "footprint_unsat", "grad", "mix")}
+    results = {f: {s: {"truth": [], "margin": [], "best": []} for s in ("mncc", "footprint", "grad", "mix")}
                for f in a.appearance}
     for k in range(a.n):
         T = sample_visible_pose(ct, intr, rng, poses="clinical")
@@ -121,8 +120,6 @@ def main() -> int:
             tgt = torch.as_tensor(downsample_image(pixels, li.width, li.height))[None].expand_as(drr)
             vals = {"mncc": multiscale_ncc(drr, tgt, patch).numpy(),
                     "footprint": np.array([footprint_similarity(pixels, d) for d in drr.numpy()]),
-                    "footprint_unsat": np.array([footprint_similarity(pixels, d, skip_saturated=True)
-                                                 for d in drr.numpy()]),
                     "grad": gradient_ncc(drr, tgt.contiguous(), patch).numpy(),
                     "mix": mix_ncc(tgt.contiguous(), ch, patch).numpy()}
             for s, v in vals.items():
@@ -137,7 +134,7 @@ def main() -> int:
           f"N(0, {a.rot_mm} mm of arc) and translations N(0, {tuple(a.trans_mm)}) mm per X-ray; finest grid {size}²\n")
     print("| similarity | " + " | ".join(f"{f}: at truth / truth best / margin" for f in a.appearance) + " |")
     print("|---|" + "---|" * len(a.appearance))
-    for s in ("mncc", "footprint", "footprint_unsat", "grad", "mix"):
+    for s in ("mncc", "footprint", "grad", "mix"):
         cells = []
         for f in a.appearance:
             r = results[f][s]

@@ -38,20 +38,7 @@ SMALL_XRAY_PX = 192
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
 
 
-def unsaturated_mask(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the pixels that carry image, i.e. are not pinned at the image's lowest or highest value.
-
-    A collimated field is flat at one end of the display window (lead lets almost nothing through), and so is a
-    metal object or a burnt-out edge clipped by the window; the CT cannot explain those pixels at any pose. An image
-    without clipping loses only its single extreme pixels."""
-    a = np.asarray(pixels, dtype=np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    eps = 1e-6 * max(hi - lo, 1e-12)
-    return (a > lo + eps) & (a < hi - eps)
-
-
-def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: float = 0.5,
-                         skip_saturated: bool = False) -> float:
+def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: float = 0.5) -> float:
     """Multiscale NCC (``0.5 · NCC + 0.5 · mean local NCC``) of the X-ray and the DRR inside the CT's footprint.
 
     The plain similarity averages in every tile of the image, also those where the CT casts no shadow (a small
@@ -59,7 +46,6 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     "no correlation", so a correct pose of a small CT scores lower than a wrong pose of a large one. Here only
     pixels where the DRR shows the CT (above 5 % of its maximum) count, and only tiles that are at least
     ``min_share`` inside it. ``drr`` (h, w) is on a coarser grid of the same detector as ``xray_pixels``.
-    ``skip_saturated``: leave out the X-ray's clipped pixels too (``unsaturated_mask``: collimator, metal).
     """
     import torch
 
@@ -70,8 +56,6 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     h, w = d.shape
     x = downsample_image(xray_pixels, w, h).astype(np.float64)
     mask = d > 0.05 * max(float(d.max()), 1e-9)
-    if skip_saturated:  # and (``unsaturated_mask``) only where at least half the X-ray's pixels carry image
-        mask &= downsample_image(unsaturated_mask(xray_pixels).astype(np.float32), w, h) >= 0.5
     if mask.sum() < 16:
         return math.nan
 
