@@ -18,6 +18,7 @@ Usage:
     .venv/bin/python benchmarks/calibrate_verdict.py --out out/verdict_cal [--n 8] [--size 256] [--threads 2]
     .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --only mirrored:lumbar --backend nanodrr
     .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --appearance physics   # another X-ray look
+    .venv/bin/python benchmarks/calibrate_verdict.py --out DIR --seed 0 --similarity grad      # another similarity
     .venv/bin/python benchmarks/calibrate_verdict.py --table out/verdict_cal/cases.csv [more.csv ...] [--pipeline]
 
 ``--table`` judges the recorded signals with ``verdict.judge`` as it is now (no registration runs) — or, with
@@ -130,6 +131,8 @@ def main() -> int:
                          "in every family)")
     ap.add_argument("--backend", default=None, choices=("joseph", "nanodrr", "diffdrr"),
                     help="the refinement's renderer (default: RefineOptions' own)")
+    ap.add_argument("--similarity", default=None, choices=("mncc", "grad"),
+                    help="the similarity the refinement and its checks read (default: RefineOptions' own)")
     a = ap.parse_args()
     if a.table:
         return table(a.table, a.pipeline)
@@ -180,9 +183,11 @@ def main() -> int:
         key = (target, net)
         if key not in registrars:
             opts = RegistrationOptions(model_path=str(model))
-            registrars[key] = Registrar(vols[target], opts.replace(refine={"backend": a.backend}) if a.backend else opts)
+            refine = {k: v for k, v in (("backend", a.backend), ("similarity", a.similarity)) if v}
+            registrars[key] = Registrar(vols[target], opts.replace(refine=refine) if refine else opts)
         reg = registrars[key]
-        row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net, "appearance": a.appearance}
+        row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net, "appearance": a.appearance,
+               "similarity": a.similarity or RegistrationOptions().refine.similarity}
         t = time.perf_counter()
         try:
             res = reg.register(xray)
