@@ -112,4 +112,5 @@ def click_through(app, temp_dir: str, python: str, module_dir: str, log=print, p
     finally:
         job.close()
     assert os.path.isfile(os.path.join(figures["prepared"], "readiness.json"))
+    assert not any(p.exists() for p in job.owned_paths), "the CT written for the job is left behind"
     return figures

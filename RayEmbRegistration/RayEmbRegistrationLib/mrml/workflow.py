@@ -243,7 +243,7 @@ class Workflow:
 
     def prepare_job(self, inp: ModuleInputs, temp_dir: str, python: str, module_dir: str):
         """A ``PrepareJob`` (not started) that prepares the CT in a child process: the CT is written to a temporary
-        NIfTI in ``temp_dir`` (the node is not modified), the folder goes to the prepared-CT cache under the CT's
+        NIfTI in ``temp_dir`` (the node is not modified; the job removes it when closed), the folder goes to the prepared-CT cache under the CT's
         content hash (so ``--prepared auto`` and this module find it again); ``python`` runs
         ``RayEmbRegistrationLib`` from ``module_dir``."""
         from ..detection.templates import ct_hash
@@ -251,15 +251,18 @@ class Workflow:
         from ..training.prepare import prepare_command, prepared_cache_dir
         from ..training.prepare_job import PrepareJob
 
+        import tempfile
+
         ct = self.ct(inp)
         digest = ct_hash(ct)[:16]
-        ct_path = os.path.join(temp_dir, f"RayEmbPrepare-{digest}.nii.gz")
+        ct_dir = tempfile.mkdtemp(prefix=f"RayEmbPrepare-{digest}-", dir=temp_dir)
+        ct_path = os.path.join(ct_dir, "ct.nii.gz")
         save_ct(ct, ct_path)
         out_dir = prepared_cache_dir() / digest
         base = inp.model_file if inp.model_source == "file" and inp.model_file else None
         cmd = prepare_command(ct_path, out_dir, inp.prepare_minutes, python, model=base, device=inp.device)
         env = {"PYTHONPATH": os.pathsep.join([module_dir] + [x for x in [os.environ.get("PYTHONPATH")] if x])}
-        return PrepareJob(cmd, out_dir, env=env, work_dir=temp_dir)
+        return PrepareJob(cmd, out_dir, env=env, work_dir=temp_dir, owned_paths=(ct_dir,))
 
     @staticmethod
     def use_prepared(inp: ModuleInputs, out_dir: str) -> str:

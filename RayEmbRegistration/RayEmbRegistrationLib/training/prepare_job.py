@@ -67,8 +67,9 @@ class PrepareJob:
     training early; ``kill()`` ends the process tree at once. ``outcome()`` describes how it ended."""
 
     def __init__(self, command: list[str], out_dir: str | os.PathLike, env: dict[str, str] | None = None,
-                 work_dir: str | os.PathLike | None = None) -> None:
+                 work_dir: str | os.PathLike | None = None, owned_paths: tuple = ()) -> None:
         self.out_dir = Path(out_dir)
+        self.owned_paths = [Path(p) for p in owned_paths]  #: removed by ``close()`` (e.g. the CT written for the job)
         self._work = Path(tempfile.mkdtemp(prefix="rayemb-prepare-job-", dir=work_dir))
         self.stop_file = self._work / "stop"
         self.log_path = self._work / "output.log"
@@ -190,11 +191,16 @@ class PrepareJob:
         return "failed", f"rayemb prepare exited with status {self.returncode}:\n{tail}"
 
     def close(self) -> None:
-        """Kill the child if it still runs, and remove the job's own files (stop file, log)."""
+        """Kill the child if it still runs, and remove the job's own files (stop file, log, ``owned_paths``)."""
         if self.running:
             self.kill()
         self._finish()
         shutil.rmtree(self._work, ignore_errors=True)
+        for p in self.owned_paths:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     # --- internals --------------------------------------------------------------------------------------------
     def _read_new(self) -> list[str]:
