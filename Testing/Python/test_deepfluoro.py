@@ -214,3 +214,29 @@ def test_train_landmarks_and_register_from_fixed_landmarks_on_the_command_line(f
 
         r = json.loads((tmp_path / "r1" / "registration.json").read_text())
         assert r["initial_method"] == "given"
+
+
+def test_variants_of_the_layout_read_the_same(fixture, tmp_path):
+    """A copy with a 3×4 extrinsic and pose, a (1, H, W) frame and frames named without zero padding reads the same
+    camera and image as the original."""
+    import shutil
+
+    path, _ = fixture
+    var = tmp_path / "variant.h5"
+    shutil.copy(path, var)
+    with h5py.File(var, "r+") as h5:
+        e = h5["proj-params/extrinsic"][()]
+        del h5["proj-params/extrinsic"]
+        h5["proj-params/extrinsic"] = e[:3]
+        g = h5["17-1882/projections"]
+        g.move("001", "1")
+        img = g["1/image/pixels"][()]
+        del g["1/image/pixels"]
+        g["1/image/pixels"] = img[None]
+        G = g["1/gt-poses/cam-to-pelvis-vol"][()]
+        del g["1/gt-poses/cam-to-pelvis-vol"]
+        g["1/gt-poses/cam-to-pelvis-vol"] = G[:3]
+    with DeepFluoroFile(path) as a, DeepFluoroFile(var) as b:
+        fa, fb = a.specimen(1).frame(1), b.specimen(1).frame(1)
+    np.testing.assert_allclose(fb.truth.camera_from_world, fa.truth.camera_from_world, atol=1e-9)
+    np.testing.assert_array_equal(fb.xray.pixels, fa.xray.pixels)

@@ -117,6 +117,16 @@ def deepfluoro_camera(K, E, G, width: int, height: int, scene_point_ras, rot180:
     return Camera(intr, T), A, mirrored
 
 
+def _matrix4(a, what: str) -> np.ndarray:
+    """A 4×4 homogeneous matrix from a stored 4×4 or 3×4 one (the last row [0, 0, 0, 1] added)."""
+    m = np.asarray(a, dtype=float)
+    if m.shape == (3, 4):
+        m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
+    if m.shape != (4, 4):
+        raise DeepFluoroError(f"{what} has shape {m.shape}; expected a 4×4 (or 3×4) rigid transform")
+    return m
+
+
 def _apply_pixel_map(A: np.ndarray, uv: np.ndarray) -> np.ndarray:
     h = np.c_[np.asarray(uv, float).reshape(-1, 2), np.ones(len(np.asarray(uv).reshape(-1, 2)))] @ A.T
     return h[:, :2] / h[:, 2:3]
@@ -214,6 +224,11 @@ class DeepFluoroSpecimen:
             if key not in g:
                 raise DeepFluoroError(f"{self.file.path}: {self.id}/projections/{fid} has no '{key}'")
         raw = np.asarray(g["image/pixels"][()], dtype=np.float64)
+        if raw.ndim == 3 and 1 in (raw.shape[0], raw.shape[-1]):  # a (1, H, W) or (H, W, 1) image
+            raw = raw.reshape(raw.shape[1:] if raw.shape[0] == 1 else raw.shape[:-1])
+        if raw.ndim != 2:
+            raise DeepFluoroError(f"{self.file.path}: {self.id}/{fid}/image/pixels has shape {raw.shape}; expected a "
+                                  "2D frame")
         pp = self.file.proj_params
         H, W = raw.shape
         if (W, H) != (pp["num-cols"], pp["num-rows"]):
@@ -221,7 +236,7 @@ class DeepFluoroSpecimen:
                                   f"{pp['num-cols']}×{pp['num-rows']}")
         rot = bool(np.asarray(g["rot-180-for-up"][()]).reshape(-1)[0]) if "rot-180-for-up" in g else False
         border = int(round(BORDER_PX_AT_1536 * W / 1536.0))
-        G = np.asarray(g["gt-poses/cam-to-pelvis-vol"][()], float)
+        G = _matrix4(g["gt-poses/cam-to-pelvis-vol"][()], f"{self.id}/{fid}/gt-poses/cam-to-pelvis-vol")
         cam, A, mirrored = deepfluoro_camera(pp["intrinsic"], pp["extrinsic"], G, W, H, self.centre_ras(), rot, border,
                                              (pp["pixel-col-spacing"], pp["pixel-row-spacing"]))
         img = raw[:, ::-1] if mirrored else raw
@@ -273,7 +288,7 @@ class DeepFluoroFile:
             raise DeepFluoroError(f"{self.path}: proj-params lacks {', '.join(missing)}")
         self.proj_params = {
             "intrinsic": np.asarray(g["intrinsic"][()], float).reshape(3, 3),
-            "extrinsic": np.asarray(g["extrinsic"][()], float).reshape(4, 4),
+            "extrinsic": _matrix4(g["extrinsic"][()], "proj-params/extrinsic"),
             "num-rows": int(np.asarray(g["num-rows"][()]).reshape(-1)[0]),
             "num-cols": int(np.asarray(g["num-cols"][()]).reshape(-1)[0]),
             "pixel-row-spacing": float(np.asarray(g["pixel-row-spacing"][()]).reshape(-1)[0]),
