@@ -235,6 +235,10 @@ class RefineOptions:
         local_check: before a refined pose is accepted, score it against 8 poses rotated 2–4° about the bone in
             view (``verdict.neighbour_gain``, one batch of DRRs, ~0.3 s); when one is more similar the refinement
             stopped short and the verdict says uncertain (``VerdictRule.max_neighbour_gain``).
+        relative_signals_always: measure the local-optimum and competitor signals for every refined result, not only
+            for one the verdict would accept (the verdict itself cannot change: those signals only ever add reasons);
+            calibration data for a verdict on relative signals on X-rays whose absolute similarity says little
+            (docs/results.md, "The verdict per family"). Costs 1–3 s per result that is not accepted.
         competitor_shift_mm: how far the competitor starts are moved (mm in the image plane, camera frame).
         competitor_levels: how many levels of the refinement schedule the competitor search runs, coarse first (0:
             every level). Default 2: on 40 clinical X-rays of three CTs (two networks) it gives the same decision as
@@ -277,6 +281,7 @@ class RefineOptions:
     depth_compare_levels: int = 0
     competitor_check: bool = True
     local_check: bool = True
+    relative_signals_always: bool = False
     competitor_shift_mm: float = 60.0
     competitor_levels: int = 2
     competitor_check_below: float = 1.0

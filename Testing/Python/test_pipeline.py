@@ -318,3 +318,17 @@ def test_valley_retry_adopts_a_more_similar_valley_pose_for_an_unaccepted_result
     assert d.refined_similarity == ds.refined_similarity + (pytest.approx(out.similarity_after),)
     assert out.verdict is not None and out.verdict.signals["depth_corrected"] is True
     assert out.timings_s["valley"] > 0 and "tilt refitted" in out.headline()
+
+
+def test_relative_signals_can_be_measured_for_every_result_without_changing_the_verdict(sample_ct, case):
+    """``RefineOptions.relative_signals_always`` (calibration data): the local-optimum and competitor signals are
+    recorded also for a result the verdict does not accept, and the verdict is the same as without them."""
+    intr, T, xray, pts = case
+    start = perturbation_numpy([6.0, -5.0, 4.0, 8.0, -6.0, 15.0], T, sample_ct.center_ras, 120.0)
+    plain = register(sample_ct, xray, None, RegistrationOptions(**FAST), initial_camera_from_world=start)
+    opts = RegistrationOptions(**FAST).replace(refine={"relative_signals_always": True})
+    both = register(sample_ct, xray, None, opts, initial_camera_from_world=start)
+    assert both.verdict.status == plain.verdict.status
+    assert "neighbour_gain" in both.verdict.signals and "competitor_margin" in both.verdict.signals
+    if not plain.verdict.accepted:
+        assert "neighbour_gain" not in plain.verdict.signals

@@ -173,6 +173,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--no-local-check", action="store_true",
                    help="accept a result without first checking that no pose turned 2-4 degrees about the bone in view "
                         "explains the X-ray better (saves ~0.3 s per accepted result)")
+    p.add_argument("--relative-signals-always", action="store_true",
+                   help="calibration: measure the local-optimum and competitor signals for every refined result, not "
+                        "only for one about to be accepted (the verdict is the same; 1-3 s more per unaccepted result)")
     p.add_argument("--competitor-levels", type=int, default=None, metavar="N",
                    help="refinement levels the competitor check runs, coarse first (0: every level; default "
                         f"{R.competitor_levels})")
@@ -248,6 +251,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["competitor_check"] = False
     if getattr(args, "no_local_check", False):
         ref["local_check"] = False
+    if getattr(args, "relative_signals_always", False):
+        ref["relative_signals_always"] = True
     if getattr(args, "competitor_levels", None) is not None:
         ref["competitor_levels"] = args.competitor_levels
     if getattr(args, "depth_compare_levels", None) is not None:

@@ -442,14 +442,15 @@ class Registrar:
         sig = {**signals(result, self.ct, xray, self.refiner()), "rescued": bool(rescued)}
         result.verdict = judge(sig)
         o = self.options.refine
-        if result.verdict.accepted and stage == "refined" and o.local_check:
+        measure = o.relative_signals_always  # calibration: record them whatever the verdict (it cannot change)
+        if (result.verdict.accepted or measure) and stage == "refined" and o.local_check:
             # Cheap (one batch of 9 DRRs): is the accepted pose a local optimum about the bone in view?
             t = time.perf_counter()
             gain, ax, ay = neighbour_gain(self.refiner(), xray, final, self.view_pool())
             result.timings_s["local_check"] = time.perf_counter() - t
             sig = {**sig, "neighbour_gain": gain, "neighbour_ax_deg": ax, "neighbour_ay_deg": ay}
             result.verdict = judge(sig)
-        if (result.verdict.accepted and stage == "refined" and o.competitor_check
+        if ((result.verdict.accepted or measure) and stage == "refined" and o.competitor_check
                 and (rescued or init.reseated or o.competitor_check_below >= 1.0
                      or not sig.get("footprint_similarity") >= o.competitor_check_below)):
             # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
