@@ -133,6 +133,9 @@ def main() -> int:
                     help="the refinement's renderer (default: RefineOptions' own)")
     ap.add_argument("--similarity", default=None, choices=("mncc", "grad"),
                     help="the similarity the refinement and its checks read (default: RefineOptions' own)")
+    ap.add_argument("--relative-signals-always", action="store_true",
+                    help="measure the local-optimum and competitor signals for every refined result and record them "
+                         "(RefineOptions.relative_signals_always; the verdict is the same)")
     a = ap.parse_args()
     if a.table:
         return table(a.table, a.pipeline)
@@ -183,7 +186,8 @@ def main() -> int:
         key = (target, net)
         if key not in registrars:
             opts = RegistrationOptions(model_path=str(model))
-            refine = {k: v for k, v in (("backend", a.backend), ("similarity", a.similarity)) if v}
+            refine = {k: v for k, v in (("backend", a.backend), ("similarity", a.similarity),
+                                        ("relative_signals_always", a.relative_signals_always)) if v}
             registrars[key] = Registrar(vols[target], opts.replace(refine=refine) if refine else opts)
         reg = registrars[key]
         row = {"case": k, "kind": kind, "xray_of": shows, "ct": target, "network": net, "appearance": a.appearance,
@@ -200,6 +204,9 @@ def main() -> int:
             row.update(error="", mtre_mm=e["mtre_mm"], success=(not by_construction) and e["mtre_mm"] <= 10.0,
                        seconds=time.perf_counter() - t, **signals(res, vols[target], xray, reg.refiner()),
                        pipeline_status=res.verdict.status if res.verdict is not None else "")
+            for key in ("competitor_margin", "competitor_distance_mm", "neighbour_gain"):  # measured by the pipeline
+                if res.verdict is not None and key in res.verdict.signals:
+                    row[key] = res.verdict.signals[key]
         rows.append(row)
         print(f"{k + 1}/{len(jobs)} {kind:9s} {shows:>6s}->{target:<6s} {net:16s} mTRE {row['mtre_mm']:8.2f} "
               f"{'OK ' if row['success'] else 'bad'} {row.get('error', '')[:60]}", flush=True)
