@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 
-def _processes_mentioning(text: str) -> list[str]:
+def processes_mentioning(text: str) -> list[str]:
     """Process ids whose command line contains ``text`` (Linux /proc; elsewhere the job's own state is checked)."""
     from pathlib import Path
 
@@ -107,7 +107,7 @@ def click_through(app, temp_dir: str, python: str, module_dir: str, log=print, p
         assert status == "prepared", text
         readiness = flow.use_prepared(inp, text)
         assert inp.model_source == "prepared" and "prepared-CT folder" in readiness, readiness
-        assert not _processes_mentioning(str(job.out_dir)), "a process of the preparation is left"
+        assert not processes_mentioning(str(job.out_dir)), "a process of the preparation is left"
         figures.update(prepared=str(job.out_dir), stopped_at=stopped_at)
     finally:
         job.close()

@@ -52,3 +52,16 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_model(ModelConfig(dim=16, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A tiny network's weight file (64² input; safetensors + config + sha256) for the preparation tests."""
+    import torch
+
+    from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
+
+    torch.manual_seed(0)
+    p = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), p)
+    return p

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
 from RayEmbRegistrationLib.options import RegistrationOptions
 from RayEmbRegistrationLib.training.prepare import PreparedCT, find_prepared, prepare, use_prepared
 from RayEmbRegistrationLib.progress import Cancelled
 from RayEmbRegistrationLib.inputs.volume import CTVolume
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), p)
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +155,10 @@ def test_separate_process_reports_progress_and_stops_early_on_sigterm(sample_ct_
     r = json.loads((out / "readiness.json").read_text())
     assert "stopped early" in r["interrupted"] and "prepared-CT folder" in out_text
     if sys.platform.startswith("linux"):  # no render process outlives the run (a forked one has the same command line)
-        left = []
-        for d in Path("/proc").iterdir():
-            try:
-                if d.name.isdigit() and str(out) in (d / "cmdline").read_bytes().decode(errors="ignore"):
-                    left.append(d.name)
-            except OSError:
-                pass
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from clickthrough import processes_mentioning
+
+        left = processes_mentioning(str(out))
         assert not left, left
     assert parse_progress_line("register:  40%  refine") == ("register", 0.4, "refine")
     assert parse_progress_line("some other line") is None

@@ -12,35 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from RayEmbRegistrationLib.detection.model import ModelConfig, build_model, save_model
 from RayEmbRegistrationLib.training.prepare import prepare_command
 from RayEmbRegistrationLib.training.prepare_job import LineBuffer, PrepareJob, stop_requested
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from clickthrough import processes_mentioning  # noqa: E402  (the one /proc scan of the tests)
 LIB_PARENT = HERE.parents[1] / "RayEmbRegistration"
 LAUNCHER = HERE / "launcher_standin.py"
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_model(build_model(ModelConfig(dim=8, widths=(8, 16, 16), image_size=64, voxel_mm=6.0)), p)
-    return p
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Process ids whose command line contains ``text`` (Linux /proc)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and text in (d / "cmdline").read_bytes().decode(errors="ignore"):
-                found.append(d.name)
-        except OSError:
-            pass
-    return found
 
 
 def _job(sample_ct_path, tiny_weights, out, minutes=0.6) -> PrepareJob:
@@ -79,7 +59,7 @@ def test_stop_file_reaches_the_worker_behind_a_launcher_and_the_folder_is_comple
         assert (status, job.returncode) == ("prepared", 0), text
         readiness = json.loads((out / "readiness.json").read_text())
         assert "stopped early" in readiness["interrupted"]
-        assert not _processes_mentioning(str(out)), "a process of the preparation outlived it"
+        assert not processes_mentioning(str(out)), "a process of the preparation outlived it"
         assert not list(tmp_path.glob(".prepared.rayemb-tmp-*"))
     finally:
         job.close()
@@ -92,10 +72,10 @@ def test_kill_ends_launcher_worker_and_renderers_and_leaves_no_folder(sample_ct_
     job = _job(sample_ct_path, tiny_weights, out, minutes=2.0).start()
     try:
         _run_until_training(job)
-        assert len(_processes_mentioning(str(out))) >= 2, "expected the launcher and the worker"
+        assert len(processes_mentioning(str(out))) >= 2, "expected the launcher and the worker"
         job.kill()
         assert not job.running
-        assert not _processes_mentioning(str(out)), "a process of the preparation survived the kill"
+        assert not processes_mentioning(str(out)), "a process of the preparation survived the kill"
         assert job.outcome()[0] == "stopped"
         assert not out.exists() and not list(tmp_path.glob(".prepared.rayemb-tmp-*"))
     finally:
@@ -112,12 +92,12 @@ def test_ending_only_the_launcher_leaves_the_worker_running(sample_ct_path, tiny
         _run_until_training(job)
         os.kill(job.pid, 15)
         job._proc.wait(10)
-        assert _processes_mentioning(str(out)), "the worker ended with its launcher"
+        assert processes_mentioning(str(out)), "the worker ended with its launcher"
     finally:
         job.returncode = None  # the launcher is gone, its process group is not: kill() still ends the worker
         job.kill()
         job.close()
-    assert not _processes_mentioning(str(out))
+    assert not processes_mentioning(str(out))
 
 
 def test_a_program_that_cannot_start_is_a_clear_error(tmp_path):
