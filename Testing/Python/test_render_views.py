@@ -122,28 +122,34 @@ def _near_colour(img: np.ndarray, xy, rgb, radius: int = 2, tol: float = 40.0) -
     return bool((np.linalg.norm(patch - np.asarray(rgb) * 255.0, axis=-1) < tol).any())
 
 
-def test_3d_view_ct_and_frusta(scene_with_results):
-    app, ct_node, xr, out, (true, initial), _ = scene_with_results
+def _render_3d(ct_node, model_nodes, camera, zoom: float):
+    """Offscreen 3D view of the CT's bone and ``model_nodes``, looking from the patient's left, anterior and above at
+    the middle of ``camera``'s frustum → ``(renderer, its render window, (H, W, 3) image)``; keep the window while the
+    renderer converts world points to display points."""
     ren = vtk.vtkRenderer()
     ren.SetBackground(0.08, 0.1, 0.16)
     ren.AddActor(_bone_actor(ct_node))
-    frusta = {stage: out[f"frustum.{stage}"] for stage in ("initial", "final")}
-    for node in frusta.values():
+    for node in model_nodes:
         ren.AddActor(_model_actor(node))
     rw = vtk.vtkRenderWindow()
     rw.SetOffScreenRendering(1)
     rw.SetSize(W3D, H3D)
     rw.AddRenderer(ren)
-    # look from the patient's left, anterior and above, at the middle of the final frustum
     cam = ren.GetActiveCamera()
-    centre = true.frustum_vertices_ras.mean(axis=0)
+    centre = camera.frustum_vertices_ras.mean(axis=0)
     cam.SetFocalPoint(*centre)
     cam.SetPosition(*(centre + np.array([-1700.0, 1100.0, 1000.0])))
     cam.SetViewUp(0.0, 0.0, 1.0)
-    cam.Zoom(1.5)
+    cam.Zoom(zoom)
     ren.ResetCameraClippingRange()
     rw.Render()
-    img = _grab(rw)
+    return ren, rw, _grab(rw)
+
+
+def test_3d_view_ct_and_frusta(scene_with_results):
+    app, ct_node, xr, out, (true, initial), _ = scene_with_results
+    frusta = {stage: out[f"frustum.{stage}"] for stage in ("initial", "final")}
+    ren, _window, img = _render_3d(ct_node, frusta.values(), true, 1.5)
     path = _save_png(img, "view3d_ct_frustum.png")
     assert path.stat().st_size > 5000
 
@@ -297,25 +303,8 @@ def test_walkthrough_views_of_a_real_registration(tmp_path):
         _save_png(np.asarray(canvas), "walkthrough_slice.png")
 
         # 3D view: bone and the initial / final frusta
-        ren = vtk.vtkRenderer()
-        ren.SetBackground(0.08, 0.1, 0.16)
-        ren.AddActor(_bone_actor(ct_node))
-        for stage in ("initial", "final"):
-            ren.AddActor(_model_actor(out[f"frustum.{stage}"]))
-        rw = vtk.vtkRenderWindow()
-        rw.SetOffScreenRendering(1)
-        rw.SetSize(W3D, H3D)
-        rw.AddRenderer(ren)
         final = result.final
-        centre = final.frustum_vertices_ras.mean(axis=0)
-        cam = ren.GetActiveCamera()
-        cam.SetFocalPoint(*centre)
-        cam.SetPosition(*(centre + np.array([-1700.0, 1100.0, 1000.0])))
-        cam.SetViewUp(0.0, 0.0, 1.0)
-        cam.Zoom(1.4)
-        ren.ResetCameraClippingRange()
-        rw.Render()
-        img3 = _grab(rw)
+        ren, _window, img3 = _render_3d(ct_node, [out["frustum.initial"], out["frustum.final"]], final, 1.4)
         ren.SetWorldPoint(*final.source_ras, 1.0)
         ren.WorldToDisplay()
         x, y, _ = ren.GetDisplayPoint()
