@@ -183,18 +183,14 @@ def test_3d_view_ct_and_frusta(scene_with_results):
     assert (np.linalg.norm(patch - [230, 220, 195], axis=-1) < 90).mean() > 0.05
 
 
-def test_slice_view_xray_with_overlay(scene_with_results):
-    from PIL import Image, ImageDraw
+def _render_slice(red, xr, width: int, height: int):
+    """The Red slice view (``red``, a slice logic) fitted to the X-ray node ``xr``, rendered by Slicer's own slice
+    logic → ``(rgb (h, w, 3) uint8 row 0 at the top, xy_to_ras (4, 4), u, v, inside)``: for every view pixel, the
+    X-ray pixel (u, v) it shows and whether it lies on the X-ray."""
     from vtk.util.numpy_support import vtk_to_numpy
 
-    app, ct_node, xr, out, (true, initial), drr = scene_with_results
-    red = app.slice_logics.get("Red") or app.add_slice_view("Red")
-    ov = out["drr"]
-    ov.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGreen")
-    assert mrml.show_in_slice_views(app.scene, xr, ov, 0.4) == 1
     sn = red.GetSliceNode()
-    W, H = 96 * 4, 80 * 4
-    sn.SetDimensions(W, H, 1)
+    sn.SetDimensions(width, height, 1)
     sn.RotateToVolumePlane(xr)
     red.FitSliceToAll()
     producer = red.GetImageDataConnection().GetProducer()
@@ -202,17 +198,28 @@ def test_slice_view_xray_with_overlay(scene_with_results):
     img = producer.GetOutputDataObject(0)
     w, h, _ = img.GetDimensions()
     rgba = vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)
-    rgb = np.ascontiguousarray(rgba[::-1, :, :3]).astype(np.uint8)  # row 0 at the top
-
-    # slice pixel (x, y) (VTK, bottom-up) → RAS → X-ray IJK: sample the X-ray where the view shows it
+    rgb = np.ascontiguousarray(rgba[::-1, :, :3]).astype(np.uint8)
+    # slice pixel (x, y) (VTK, bottom-up) → RAS → X-ray IJK: the X-ray pixel the view shows there
     xy_to_ras = np.array([[sn.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
-    M, _, _ = mrml_nodes._xray_grid(xr)
-    ras_to_ijk = np.linalg.inv(M)
+    M, W, H = mrml_nodes._xray_grid(xr)
     ys, xs = np.mgrid[0:h, 0:w]
     xy = np.stack([xs.ravel(), (h - 1 - ys).ravel(), np.zeros(xs.size), np.ones(xs.size)], axis=1)
-    ijk = xy @ (ras_to_ijk @ xy_to_ras).T
+    ijk = xy @ (np.linalg.inv(M) @ xy_to_ras).T
     u, v = np.rint(ijk[:, 0]).astype(int), np.rint(ijk[:, 1]).astype(int)
-    inside = (u >= 0) & (u < 96) & (v >= 0) & (v < 80)
+    return rgb, xy_to_ras, u, v, (u >= 0) & (u < W) & (v >= 0) & (v < H)
+
+
+def test_slice_view_xray_with_overlay(scene_with_results):
+    from PIL import Image, ImageDraw
+
+    app, ct_node, xr, out, (true, initial), drr = scene_with_results
+    red = app.slice_logics.get("Red") or app.add_slice_view("Red")
+    ov = out["drr"]
+    ov.GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGreen")
+    assert mrml.show_in_slice_views(app.scene, xr, ov, 0.4) == 1
+    rgb, xy_to_ras, u, v, inside = _render_slice(red, xr, 96 * 4, 80 * 4)
+    h, w = rgb.shape[:2]
+    assert mrml_nodes._xray_grid(xr)[1:] == (96, 80)
     assert inside.mean() > 0.8, "the X-ray should fill most of the fitted slice view"
     shown = rgb.reshape(-1, 3)[inside].astype(float)
     # the red channel carries only the X-ray (the overlay is green): it must follow the X-ray's pixels
@@ -253,7 +260,6 @@ def test_walkthrough_views_of_a_real_registration(tmp_path):
     green, the fiducials' reprojections) and a 3D view (bone, initial and final frusta) rendered from that scene.
     Checked: the slice view shows the X-ray as stored; the final frustum's source is drawn in its colour."""
     from PIL import Image, ImageDraw
-    from vtk.util.numpy_support import vtk_to_numpy
 
     from RayEmbRegistrationLib.mrml.workflow import ModuleInputs, Workflow
     from RayEmbRegistrationLib.resources import SAMPLE_CT, SAMPLE_XRAY
@@ -273,22 +279,8 @@ def test_walkthrough_views_of_a_real_registration(tmp_path):
         red = app.add_slice_view("Red")
         out["drr"].GetDisplayNode().SetAndObserveColorNodeID("vtkMRMLColorTableNodeGreen")
         mrml.show_in_slice_views(app.scene, xr, out["drr"], 0.35)
-        sn = red.GetSliceNode()
-        sn.SetDimensions(512, 512, 1)
-        sn.RotateToVolumePlane(xr)
-        red.FitSliceToAll()
-        producer = red.GetImageDataConnection().GetProducer()
-        producer.Update()
-        img = producer.GetOutputDataObject(0)
-        w, h, _ = img.GetDimensions()
-        rgb = np.ascontiguousarray(vtk_to_numpy(img.GetPointData().GetScalars()).reshape(h, w, -1)[::-1, :, :3])
-        xy_to_ras = np.array([[sn.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
-        M, W, H = mrml_nodes._xray_grid(xr)
-        ys, xs = np.mgrid[0:h, 0:w]
-        xy = np.stack([xs.ravel(), (h - 1 - ys).ravel(), np.zeros(xs.size), np.ones(xs.size)], axis=1)
-        ijk = xy @ (np.linalg.inv(M) @ xy_to_ras).T
-        u, v = np.rint(ijk[:, 0]).astype(int), np.rint(ijk[:, 1]).astype(int)
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        rgb, xy_to_ras, u, v, inside = _render_slice(red, xr, 512, 512)
+        h = rgb.shape[0]
         pixels = mrml.volume_node_to_xray(xr).pixels
         corr = np.corrcoef(rgb.reshape(-1, 3)[inside][:, 0].astype(float), pixels[v[inside], u[inside]])[0, 1]
         assert corr > 0.9, corr
