@@ -95,9 +95,8 @@ def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
         if not (m.endswith("initial") or m.endswith("start")):
             row["verdict"] = res.verdict.status
             # the verdict's signals, so that a benchmark run is also calibration data (benchmarks/calibrate_verdict.py)
-            row.update({f"signal_{k}": (float(v) if isinstance(v, (bool, int, float, np.floating, np.integer)) else v)
-                        for k, v in (res.verdict.signals or {}).items()
-                        if isinstance(v, (bool, int, float, np.floating, np.integer))})
+            row.update({f"signal_{k}": float(v) for k, v in (res.verdict.signals or {}).items()
+                        if isinstance(v, (bool, int, float, np.number))})
         ts = dict(res.timings_s)
         if m.endswith("initial") or m.endswith("start"):
             ts.pop("refine", None)

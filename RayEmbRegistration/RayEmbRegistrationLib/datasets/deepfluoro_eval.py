@@ -110,7 +110,7 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
             w = csv.DictWriter(fh, fieldnames=_FIELDS)
             if new_file:
                 w.writeheader()
-            current, registrar, lm, protocol = None, None, None, ""
+            current, registrar, lm, protocol, fr = None, None, None, "", None
             for k, (sp, fid, method) in enumerate(todo):
                 check_cancel(cancel, "DeepFluoro benchmark")
                 if current is not sp:
@@ -120,7 +120,8 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                         ("weights " + Path(opts.model_path).name if opts.model_path else "general network")
                     registrar, current = Registrar(ct, opts), sp
                     fixed = _fixed_network(out, sp, ct, lm, fixed_minutes, log, cancel) if "fixed" in methods else None
-                fr = sp.frame(fid)
+                if fr is None or (fr.specimen, fr.frame_id) != (sp.id, fid):  # read once for all its methods
+                    fr = sp.frame(fid)
                 how = {"rayemb": protocol, "intensity": "standard AP start",
                        "fixed": f"fixed-landmark network ({fixed_minutes:g} min)"}[method]
                 row = {"specimen": sp.id, "frame": fid, "method": method, "protocol": how,
