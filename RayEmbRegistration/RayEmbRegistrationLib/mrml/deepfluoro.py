@@ -3,7 +3,7 @@
 Owns: ``load_deepfluoro_frame`` (CT, the 14 landmarks, the preprocessed X-ray with its geometry, the ground-truth
 camera as a transform and a frustum) and ``truth_of`` (the ground truth a registration of that X-ray is scored on).
 
-The X-ray node carries the truth in ``ATTR_TRUTH`` (JSON: ``camera_from_world`` and the landmark node's ID), so a
+The X-ray node carries the truth in ``ATTR_TRUTH`` (JSON: the ground-truth camera and the landmark node's ID), so a
 registration of it can report its error against the ground truth (``mrml.workflow.Workflow.summary``); nothing of
 the truth reaches the registration itself. Reading and conversion: ``datasets.deepfluoro``."""
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 
 from ..geometry.camera import Camera
 
 __all__ = ["ATTR_TRUTH", "load_deepfluoro_frame", "truth_of"]
 
-#: X-ray node attribute: the ground truth of a dataset frame (JSON ``{"camera_from_world", "landmarks_node_id"}``)
+#: X-ray node attribute: the ground truth of a dataset frame (JSON ``{"camera": Camera.to_dict(), "landmarks_node_id"}``)
 ATTR_TRUTH = "RayEmb.GroundTruth"
 
 
@@ -36,8 +35,7 @@ def load_deepfluoro_frame(scene, path, specimen, frame) -> dict:
     nodes = {"ct": ct_to_volume_node(scene, ct, f"{tag} CT"),
              "landmarks": fiducials_to_markups_node(scene, list(lm.labels), lm.ras, f"{tag} landmarks")}
     xr = xray_to_volume_node(scene, fr.xray.pixels, fr.xray.intrinsics, f"{tag} frame {fr.frame_id}")
-    xr.SetAttribute(ATTR_TRUTH, json.dumps({"camera_from_world": np.asarray(fr.truth.camera_from_world).tolist(),
-                                            "landmarks_node_id": nodes["landmarks"].GetID()}))
+    xr.SetAttribute(ATTR_TRUTH, json.dumps({"camera": fr.truth.to_dict(), "landmarks_node_id": nodes["landmarks"].GetID()}))
     nodes["xray"] = xr
     key = xr.GetID()
     nodes["truth_transform"] = camera_to_transform_node(scene, fr.truth, f"{tag} frame {fr.frame_id} camera (truth)",
@@ -58,7 +56,4 @@ def truth_of(scene, xray_node):
     lm_node = scene.GetNodeByID(d.get("landmarks_node_id", ""))
     if lm_node is None:
         return None
-    from .inputs import volume_node_to_xray
-
-    intr = volume_node_to_xray(xray_node).intrinsics
-    return Camera(intr, np.asarray(d["camera_from_world"], float)), markups_node_to_fiducials(lm_node).ras
+    return Camera.from_dict(d["camera"]), markups_node_to_fiducials(lm_node).ras
