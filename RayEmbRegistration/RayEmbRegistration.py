@@ -552,8 +552,6 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     accepts the Lib's ``progress(fraction, message)`` and ``cancel() -> bool`` callbacks (``progress.py``).
     """
 
-    VERDICT_COLORS = {"accepted": "#1a7f37", "uncertain": "#9a6700", "rejected": "#cf222e"}
-
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         from RayEmbRegistrationLib.mrml.workflow import Workflow
@@ -566,6 +564,11 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
     @property
     def outputs(self) -> dict:
         return self.workflow.outputs
+
+    @property
+    def VERDICT_COLORS(self) -> dict:
+        """Status-label colour per verdict (``mrml.workflow.Workflow.VERDICT_COLORS``)."""
+        return self.workflow.VERDICT_COLORS
 
     # --- dependencies ---------------------------------------------------------------------------------------
     @staticmethod
