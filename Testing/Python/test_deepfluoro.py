@@ -240,3 +240,13 @@ def test_variants_of_the_layout_read_the_same(fixture, tmp_path):
         fa, fb = a.specimen(1).frame(1), b.specimen(1).frame(1)
     np.testing.assert_allclose(fb.truth.camera_from_world, fa.truth.camera_from_world, atol=1e-9)
     np.testing.assert_array_equal(fb.xray.pixels, fa.xray.pixels)
+
+
+def test_a_bad_frame_list_is_a_clear_error(fixture, tmp_path, capsys):
+    from RayEmbRegistrationLib.cli import main
+
+    path, _ = fixture
+    assert main(["evaluate", "--deepfluoro", str(path), "--frames", "one-two", "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert "--frames 'one-two': give frame numbers and ranges" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written for a bad command

@@ -66,13 +66,16 @@ def _parse_frames(spec: str | None, ids: list[str]) -> list[str]:
     if not spec:
         return ids
     want: set[int] = set()
-    for part in str(spec).split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = (int(x) for x in part.split("-", 1))
-            want.update(range(a, b + 1))
-        elif part:
-            want.add(int(part))
+    try:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                want.update(range(a, b + 1))
+            elif part:
+                want.add(int(part))
+    except ValueError:
+        raise ValueError(f"--frames {spec!r}: give frame numbers and ranges, e.g. 0-9,12") from None
     return [i for i in ids if i.isdigit() and int(i) in want]
 
 
@@ -95,7 +98,6 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
     if bad:
         raise ValueError(f"unknown method(s) {bad}: choose from {', '.join(METHODS)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cases = out / "cases.csv"
     done = _done(cases)
     with DeepFluoroFile(path) as f:
@@ -105,6 +107,7 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
         jobs = [(sp, fid, m) for sp in chosen for fid in _parse_frames(frames, sp.frame_ids()) for m in methods]
         todo = [j for j in jobs if (j[0].id, j[1], j[2]) not in done]
         log(f"DeepFluoro {Path(path).name}: {len(jobs)} runs ({len(jobs) - len(todo)} already in {cases})")
+        out.mkdir(parents=True, exist_ok=True)  # only once the file, the specimens and the frames are known good
         new_file = not cases.is_file()
         with open(cases, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=_FIELDS)
