@@ -141,7 +141,7 @@ class RayEmbRegistrationParameterNode:
         means "take it from the X-ray" (its attributes, the sidecar beside its file, its DICOM header, a spacing
         other than 1 mm), see mrml.read_xray_geometry.
     logTransform: the X-ray holds raw intensities (bone dark): convert to line integrals.
-    modelSource/modelFile/preparedFolder, device, autoBonePoints, refine, iterations, resolution: options
+    modelSource/modelFile/preparedFolder, device, initialPose, autoBonePoints, refine, iterations, resolution: options
         (modelFile and preparedFolder are plain strings, "" = none, connected by hand: the path widget's
         parameter connector shows an empty pathlib.Path as ".").
     prepareMinutes: the budget of "Prepare this CT".
@@ -164,6 +164,7 @@ class RayEmbRegistrationParameterNode:
     modelFile: str = ""
     preparedFolder: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    initialPose: Annotated[str, Choice(["rayemb", "regression", "both"])] = "rayemb"
     autoBonePoints: bool = True
     refine: bool = True
     iterations: Annotated[int, WithinRange(1, 5000)] = 60
@@ -663,7 +664,8 @@ class RayEmbRegistrationLogic(ScriptedLoadableModuleLogic):
             pixel_spacing_mm=(float(p.pixelSpacingU), float(p.pixelSpacingV)),
             principal_point_px=None if p.principalPointAtCentre else (float(p.principalPointU), float(p.principalPointV)),
             raw_intensity=bool(p.logTransform), model_source=p.modelSource, model_file=p.modelFile,
-            prepared_folder=p.preparedFolder, device=p.device, auto_bone_points=bool(p.autoBonePoints),
+            prepared_folder=p.preparedFolder, device=p.device, initial_pose=p.initialPose,
+            auto_bone_points=bool(p.autoBonePoints),
             refine=bool(p.refine), iterations=int(p.iterations), resolution=int(p.resolution),
             prepare_minutes=float(p.prepareMinutes), xray_dicom_file=xrayFiles[0] if xrayFiles else "",
             ct_dicom_files=self._dicomFiles(p.ctVolume) if ctFiles else [],

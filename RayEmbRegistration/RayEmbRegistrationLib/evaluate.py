@@ -25,9 +25,14 @@ from .errors import ModelUnavailable, RegistrationError
 from .options import RegistrationOptions
 from .rendering.simulate import BASELINE_ROT_STD_RAD, BASELINE_TRANS_STD_MM, perturbed_start, sample_visible_pose, simulate_xray
 
-__all__ = ["pose_errors", "run_benchmark", "simulated_cases", "summarise", "SUMMARY_COLUMNS", "METHODS"]
+__all__ = ["pose_errors", "run_benchmark", "simulated_cases", "summarise", "SUMMARY_COLUMNS", "METHODS", "STAGES"]
 
-METHODS = ("RayEmb initial", "RayEmb refined", "intensity-only start", "intensity-only (refined)")
+#: the methods ``run_benchmark`` can run (``--methods``) and the two rows (start, refined) each gives
+STAGES = {"rayemb": ("RayEmb initial", "RayEmb refined"),
+          "regression": ("regression initial", "regression refined"),
+          "both": ("both initial", "both refined"),
+          "intensity": ("intensity-only start", "intensity-only (refined)")}
+METHODS = tuple(m for rows in STAGES.values() for m in rows)
 SUMMARY_COLUMNS = ("method", "n", "success_10mm_%", "GFR@10mm_%", "GFR@5mm_%", "mTRE_p25_mm", "mTRE_p50_mm",
                    "mTRE_p95_mm", "mPD_p50_mm", "runtime_p50_s", "detection_p50_s", "pnp_p50_s", "refine_p50_s",
                    "accepted_%", "accepted_failures")
@@ -87,20 +92,21 @@ def _fmt(v) -> str:
 
 
 def _case_rows(res, name: str, T, eval_pts, intr, common: dict) -> list[dict]:
-    stages = [("RayEmb initial", res.initial), ("RayEmb refined", res.final)] if name == "rayemb" else \
-             [("intensity-only start", res.initial), ("intensity-only (refined)", res.final)]
+    first, refined = STAGES[name]
+    stages = [(first, res.initial), (refined, res.final)]
     rows = []
     for m, cam in stages:
         row = {**common, "method": m, **pose_errors(cam.camera_from_world, T, eval_pts, intr), "error": ""}
         if not (m.endswith("initial") or m.endswith("start")):
             row["verdict"] = res.verdict.status
+            row["initial_method"] = res.initial_method  # which start won (``both``: rayemb or regression)
             # the verdict's signals, so that a benchmark run is also calibration data (benchmarks/calibrate_verdict.py)
             row.update({f"signal_{k}": float(v) for k, v in (res.verdict.signals or {}).items()
                         if isinstance(v, (bool, int, float, np.number))})
         ts = dict(res.timings_s)
         if m.endswith("initial") or m.endswith("start"):
             ts.pop("refine", None)
-            ts["total"] = sum(v for k, v in ts.items() if k in ("detector_setup", "detection", "pnp"))
+            ts["total"] = sum(v for k, v in ts.items() if k in ("detector_setup", "detection", "pnp", "regression"))
         row["total_s"] = ts.get("total", math.nan)
         row.update({f"{k}_s": v for k, v in ts.items()})
         rows.append(row)
@@ -134,14 +140,16 @@ def simulated_cases(ct, intr: Intrinsics, n: int, seed: int, poses: str, rendere
 
 def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int = 256, seed: int = 0,
                   quiet: bool = False, poses: str = "rayemb", prepared: str | None = None,
-                  appearance: str = "project") -> list[str]:
+                  appearance: str = "project", methods=("rayemb", "intensity")) -> list[str]:
     """For each CT, ``n`` X-rays simulated at random poses (``simulate.sample_visible_pose(poses=…)``: ``"rayemb"``
     around the CT centre, or ``"clinical"`` C-arm use about random bone voxels; DeepFluoro-like ``size``²),
-    registered by RayEmb (initial, refined) and by the intensity-only baseline (refinement from a perturbed
-    true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines. ``prepared``: a
+    registered by each of ``methods`` (initial, refined; by default RayEmb and the intensity-only baseline:
+    refinement from a perturbed true pose); writes the benchmark files into ``out`` and returns the Markdown summary lines. ``prepared``: a
     prepared-CT folder (or ``"auto"``: each CT's own, by content hash) whose weights and templates RayEmb uses.
     ``appearance``: the X-ray family (``rendering.appearance.FAMILIES``) at the same poses; each case's drawn
-    parameters go into ``cases.csv`` (``appearance`` column, JSON)."""
+    parameters go into ``cases.csv`` (``appearance`` column, JSON). ``methods`` (keys of ``STAGES``), on the same
+    X-rays: ``rayemb`` (detections + PnP), ``regression`` (the prepared folder's pose-regression network),
+    ``both`` (``--initial both``), ``intensity`` (refinement from the perturbed true pose)."""
     from tqdm import tqdm
 
     from .registration.pipeline import Registrar
@@ -150,10 +158,12 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    unknown = [m for m in methods if m not in STAGES]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(STAGES)}")
     intr = Intrinsics.deepfluoro(size)
-    baseline_opt = options.replace(refine={"enabled": True})
     rows: list[dict] = []
-    rayemb_missing = None
+    missing: dict[str, str] = {}
     for ct_path in ct_paths:
         ct = load_ct(ct_path)
         eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
@@ -166,28 +176,29 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
         registrar = Registrar(ct, ct_options)
         refiner = registrar.refiner()
         cases = simulated_cases(ct, intr, n, seed, poses, sim_r, refiner, appearance=appearance)
+        jobs = {m: (ct_options.replace(refine={"enabled": True}) if m == "intensity" else
+                    ct_options.replace(initial=m)) for m in methods}
         for case, T, xray, start in tqdm(cases, total=n, desc=f"evaluate {Path(ct_path).name}", file=sys.stderr,
                                          disable=quiet):
-            jobs = [("intensity-only baseline", baseline_opt, start)]
-            if rayemb_missing is None:
-                jobs.insert(0, ("rayemb", ct_options, None))
-            for name, opt, given in jobs:
+            for name, opt in jobs.items():
+                if name in missing:
+                    continue
                 common = {"ct": Path(ct_path).name, "case": case,
                           "appearance": json.dumps(xray.metadata.get("appearance", {}), sort_keys=True)}
                 registrar.options = opt
                 try:
-                    res = registrar.register(xray, None, given)
+                    res = registrar.register(xray, None, start if name == "intensity" else None)
                 except ModelUnavailable as exc:
-                    rayemb_missing = str(exc)
+                    missing[name] = str(exc)
                     continue
                 except RegistrationError as exc:
-                    methods = ["RayEmb initial", "RayEmb refined"] if name == "rayemb" else ["intensity-only (refined)"]
+                    failed = STAGES[name] if name != "intensity" else STAGES[name][1:]
                     rows += [{**common, "method": m, "mtre_mm": math.inf, "mpd_mm": math.inf, "rot_deg": math.nan,
-                              "trans_mm": math.nan, "total_s": math.nan, "error": str(exc)[:120]} for m in methods]
+                              "trans_mm": math.nan, "total_s": math.nan, "error": str(exc)[:120]} for m in failed]
                     continue
                 rows += _case_rows(res, name, T, eval_pts, intr, common)
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    summary = [summarise(rows, m) for m in methods]
+    present = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    summary = [summarise(rows, m) for m in present]
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("ct", "case", "method"), k))
     with open(out / "cases.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -206,11 +217,36 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
           f"perturbed by N(0, {BASELINE_ROT_STD_RAD} rad) rotations about the bone centre and N(0, {BASELINE_TRANS_STD_MM}) mm.", "",
           "| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     md += ["| " + " | ".join(_fmt(s.get(c, math.nan)) for c in SUMMARY_COLUMNS) + " |" for s in summary]
-    if rayemb_missing:
-        md += ["", f"RayEmb (landmarks + PnP): not available — {rayemb_missing}"]
+    for name, why in missing.items():
+        md += ["", f"{name}: not available — {why}"]
+    if prepared and any(m in ("regression", "both") for m in methods):
+        md += regression_curve_lines(ct_paths, prepared)
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    plot_mtre(rows, methods, out)
+    plot_mtre(rows, present, out)
     return md
+
+
+def regression_curve_lines(ct_paths, prepared) -> list[str]:
+    """The pose-regression network's learning curve (held-out mTRE before refinement per appearance family against
+    its training minutes) as its prepared folder recorded it, one table per CT; none when it has none."""
+    from .inputs.volume import load_ct
+    from .training.prepare import PreparedCT, find_prepared
+
+    lines = []
+    for ct_path in ct_paths:
+        ct = load_ct(ct_path)
+        prep = find_prepared(ct) if str(prepared) == "auto" else PreparedCT.open(prepared, ct)
+        entry = (prep.readiness.get("pose_regression") or {}) if prep is not None else {}
+        curve = entry.get("learning_curve") or []
+        if not curve:
+            continue
+        fams = [k for k, v in curve[0].items() if isinstance(v, dict)]
+        lines += ["", f"Pose-regression network of {Path(ct_path).name} (prepared folder): held-out mTRE before "
+                      "refinement, median (share ≤ 20 mm), against its training minutes",
+                  "", "| minutes | steps | " + " | ".join(fams) + " |", "|---|---|" + "---|" * len(fams)]
+        lines += [f"| {c['minutes']:.1f} | {c['steps']} | " + " | ".join(
+            f"{c[f]['mtre_p50_mm']:.0f} mm ({c[f]['within_20mm_%']:.0f} %)" for f in fams) + " |" for c in curve]
+    return lines
 
 
 def plot_mtre(rows, methods, out: Path) -> None:

@@ -2,7 +2,7 @@
 
 Owns: the one options tree of a registration and the refinement schedule rule.
 
-``RegistrationOptions`` (``device``, ``model_path``, ``seed`` and the ``detection`` / ``pnp`` /
+``RegistrationOptions`` (``device``, ``model_path``, ``initial``, ``regression_path``, ``seed`` and the ``detection`` / ``pnp`` /
 ``refine`` sub-trees) and the refinement schedule rule.
 
 The CLI's defaults and help, the Slicer module and the library all read these classes, so a default lives here
@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["OptionsError", "DetectionOptions", "PnPOptions", "RefineOptions", "RegistrationOptions",
            "schedule_levels", "schedule_iterations", "schedule_lrs", "DEFAULT_FINEST_PX", "DEFAULT_COARSE_ITERATIONS",
-           "RANSAC_REFERENCE_PX", "DEPTH_VALLEY_MODES"]
+           "RANSAC_REFERENCE_PX", "DEPTH_VALLEY_MODES", "INITIAL_POSES"]
 
 #: RANSAC's inlier threshold is given in pixels of the X-ray resampled to this longer side (so that one threshold
 #: means the same on a 256² and on a 1536² image of the same detector; detections come from a 224² network map)
@@ -28,6 +28,8 @@ RANSAC_REFERENCE_PX = 256
 LEVEL_RANGE_PX, MAX_LEVELS, ITERATION_RANGE = (16, 1024), 6, (1, 10_000)
 #: the template view counts ``templates.inference_template_angles`` knows (a test keeps the two equal)
 TEMPLATE_COUNTS = (1, 4, 5, 9, 25)
+#: where a registration's initial pose comes from (``RegistrationOptions.initial``)
+INITIAL_POSES = ("rayemb", "regression", "both")
 #: when ``RefineOptions.depth_valley`` refines from the depth-valley start
 DEPTH_VALLEY_MODES = ("off", "retry", "always")
 
@@ -377,12 +379,22 @@ class RegistrationOptions:
         device: ``"auto"`` (the CPU, also where a GPU exists: a registration is faster there,
             ``device.TASKS``), ``"cpu"`` or ``"cuda"``.
         model_path: network weights (``.safetensors``); None = the bundled general model.
+        initial: where the initial pose comes from (``INITIAL_POSES``; ``registration/initial_pose.py``): ``"rayemb"``
+            (detections + PnP), ``"regression"`` (the CT's pose-regression network alone), ``"both"`` (the regressed
+            pose competes with the PnP poses; the one whose coarse refinement matches the X-ray best is refined).
+            Default ``"rayemb"``: the regression network is a start of last resort on 2 CPU cores — after a
+            10-minute preparation it is right (≤ 10 mm after refinement) far less often than RayEmb
+            (``benchmarks/bench_pose_regression.py``, docs/results.md "Pose regression").
+        regression_path: the pose-regression network (``registration/pose_regression.py``) of the CT, from its
+            prepared folder (``training.prepare.use_prepared``); needed by ``"regression"`` and ``"both"``.
         seed: seed of every random choice (bone points, RANSAC).
         detection, pnp, refine: the stages' settings.
     """
 
     device: str = "auto"
     model_path: str | None = None
+    initial: str = "rayemb"
+    regression_path: str | None = None
     seed: int = 0
     detection: DetectionOptions = field(default_factory=DetectionOptions)
     pnp: PnPOptions = field(default_factory=PnPOptions)
@@ -392,6 +404,8 @@ class RegistrationOptions:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise OptionsError("device", self.device, "use 'auto', 'cpu' or 'cuda'")
         _number("seed", self.seed, 0, 2**32 - 1, integer=True)
+        if self.initial not in INITIAL_POSES:
+            raise OptionsError("initial", self.initial, f"use one of {', '.join(INITIAL_POSES)}")
 
     def replace(self, **changes: Any) -> "RegistrationOptions":
         """A copy with ``changes``; ``detection={...}`` / ``pnp={...}`` / ``refine={...}`` dicts change fields of

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..options import DEPTH_VALLEY_MODES, DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
+from ..options import DEPTH_VALLEY_MODES, INITIAL_POSES, DetectionOptions, PnPOptions, RefineOptions, RegistrationOptions
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_NO_MODEL", "EXIT_REJECTED", "EXIT_CANCELLED", "EXIT_TERMINATED", "FLAGS",
            "CLIError", "Progress", "parse_progress_line", "set_threads",
@@ -153,6 +153,11 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     if not registration:
         return
+    p.add_argument("--initial", choices=INITIAL_POSES, default=None,
+                   help="where the initial pose comes from: rayemb = detected points + PnP; regression = the CT's "
+                        "pose-regression network (from its prepared folder: give --prepared); both = the regressed pose "
+                        "competes with the PnP poses and the one whose coarse refinement matches the X-ray best is "
+                        f"refined. Default: {RegistrationOptions().initial}")
     p.add_argument("--no-refine", action="store_true", help="skip the intensity refinement (final pose = PnP pose)")
     p.add_argument("--no-depth-search", action="store_true",
                    help="refine from the PnP pose as it is, without first searching its depth along the viewing ray "
@@ -224,7 +229,9 @@ def options_from_args(args) -> RegistrationOptions:
     value is never replaced: an invalid one is a ``CLIError`` naming the flag, the value and the valid range)."""
     from ..options import OptionsError
 
-    det, pnp, ref = {}, {}, {}
+    det, pnp, ref, top = {}, {}, {}, {}
+    if getattr(args, "initial", None) is not None:
+        top["initial"] = args.initial
     if getattr(args, "no_bone_points", False):
         det["auto_bone_points"] = False
     if getattr(args, "bone_candidates", None) is not None:
@@ -264,7 +271,7 @@ def options_from_args(args) -> RegistrationOptions:
     if getattr(args, "rescue_screen", None) is not None:
         ref["rescue_screen_iterations"] = args.rescue_screen
     try:
-        o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed)
+        o = RegistrationOptions(device=args.device, model_path=args.model, seed=args.seed, **top)
         o = o.replace(detection=det, pnp=pnp, refine=ref)
         levels, its = getattr(args, "refine_levels", None), getattr(args, "refine_iterations", None)
         return o.replace(refine=o.refine.with_levels(levels, its))

@@ -18,8 +18,8 @@ def add_parser(sub, formatter) -> None:
 
     p = sub.add_parser("evaluate", help="simulated benchmark on random poses", formatter_class=formatter,
                        description="For each CT, N X-rays simulated at random RAYEMB_SAMPLER poses (DeepFluoro-like "
-                                   "geometry), registered with RayEmb (initial, refined) and with the intensity-only "
-                                   "baseline (refinement from a perturbed true pose). Writes cases.csv, summary.csv, "
+                                   "geometry), registered by each of --methods (initial, refined): by default RayEmb "
+                                   "and the intensity-only baseline (refinement from a perturbed true pose). Writes cases.csv, summary.csv, "
                                    "summary.md and mtre.png.")
     p.add_argument("--ct", nargs="+", default=[str(SAMPLE_CT)], help="CTs (default: the bundled sample CT)")
     p.add_argument("--n", type=int, default=20, help="random poses per CT")
@@ -40,11 +40,14 @@ def add_parser(sub, formatter) -> None:
     df.add_argument("--specimen", nargs="+", default=None, metavar="N",
                     help="specimens 1-6 (or group names like 17-1882); default: all in the file")
     df.add_argument("--frames", default=None, metavar="LIST", help="frame numbers, e.g. 0-9,12 (default: all)")
-    df.add_argument("--methods", nargs="+", default=["rayemb", "fixed", "intensity"],
-                    choices=["rayemb", "fixed", "intensity"],
-                    help="rayemb: the pipeline; fixed: a heatmap network for the 14 landmarks trained on DRRs of "
-                         "the specimen's CT + PnP (the paper's Fixed Landmark column); intensity: refinement alone "
-                         "from the uninformed standard start (the paper's DiffDRR column)")
+    p.add_argument("--methods", nargs="+", default=None, choices=["rayemb", "regression", "both", "fixed", "intensity"],
+                   help="the methods run on the same X-rays, side by side. rayemb: detected points + PnP (the "
+                        "pipeline); regression: the prepared folder's pose-regression network as the start (needs "
+                        "--prepared); both: register --initial both; intensity: refinement alone (simulated: from the "
+                        "true pose perturbed; DeepFluoro: from the uninformed standard start, the paper's DiffDRR "
+                        "column); fixed (DeepFluoro only): a heatmap network for the 14 landmarks trained on DRRs of the "
+                        "specimen's CT + PnP (the paper's Fixed Landmark column). Default: rayemb intensity (simulated), "
+                        "rayemb fixed intensity (DeepFluoro)")
     df.add_argument("--fixed-minutes", type=float, default=5.0, metavar="M",
                     help="training budget of each specimen's fixed-landmark network (trained once per output folder)")
     df.add_argument("--published", default=None, metavar="CSV",
@@ -61,11 +64,22 @@ def run(args) -> int:
     if args.prepared and args.model:
         raise CLIError("give --model or --prepared, not both (a prepared folder brings its own weights).")
     if args.deepfluoro:
+        args.methods = args.methods or ["rayemb", "fixed", "intensity"]
+        if {"regression", "both"} & set(args.methods):
+            raise CLIError("--methods regression/both run on simulated X-rays (a prepared folder per CT); on DeepFluoro "
+                           "choose from rayemb fixed intensity.")
         return _run_deepfluoro(args)
+    methods = args.methods or ["rayemb", "intensity"]
+    if "fixed" in methods:
+        raise CLIError("--methods fixed needs DeepFluoro's named landmarks: give --deepfluoro FILE.")
+    if {"regression", "both"} & set(methods) and not args.prepared:
+        raise CLIError("--methods regression/both need each CT's pose-regression network: give --prepared DIR (or "
+                       "auto), made by 'rayemb prepare --ct CT'.")
     check_output_dir(args.out)  # before any work
     set_threads()
     md = run_benchmark(args.ct, args.n, args.out, options_from_args(args), size=args.size, seed=args.seed,
-                       quiet=args.quiet, poses=args.poses, prepared=args.prepared, appearance=args.appearance)
+                       quiet=args.quiet, poses=args.poses, prepared=args.prepared, appearance=args.appearance,
+                       methods=methods)
     out = Path(args.out)
     print("\n".join(md))
     print(f"wrote {out / 'cases.csv'}, {out / 'summary.csv'}, {out / 'summary.md'}, {out / 'mtre.png'}")

@@ -14,12 +14,15 @@ __all__ = ["add_parser", "run", "apply_prepared"]
 
 
 def add_parser(sub, formatter) -> None:
+    from ..training.prepare import REGRESSION_SHARE
+
     p = sub.add_parser("prepare", help="prepare a CT before surgery (fine-tune, templates, readiness)",
                        formatter_class=formatter,
                        description="Fine-tune the network on DRRs of this CT rendered on the fly at clinical C-arm poses, "
                                    "cache its templates and self-check it on simulated X-rays, within --minutes. "
-                                   "Writes a prepared-CT folder (model.safetensors, templates/, readiness.json, "
-                                   "readiness.png), complete or not at all; register/detect/evaluate take it with "
+                                   "Also trains the CT's pose-regression network (register --initial regression|both). "
+                                   "Writes a prepared-CT folder (model.safetensors, templates/, "
+                                   "pose_regression.safetensors, readiness.json, readiness.png), complete or not at all; register/detect/evaluate take it with "
                                    "--prepared DIR (or --prepared auto: found by the CT's content hash).")
     p.add_argument("--ct", required=True, help="the patient's CT (NIfTI, NRRD or DICOM series folder)")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -30,6 +33,9 @@ def add_parser(sub, formatter) -> None:
                    help="where the fine-tuning runs (auto: CUDA if available, else the CPU); the self-check registers "
                         "where 'rayemb register' does by default (the CPU)")
     p.add_argument("--self-check", type=int, default=10, metavar="N", help="simulated X-rays of the self-check")
+    p.add_argument("--regression-share", type=float, default=REGRESSION_SHARE, metavar="F",
+                   help="share of the training time given to the CT's pose-regression network (register --initial "
+                        "regression|both; 0: none, all of it fine-tunes the ray-embedding network)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--stop-file", default=None, metavar="PATH",
@@ -59,7 +65,8 @@ def run(args) -> int:
 
         cancel = asked_to_stop if (args.stop_file or args.watch_pid) else None
         prep = prepare(ct, args.out, minutes=args.minutes, model_path=args.model, device=resolve_device(args.device),
-                       n_selfcheck=args.self_check, seed=args.seed, progress=progress, cancel=cancel,
+                       n_selfcheck=args.self_check, seed=args.seed, regression_share=args.regression_share,
+                       progress=progress, cancel=cancel,
                        log=(lambda m: None) if args.quiet else (lambda m: print(m, flush=True)))
     print("\n".join(prep.summary_lines()))
     print(f"use it with: rayemb register --prepared {prep.path} ...")

@@ -24,6 +24,11 @@ __all__ = ["ModuleInputs", "Workflow", "Busy", "MODEL_SOURCES"]
 MODEL_SOURCES = ("bundled", "prepared", "file")
 
 
+#: the error of an initial pose that needs the CT's pose-regression network without a prepared folder
+_NEEDS_PREPARED = ("Initial pose '{}' needs the CT's pose-regression network, which a prepared folder holds: press "
+                   "'Prepare this CT' and select the network 'prepared' (or choose the initial pose 'rayemb').")
+
+
 class Busy(RuntimeError):
     """A registration, detection or preparation is already running in this workflow."""
 
@@ -43,6 +48,7 @@ class ModuleInputs:
     model_file: str = ""
     prepared_folder: str = ""
     device: str = "auto"
+    initial_pose: str = "rayemb"  #: ``options.INITIAL_POSES``; regression / both need a prepared folder
     auto_bone_points: bool = True
     refine: bool = True
     iterations: int = 60
@@ -170,7 +176,7 @@ class Workflow:
         if inp.model_source not in MODEL_SOURCES:
             raise ValueError(f"model source {inp.model_source!r}: choose one of {', '.join(MODEL_SOURCES)}.")
         options = RegistrationOptions(
-            device=inp.device,
+            device=inp.device, initial=inp.initial_pose,
             detection=DetectionOptions(auto_bone_points=bool(inp.auto_bone_points)),
             refine=RefineOptions.schedule(int(inp.resolution), int(inp.iterations), enabled=bool(inp.refine)),
         )
@@ -179,6 +185,8 @@ class Workflow:
             if not path or not os.path.isfile(path):
                 raise ValueError(f"Model file not found: '{path}'. Choose a .safetensors file or select 'bundled'.")
             self.network_note = f"network: {path}"
+            if options.initial != "rayemb":
+                raise ValueError(_NEEDS_PREPARED.format(options.initial))
             return options.replace(model_path=path)
         if inp.model_source == "prepared":
             folder = (inp.prepared_folder or "").strip() or "auto"
@@ -187,7 +195,13 @@ class Workflow:
                                  "the folder, or select the bundled network).")
             options = use_prepared(options, ct, folder)
             self.network_note = f"network: prepared folder {Path(options.model_path).parent}"
+            if options.initial != "rayemb" and options.regression_path is None:
+                raise ValueError(f"Initial pose '{options.initial}': the prepared folder {Path(options.model_path).parent} "
+                                 "has no pose-regression network (prepared with none). Prepare this CT again, or "
+                                 "choose the initial pose 'rayemb'.")
             return options
+        if options.initial != "rayemb":
+            raise ValueError(_NEEDS_PREPARED.format(options.initial))
         own = bundled_model_for_ct(ct)
         if own is not None:
             self.network_note = (f"network: {own.relative_to(RESOURCES)} — the bundled network fine-tuned on this "

@@ -2,8 +2,10 @@
 
 Owns: the strategies that give a registration its initial pose.
 
-The ``InitialPose`` result and its two strategies — ``GivenPose`` (a caller's start: manual, the
-intensity-only baseline) and ``RayEmbPnP`` (landmark detection of fiducials + bone points, then PnP + RANSAC).
+The ``InitialPose`` result and its three strategies — ``GivenPose`` (a caller's start: manual, the
+intensity-only baseline), ``RayEmbPnP`` (landmark detection of fiducials + bone points, then PnP + RANSAC; with
+``regression`` its PnP poses compete with the pose-regression network's: ``--initial both``) and ``PoseRegression``
+(the CT's pose-regression network alone, ``pose_regression.py``: the DiffPose / xvr initialiser).
 
 A strategy's ``initial_pose(registrar, xray, fiducials, progress, cancel)`` returns an ``InitialPose`` or raises
 ``errors.RegistrationError``; it uses the ``pipeline.Registrar``'s cached detector and refiner.
@@ -12,18 +14,19 @@ Frames: world = the CT's RAS mm; poses ``camera_from_world`` (4, 4); pixels (u, 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..geometry.camera import Camera
-from ..errors import RegistrationError
+from ..errors import ModelUnavailable, RegistrationError
 from .plausibility import check_overlap, is_in_view
 from ..progress import check_cancel, sub_progress
 from ..results import Landmark, PnPHypothesis
 
-__all__ = ["InitialPose", "GivenPose", "RayEmbPnP", "DetectionPass"]
+__all__ = ["InitialPose", "GivenPose", "RayEmbPnP", "PoseRegression", "DetectionPass", "strategy_for"]
 
 #: a PnP pose that puts fewer bone candidates than this inside the X-ray gets no view pass (too few for PnP)
 _MIN_VIEW_POINTS = 50
@@ -34,7 +37,7 @@ class InitialPose:
     """The start of the refinement: camera, how it was found, and what the finding produced."""
 
     camera: Camera
-    method: str  # "given" | "rayemb"
+    method: str  # "given" | "rayemb" | "regression"
     landmarks: list[Landmark] = field(default_factory=list)
     n_correspondences: int = 0
     inliers: int = 0
@@ -55,6 +58,46 @@ class GivenPose:
         cam = Camera(xray.intrinsics, np.asarray(self.camera_from_world, dtype=np.float64))
         check_overlap(registrar.ct, cam, "given start pose")
         return InitialPose(camera=cam, method="given")
+
+
+def _fiducial_landmarks(fiducials) -> list[Landmark]:
+    """The fiducials as landmarks without detections (a start that detects nothing still reprojects them)."""
+    if fiducials is None:
+        return []
+    return [Landmark(label=lab, ras=np.asarray(p, dtype=np.float64), detected_px=np.full(2, np.nan),
+                     reprojected_px=np.full(2, np.nan), confidence=0.0, kind="fiducial", inlier=False)
+            for lab, p in zip(fiducials.labels, np.asarray(fiducials.ras, dtype=np.float64).reshape(-1, 3))]
+
+
+@dataclass(frozen=True)
+class PoseRegression:
+    """The pose the CT's pose-regression network reads off the whole X-ray (``pose_regression.predict_pose``;
+    ``Registrar.pose_regressor``: from the prepared folder). Detects nothing; the fiducials are only reprojected."""
+
+    def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
+        t = time.perf_counter()
+        cam = regressed_camera(registrar, xray)
+        check_overlap(registrar.ct, cam, "regressed pose")
+        if progress:
+            progress(1.0, "pose regression")
+        return InitialPose(camera=cam, method="regression", landmarks=_fiducial_landmarks(fiducials),
+                           timings_s={"regression": time.perf_counter() - t})
+
+
+def regressed_camera(registrar, xray) -> Camera:
+    """The pose-regression network's camera for ``xray``."""
+    from .pose_regression import predict_pose
+
+    return Camera(xray.intrinsics, predict_pose(registrar.pose_regressor(), xray))
+
+
+def strategy_for(options, initial_camera_from_world=None):
+    """The strategy of a registration: ``GivenPose`` when the caller gives a start, else by ``options.initial``."""
+    if initial_camera_from_world is not None:
+        return GivenPose(initial_camera_from_world)
+    if options.initial == "regression":
+        return PoseRegression()
+    return RayEmbPnP(regression=options.initial == "both")
 
 
 @dataclass
@@ -103,20 +146,43 @@ class RayEmbPnP:
     With ``pnp.hypotheses > 1`` (or the view pass), refinement on and ``compare_hypotheses``, the plausible poses
     each get the coarsest refinement level and the one whose DRR matches the X-ray best wins (the largest consensus
     is not always the right pose); without, the largest consensus of the first pass is taken.
+
+    With ``regression`` (``--initial both``) the pose-regression network's pose joins that competition as one more
+    start (it wins when its coarse refinement matches the X-ray best: the start is then ``method="regression"``, with
+    the detections kept as landmarks), and it is the start when detection or PnP finds no pose at all.
     """
 
     compare_hypotheses: bool = True
+    regression: bool = False
 
     def initial_pose(self, registrar, xray, fiducials=None, progress=None, cancel=None) -> InitialPose:
-        from .pose import PoseError
-
         o = registrar.options
-        ct, intr = registrar.ct, xray.intrinsics
         fid_labels = list(fiducials.labels) if fiducials is not None else []
         fid_ras = np.asarray(fiducials.ras, dtype=np.float64).reshape(-1, 3) if fiducials is not None else np.zeros((0, 3))
         if len(fid_ras) == 0 and not o.detection.auto_bone_points:
             raise RegistrationError("nothing to detect: give fiducials or enable automatic bone points.")
         timings: dict[str, float] = {}
+        reg = None
+        if self.regression:
+            t = time.perf_counter()
+            reg = regressed_camera(registrar, xray)
+            timings["regression"] = time.perf_counter() - t
+        try:
+            return self._initial_pose(registrar, xray, fid_labels, fid_ras, timings, reg, progress, cancel)
+        except RegistrationError as exc:
+            if reg is None or isinstance(exc, ModelUnavailable):
+                raise
+            check_overlap(registrar.ct, reg, "regressed pose")  # raises when it cannot be a start either
+            return InitialPose(camera=reg, method="regression", landmarks=_fiducial_landmarks(fiducials),
+                               timings_s=timings, hypotheses=[PnPHypothesis(
+                                   inliers=0, coarse_similarity=math.nan, chosen=True,
+                                   detection=f"pose regression (RayEmb found no pose: {exc})"[:200])])
+
+    def _initial_pose(self, registrar, xray, fid_labels, fid_ras, timings, reg, progress, cancel) -> InitialPose:
+        from .pose import PoseError
+
+        o = registrar.options
+        ct, intr = registrar.ct, xray.intrinsics
         t = time.perf_counter()
         det = registrar.detector(sub_progress(progress, 0.0, 0.3))
         timings["detector_setup"] = time.perf_counter() - t
@@ -161,16 +227,26 @@ class RayEmbPnP:
             timings["view_pass"] = time.perf_counter() - t
         n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
         (pnp, used), ranked, best = cands[0], [], 0
-        if len(cands) > 1 and o.refine.enabled and self.compare_hypotheses:
+        starts = [h.camera_from_world for h, _ in cands] + ([reg.camera_from_world] if reg is not None else [])
+        if len(starts) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
             coarse, best = registrar.refiner().refine_from_starts(
-                xray.pixels, intr, [h.camera_from_world for h, _ in cands],
-                sub_progress(progress, 0.8, 1.0, "comparing PnP poses: "), cancel, max_levels=1)
-            pnp, used = cands[best]
+                xray.pixels, intr, starts, sub_progress(progress, 0.8, 1.0, "comparing PnP poses: "), cancel,
+                max_levels=1)
             ranked = [PnPHypothesis(inliers=h.n_inliers, coarse_similarity=float(r.similarity_after), chosen=k == best,
                                     detection=p.label + (" (re-seated in depth)" if k < n_reseated else ""))
                       for k, ((h, p), r) in enumerate(zip(cands, coarse))]
+            if reg is not None:
+                ranked.append(PnPHypothesis(inliers=0, coarse_similarity=float(coarse[-1].similarity_after),
+                                            chosen=best == len(cands), detection="pose regression"))
             timings["hypotheses"] = time.perf_counter() - t
+            if best == len(cands):  # the regressed pose won: the detections stay as landmarks (none an inlier)
+                check_overlap(ct, reg, "regressed pose")
+                if progress:
+                    progress(1.0, "the regressed pose matches the X-ray best")
+                return InitialPose(camera=reg, method="regression", landmarks=first.landmarks(fid_labels, []),
+                                   n_correspondences=len(first.use), hypotheses=ranked, timings_s=timings)
+            pnp, used = cands[best]
         initial = Camera(intr, pnp.camera_from_world)
         check_overlap(ct, initial, "PnP pose")
         if progress:

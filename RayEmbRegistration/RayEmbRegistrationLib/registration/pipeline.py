@@ -21,7 +21,7 @@ import numpy as np
 from ..geometry.camera import Camera
 from ..device import resolve_device
 from ..errors import ModelUnavailable, RegistrationError
-from .initial_pose import GivenPose, InitialPose, RayEmbPnP
+from .initial_pose import InitialPose, strategy_for
 from ..options import RegistrationOptions
 from .plausibility import carm_disagreement, is_in_view, overlap_problem
 from .pose import DEPTH_VALLEY_FACTORS, MIN_CORRESPONDENCES, PoseError, depth_valley_poses
@@ -33,6 +33,9 @@ from ..inputs.volume import BONE_HU, CTVolume
 
 __all__ = ["Registrar", "register", "detect"]
 
+#: the starts that the depth search and the rescue search work from (estimates, not a caller's pose): PnP's and the
+#: pose-regression network's (both are weakest in depth)
+SEARCHED_STARTS = ("rayemb", "regression")
 #: the smallest CT (voxels along each axis) a registration accepts
 MIN_CT_VOXELS = 8
 # Progress ranges of register()'s three stages.
@@ -85,6 +88,24 @@ class Registrar:
                 self._models[key] = load_model(self.options.model_path, device=self.device)
             except (ModelFileError, FileNotFoundError) as exc:
                 raise ModelUnavailable(f"no trained ray-embedding network: {exc}") from exc
+        return self._models[key]
+
+    def pose_regressor(self):
+        """The CT's pose-regression network (``options.regression_path``: a prepared folder's); ``ModelUnavailable``
+        when there is none."""
+        path = self.options.regression_path
+        if not path:
+            raise ModelUnavailable("the initial pose 'regression' / 'both' needs the CT's pose-regression network, "
+                                   "made by 'rayemb prepare --ct CT' (then give --prepared DIR, or --prepared auto).")
+        key = ("regression", path, self.device)
+        if key not in self._models:
+            from ..detection.model import ModelFileError
+            from .pose_regression import load_pose_regressor
+
+            try:
+                self._models[key] = load_pose_regressor(path, device=self.device)
+            except (ModelFileError, FileNotFoundError) as exc:
+                raise ModelUnavailable(f"no pose-regression network: {exc}") from exc
         return self._models[key]
 
     def detector(self, progress: ProgressFn | None = None):
@@ -234,8 +255,9 @@ class Registrar:
         """Register the X-ray (``xray.XRayImage``) to the CT: initial pose, refinement, finalisation.
 
         The initial pose comes from ``initial_camera_from_world`` ((4, 4), e.g. a manual start or the
-        intensity-only baseline: ``initial_pose.GivenPose``) or, by default, from RayEmb detections + PnP
-        (``initial_pose.RayEmbPnP``). ``fiducials``: ``fiducials.Fiducials`` to detect and use, or None.
+        intensity-only baseline: ``initial_pose.GivenPose``) or, as ``options.initial`` says, from RayEmb detections
+        + PnP (``initial_pose.RayEmbPnP``), the pose-regression network (``initial_pose.PoseRegression``) or both
+        competing. ``fiducials``: ``fiducials.Fiducials`` to detect and use, or None.
 
         Raises:
             RegistrationError (bad input, < 6 correspondences, no overlap; ``ModelUnavailable`` if detection is
@@ -243,8 +265,7 @@ class Registrar:
         """
         t_start = time.perf_counter()
         self.check_inputs(xray)
-        strategy = GivenPose(initial_camera_from_world) if initial_camera_from_world is not None else RayEmbPnP()
-        init = strategy.initial_pose(self, xray, fiducials, sub_progress(progress, *_INITIAL), cancel)
+        init = strategy_for(self.options, initial_camera_from_world).initial_pose(self, xray, fiducials, sub_progress(progress, *_INITIAL), cancel)
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))
@@ -325,10 +346,10 @@ class Registrar:
         return new
 
     def _rescue_applies(self, result) -> bool:
-        """The rescue search runs for a refined registration from a RayEmb (PnP) start that the verdict did not accept
-        (``options.RefineOptions.rescue``); a caller's start pose is refined as given."""
+        """The rescue search runs for a refined registration from a RayEmb (PnP) or regressed start that the verdict
+        did not accept (``options.RefineOptions.rescue``); a caller's start pose is refined as given."""
         o = self.options.refine
-        return (o.enabled and o.rescue and result.initial_method == "rayemb" and result.verdict is not None
+        return (o.enabled and o.rescue and result.initial_method in SEARCHED_STARTS and result.verdict is not None
                 and not result.verdict.accepted)
 
     def _rescue(self, xray, init: InitialPose, result, warnings, cancel, extra_bases=()):
@@ -371,7 +392,7 @@ class Registrar:
         refiner = self.refiner()
         warnings: list[str] = []
         rr = depth = None
-        if o.depth_search and init.method == "rayemb":
+        if o.depth_search and init.method in SEARCHED_STARTS:
             # PnP is weakest in depth: also refine from the most similar depth along the viewing ray, and (depth_valley
             # "always") from the most similar pose of its depth valley (depth and tilt refitted to the PnP inliers).
             valley = self._depth_valley(init, intr) if o.depth_valley == "always" else None
@@ -411,7 +432,8 @@ class Registrar:
         ``rescued``: the pose comes from the rescue search; the verdict then also asks that it explain enough of the
         detections (``VerdictRule.min_rescued_agreement``), and the competitor check runs on it whatever its
         footprint similarity (a wide search can end in a local optimum near the truth). The same holds for a start
-        re-seated in depth (``init.reseated``: PnP found only implausible poses)."""
+        re-seated in depth (``init.reseated``: PnP found only implausible poses) and for a regressed start (no
+        consensus of detections stands behind it)."""
         from .refine import level_intrinsics
 
         intr = xray.intrinsics
@@ -451,7 +473,7 @@ class Registrar:
             sig = {**sig, "neighbour_gain": gain, "neighbour_ax_deg": ax, "neighbour_ay_deg": ay}
             result.verdict = judge(sig)
         if ((result.verdict.accepted or measure) and stage == "refined" and o.competitor_check
-                and (rescued or init.reseated or o.competitor_check_below >= 1.0
+                and (rescued or init.reseated or init.method == "regression" or o.competitor_check_below >= 1.0
                      or not sig.get("footprint_similarity") >= o.competitor_check_below)):
             # Only an accepted result can be changed by this signal, and it costs a batched refinement; clear
             # matches (footprint similarity ≥ competitor_check_below) skip it.

@@ -4,7 +4,9 @@ Owns: ``prepare`` (fine-tuning on DRRs rendered on the fly within a time budget,
 readiness self-check) and the prepared-CT folder contract: complete or absent, found by the CT's content hash.
 
 Folder (``PreparedCT``): ``model.safetensors`` (+ ``.json`` config, ``.sha256``), ``templates/`` (the inference
-templates of this CT for these weights), ``readiness.json`` + ``readiness.png``: held-out localisation error
+templates of this CT for these weights), ``pose_regression.safetensors`` (+ ``.json``, ``.sha256``: the CT's
+pose-regression network, ``--initial regression|both``; absent with ``--regression-share 0`` or when the user
+stopped the training before its turn), ``readiness.json`` + ``readiness.png``: held-out localisation error
 before/after (median, p90 in mm at the detector and px at each network's grid — the prepared network may run at a
 smaller input size than the base one —, share ≤ 3 px), and an end-to-end self-check — N simulated X-rays of
 this CT at clinical C-arm poses registered by the real pipeline (success = mTRE ≤ 10 mm, median mTRE, runtime,
@@ -30,7 +32,7 @@ from ..progress import CancelFn, Cancelled, ProgressFn, sub_progress
 
 __all__ = ["PreparedCT", "prepare", "find_prepared", "use_prepared", "prepared_cache_dir", "prepare_command",
            "self_check_case", "summarise_self_check", "training_stream", "render_workers", "usable_cores",
-           "prepared_size", "READINESS", "TRAINING", "SUCCESS_MM"]
+           "prepared_size", "READINESS", "TRAINING", "SUCCESS_MM", "REGRESSION_MODEL", "REGRESSION_SHARE"]
 
 READINESS = "readiness.json"
 #: at most this share of the budget is kept for the held-out evaluation and the self-check (the rest trains), and
@@ -61,6 +63,16 @@ _RESCUE_SECONDS = 10.0
 #: docs/network.md
 TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "batch": 4, "warmup": 10,
             "size": 96, "fixed": 1, "anneal": 0, "outside": 0, "tau": 0.03, "tiles": 1, "appearance": 0.0}
+
+
+#: the pose-regression network of a prepared folder (``registration/pose_regression.py``; ``--initial regression|both``)
+#: and the share of the training time it gets: chosen from its learning curve against RayEmb's
+#: (``benchmarks/bench_pose_regression.py``; docs/results.md "Pose regression")
+REGRESSION_MODEL = "pose_regression.safetensors"
+REGRESSION_SHARE = 0.3
+#: what measuring the pose-regression network's learning curve costs (s, 2-core CPU: 4 points × 3 families × 12
+#: held-out X-rays)
+_CURVE_SECONDS = 20.0
 
 
 def prepared_size(base_config, recipe: dict = TRAINING) -> int:
@@ -116,6 +128,12 @@ class PreparedCT:
         return self.path / "model.safetensors"
 
     @property
+    def regression_path(self) -> Path | None:
+        """The pose-regression network, or None (a folder prepared with ``--regression-share 0``)."""
+        p = self.path / REGRESSION_MODEL
+        return p if p.is_file() else None
+
+    @property
     def templates_dir(self) -> Path:
         return self.path / "templates"
 
@@ -139,6 +157,9 @@ class PreparedCT:
                  f"  self-check: {f(sc['success_10mm_%'], '.0f')} % of {sc['n']} simulated X-rays within 10 mm, median "
                  f"mTRE {f(sc['mtre_p50_mm'], '.2f')} mm, {f(sc['runtime_p50_s'], '.1f')} s each; accepted "
                  f"{f(sc['accepted_%'], '.0f')} %",
+                 *([f"  pose regression: {pr['steps']} steps; held-out mTRE median "
+                    + ", ".join(f"{fam} {f(v.get('mtre_p50_mm'), '.0f')} mm" for fam, v in pr["heldout"].items())
+                    + " (before refinement)"] if (pr := r.get("pose_regression")) else []),
                  f"  {f(r['minutes_spent'], '.1f')} of {r['minutes_budget']:g} min"
                  + (f"; {r['interrupted']}" if r.get("interrupted") else "")]
         return lines
@@ -176,7 +197,9 @@ def use_prepared(options, ct, prepared):
     if prep is None:
         raise ValueError(f"--prepared auto: no prepared folder for CT '{ct.name}' in {prepared_cache_dir()}; run "
                          "'rayemb prepare --ct CT' first.")
-    return options.replace(model_path=str(prep.model_path), detection={"template_cache": str(prep.templates_dir)})
+    reg = prep.regression_path
+    return options.replace(model_path=str(prep.model_path), detection={"template_cache": str(prep.templates_dir)},
+                           regression_path=str(reg) if reg is not None else None)
 
 
 def prepare_command(ct_path, out_dir, minutes: float, python: str, model=None, device: str = "auto") -> list[str]:
@@ -214,6 +237,30 @@ def _plot(path: Path, before: dict, after: dict, checks: list[dict], title: str)
     plt.close(fig)
 
 
+def _train_regression(ct, tmp: Path, seconds: float, seed: int, device: str, progress, cancel, log) -> dict:
+    """Train the pose-regression network into ``tmp / REGRESSION_MODEL`` for ``seconds`` → its readiness entry (steps,
+    minutes, its learning curve — the held-out error per appearance family, ``pose_regression.heldout_errors`` on 12
+    X-rays each, at a quarter, half, three quarters and the end of its time (under a minute: the end only, 2 X-rays
+    each) — and ``heldout``, the last point;
+    ``interrupted`` when the user stopped it: the network of the steps so far is kept)."""
+    from ..registration.pose_regression import load_pose_regressor, train_pose_regression
+
+    minutes = seconds / 60.0
+    full = seconds >= 60.0  # a shorter budget (a test's) measures only the end, on 2 X-rays per family
+    path = train_pose_regression(ct, tmp / REGRESSION_MODEL, minutes=minutes, seed=seed, device=device,
+                                 curve_at_minutes=[minutes * q for q in ((0.25, 0.5, 0.75) if full else (1.0,))],
+                                 heldout_n=12 if full else 2, progress=progress, cancel=cancel, log=log)
+    model = load_pose_regressor(path)
+    meta = model.metadata
+    curve = meta.get("learning_curve") or []
+    entry = {"file": REGRESSION_MODEL, "sha256": model.sha256, "steps": meta.get("steps"),
+             "minutes": meta.get("minutes"), "learning_curve": curve,
+             "heldout": {k: v for k, v in (curve[-1] if curve else {}).items() if isinstance(v, dict)}}
+    if meta.get("stopped"):
+        entry["interrupted"] = f"pose-regression training {meta['stopped']}; the network of the steps so far is used"
+    return entry
+
+
 #: a self-check registration succeeds when its mTRE is at most this (mm), as in ``evaluate``
 SUCCESS_MM = 10.0
 
@@ -242,10 +289,12 @@ def summarise_self_check(checks: list[dict]) -> dict:
 
 
 def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: str = "cpu", n_selfcheck: int = 10,
-            seed: int = 0, progress: ProgressFn | None = None, cancel: CancelFn | None = None, log=print) -> PreparedCT:
+            seed: int = 0, regression_share: float = REGRESSION_SHARE, progress: ProgressFn | None = None,
+            cancel: CancelFn | None = None, log=print) -> PreparedCT:
     """Prepare ``ct`` (``CTVolume``) in at most ``minutes``: fine-tune ``model_path`` (None → the bundled general
-    network) on DRRs of it rendered on the fly at clinical poses, cache its templates, self-check, and write the
-    folder ``out_dir`` (None → ``prepared_cache_dir()/<ct hash>``) all or nothing. Returns the ``PreparedCT``."""
+    network) on DRRs of it rendered on the fly at clinical poses, train its pose-regression network on
+    ``regression_share`` of the training time (0: none), cache its templates, self-check, and write the folder
+    ``out_dir`` (None → ``prepared_cache_dir()/<ct hash>``) all or nothing. Returns the ``PreparedCT``."""
     from ..geometry.camera import Intrinsics
     from ..detection.detect import LandmarkDetector
     from ..device import resolve_device
@@ -266,6 +315,8 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
 
     if not (isinstance(minutes, (int, float)) and 0 < minutes <= 24 * 60):
         raise ValueError(f"--minutes {minutes!r}: the time budget must be > 0 and at most a day.")
+    if not (isinstance(regression_share, (int, float)) and 0.0 <= regression_share < 1.0):
+        raise ValueError(f"--regression-share {regression_share!r}: give a share of the training time in [0, 1).")
     if int(n_selfcheck) < 1:
         raise ValueError(f"--self-check {n_selfcheck}: give at least 1 X-ray.")
     if not (ct.hu >= BONE_HU).any():
@@ -316,6 +367,10 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         reserve = min(15.0 + _CHECK_SECONDS * n_selfcheck + _RESCUE_SECONDS,
                       max(_CHECK_SHARE * budget, 15.0 + _CHECK_SECONDS))
         train_s = max(5.0, budget - reserve - (time.time() - t0))
+        # the pose-regression network (``--initial regression|both``) gets its share of the training time
+        # (and its learning curve, measured outside its training time, ~_CURVE_SECONDS)
+        regression_s = float(regression_share) * train_s
+        train_s = max(5.0, train_s - regression_s - (_CURVE_SECONDS if regression_s else 0.0))
         interrupted = ""
         try:
             train(stream, tmp / "run", steps=10**7, lr=TRAINING["lr"], batch_queries=TRAINING["batch"],
@@ -323,7 +378,8 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
                   anneal_to_budget=bool(TRAINING["anneal"]), n_outside=int(TRAINING["outside"]),
                   tau=float(TRAINING["tau"]), seed=seed, device=device, resume=False,
                   max_minutes=train_s / 60.0, val_every=10**9, ckpt_every=20, init_weights=str(base_path), bar=False,
-                  log=log, progress=sub_progress(progress, 0.05, 0.75, "fine-tuning: "), cancel=cancel)
+                  log=log, progress=sub_progress(progress, 0.05, 0.6 if regression_s else 0.75, "fine-tuning: "),
+                  cancel=cancel)
         except (KeyboardInterrupt, Cancelled) as exc:
             interrupted = f"training stopped early ({type(exc).__name__}); the weights of the last checkpoint are used"
             log(interrupted)
@@ -331,6 +387,13 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         finally:
             stream.close()
             torch.set_num_threads(threads)
+        regression = None
+        if regression_s > 0 and not interrupted:
+            regression = _train_regression(ct, tmp, regression_s, seed, device, sub_progress(progress, 0.6, 0.75),
+                                           cancel, log)
+            if regression.get("interrupted"):
+                interrupted = regression["interrupted"]
+                cancel = None
         run_model = tmp / "run" / "model.safetensors"
         weights = run_model if run_model.is_file() else base_path
         tuned = load_model(weights, device=device)
@@ -380,6 +443,7 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
                          "render_processes": workers,
                          "steps": json.loads((tmp / "model.json").read_text()).get("metadata", {}).get("step", 0)},
             "heldout_before": {**before, "network_size": cfg.image_size}, "heldout_after": {**after, "network_size": size},
+            "pose_regression": regression,
             "self_check": {**summarise_self_check(checks), "cases": checks},
         }
         readiness["minutes_spent"] = (time.time() - t0) / 60.0
