@@ -288,6 +288,26 @@ def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_c
     assert main([*base, "--out", str(tmp_path / "d"), "--prepared", str(prep)]) == 0
     assert main([*base, "--out", str(tmp_path / "e"), "--prepared", str(prep), "--model", str(w)]) == 2
     assert "not both" in capsys.readouterr().err
+    # the folder's pose-regression network: register --initial regression / both; without a folder: exit 3
+    reg = ["register", "--ct", str(sample_ct_path), "--xray", str(img), "--no-scene", *FAST_ARGS]
+    for initial in ("regression", "both"):
+        rc = main([*reg, "--out", str(tmp_path / f"r_{initial}"), "--prepared", str(prep), "--initial", initial])
+        assert rc in (0, 4)  # 4: written and marked rejected (a 0.3-minute network)
+        d = json.loads((tmp_path / f"r_{initial}" / "registration.json").read_text())
+        assert d["options"]["initial"] == initial and d["initial_method"] in ("regression", "rayemb")
+        assert initial == "both" or d["initial_method"] == "regression"
+    assert main([*reg, "--out", str(tmp_path / "r_none"), "--initial", "regression"]) == 3
+    assert "rayemb prepare" in capsys.readouterr().err and not list((tmp_path / "r_none").iterdir())
+    # evaluate runs the methods side by side on the same X-rays
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--n", "1", "--size", "64", "--out", str(ev), "--prepared", str(prep), "--methods",
+                 "rayemb", "regression", "both", "intensity", *FAST_ARGS]) == 0
+    md = (ev / "summary.md").read_text()
+    for row in ("RayEmb refined", "regression initial", "regression refined", "both refined", "intensity-only (refined)"):
+        assert f"| {row} |" in md
+    assert main(["evaluate", "--n", "1", "--out", str(tmp_path / "ev2"), "--methods", "regression", "--quiet"]) == 2
+    assert main(["evaluate", "--n", "1", "--out", str(tmp_path / "ev3"), "--methods", "fixed", "--quiet"]) == 2
+    assert "--prepared" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
 
 
 def test_train_takes_cached_data_or_cts_and_checks_the_hold_out(tmp_path, capsys):

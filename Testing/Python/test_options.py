@@ -45,7 +45,7 @@ def test_cli_levels_use_the_same_rule():
     (dict(detection=dict(n_view_pool=0)), "detection.n_view_pool"),
     (dict(detection=dict(n_bone_candidates=0)), "detection.n_bone_candidates"),
     (dict(detection=dict(n_templates=3)), "detection.n_templates"), (dict(device="gpu"), "device"),
-    (dict(seed=-1), "seed"),
+    (dict(seed=-1), "seed"), (dict(initial="landmarks"), "initial"),
 ])
 def test_invalid_values_are_refused_never_replaced(changes, field):
     with pytest.raises(OptionsError) as e:

@@ -47,6 +47,37 @@ def test_the_folder_is_complete_and_reports_readiness(prepared, sample_ct):
     fr = [f for f, _ in seen]
     assert all(b >= a - 1e-9 for a, b in zip(fr, fr[1:])), [(round(f, 3), m[:30]) for f, m in seen if True][:60]
     assert fr == sorted(fr) and fr[-1] == 1.0 and any(m.startswith("fine-tuning") for _, m in seen)
+    assert any(m.startswith("pose regression") for _, m in seen)
+
+
+def test_the_folder_carries_the_cts_pose_regression_network_with_its_sha256(prepared, sample_ct, tmp_path):
+    """The pose-regression network is in the folder, named by ``readiness.json`` with its sha256 and held-out error;
+    ``use_prepared`` hands it to the registration; a changed file is refused before it is used."""
+    import shutil
+
+    from RayEmbRegistrationLib.detection.model import sha256_file
+    from RayEmbRegistrationLib.errors import ModelUnavailable
+    from RayEmbRegistrationLib.registration.pipeline import Registrar
+    from RayEmbRegistrationLib.training.prepare import REGRESSION_MODEL
+
+    prep, _ = prepared
+    entry = prep.readiness["pose_regression"]
+    assert entry["file"] == REGRESSION_MODEL and entry["steps"] >= 1
+    assert entry["sha256"] == sha256_file(prep.path / REGRESSION_MODEL)
+    assert (prep.path / (REGRESSION_MODEL + ".sha256")).read_text().split()[0] == entry["sha256"]
+    assert set(entry["heldout"]) == {"project", "diffdrr", "physics"}
+    assert any("pose regression" in line for line in prep.summary_lines())
+    o = use_prepared(RegistrationOptions(initial="regression"), sample_ct, prep.path)
+    assert o.regression_path == str(prep.regression_path) == str(prep.path / REGRESSION_MODEL)
+    # a copy of the folder whose network was changed: refused (ModelUnavailable, exit 3), nothing registered
+    bad = tmp_path / "bad"
+    shutil.copytree(prep.path, bad)
+    data = bytearray((bad / REGRESSION_MODEL).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / REGRESSION_MODEL).write_bytes(bytes(data))
+    r = Registrar(sample_ct, use_prepared(RegistrationOptions(initial="regression"), sample_ct, bad))
+    with pytest.raises(ModelUnavailable, match="sha256 mismatch"):
+        r.pose_regressor()
 
 
 def test_the_folder_is_found_by_the_cts_content_and_refuses_another_ct(prepared, sample_ct, monkeypatch):
@@ -102,11 +133,17 @@ def test_cancel_during_training_keeps_the_weights_and_completes_the_folder(sampl
                    cancel=lambda: state["training"] >= 3, log=lambda m: None)
     r = prep.readiness
     assert "stopped early" in r["interrupted"] and (out / "model.safetensors").is_file()
+    # the user stopped the training before the pose-regression network's turn: the folder has none
+    assert prep.regression_path is None and r["pose_regression"] is None
 
 
 def test_bad_budget_and_ct_without_bone(sample_ct, tiny_weights, tmp_path):
     with pytest.raises(ValueError, match="--minutes"):
         prepare(sample_ct, tmp_path / "a", minutes=0, model_path=tiny_weights)
+    for share in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--regression-share"):
+            prepare(sample_ct, tmp_path / "a", minutes=1, model_path=tiny_weights, regression_share=share)
+    assert not (tmp_path / "a").exists()
     soft = CTVolume(np.clip(sample_ct.hu, None, 100.0), sample_ct.ijk_to_ras, "soft")
     with pytest.raises(ValueError, match="no bone"):
         prepare(soft, tmp_path / "b", minutes=1, model_path=tiny_weights)

@@ -52,6 +52,13 @@ def test_fields_geometry_and_network_choice(tmp_path):
         assert flow.options(inp, ct).model_path == str(SAMPLE_CT_MODEL)
         other = type(ct)(ct.hu + 1.0, ct.ijk_to_ras, "other")  # another CT: the general network
         assert flow.options(inp, other).model_path is None and "general" in flow.network_note
+        # the pose-regression start needs a prepared folder (which holds the network)
+        for source in ("bundled", "file"):
+            inp.model_source, inp.model_file, inp.initial_pose = source, str(SAMPLE_CT_MODEL), "both"
+            with pytest.raises(ValueError, match="pose-regression network"):
+                flow.options(inp, ct)
+        inp.initial_pose = "rayemb"
+        assert flow.options(inp, ct).initial == "rayemb"
 
 
 def test_what_the_module_imports_before_installing_needs_nothing_slicer_lacks():
