@@ -35,7 +35,7 @@ STAGES = {"rayemb": ("RayEmb initial", "RayEmb refined"),
 METHODS = tuple(m for rows in STAGES.values() for m in rows)
 SUMMARY_COLUMNS = ("method", "n", "success_10mm_%", "GFR@10mm_%", "GFR@5mm_%", "mTRE_p25_mm", "mTRE_p50_mm",
                    "mTRE_p95_mm", "mPD_p50_mm", "runtime_p50_s", "detection_p50_s", "pnp_p50_s", "refine_p50_s",
-                   "accepted_%", "accepted_failures")
+                   "accepted_%", "accepted_failures", "regression_start_%")
 #: bone points (this seed) over which the mTRE of every case is measured
 EVAL_POINTS, EVAL_POINTS_SEED = 500, 12345
 
@@ -79,6 +79,9 @@ def summarise(rows: list[dict], method: str) -> dict:
     judged = [x for x in r if x.get("verdict")]
     out["accepted_%"] = 100 * float(np.mean([x["verdict"] == "accepted" for x in judged])) if judged else math.nan
     out["accepted_failures"] = sum(1 for x in judged if x["verdict"] == "accepted" and not x["mtre_mm"] <= 10)
+    # ``both``: how often the regressed pose won the competition of starts
+    out["regression_start_%"] = (100 * float(np.mean([x.get("initial_method") == "regression" for x in judged]))
+                                 if judged and method.startswith("both") else math.nan)
     for stage in ("detector_setup", "detection", "pnp", "refine"):
         v = np.array([x.get(f"{stage}_s", math.nan) for x in r], dtype=float)
         out[f"{stage}_p50_s"] = pct(v[np.isfinite(v)], 50)

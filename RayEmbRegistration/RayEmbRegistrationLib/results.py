@@ -185,7 +185,8 @@ class RegistrationResult:
         timings_s: seconds per stage (``detector_setup``, ``detection``, ``pnp``, ``refine``, ``drr``, ``total``).
         drr: (h, w) float32 DRR at the final pose on the refinement's finest grid; ``drr_intrinsics`` its grid.
         warnings: human-readable remarks (e.g. disagreement with the DICOM C-arm angles).
-        initial_method: ``"rayemb"`` (detection + PnP) or ``"given"`` (a caller's start pose).
+        initial_method: ``"rayemb"`` (detection + PnP), ``"regression"`` (the CT's pose-regression network; with
+            ``--initial both``: its pose won the competition with the PnP poses) or ``"given"`` (a caller's start).
         pnp_rmse_px: RMS reprojection error of the PnP inliers.
         initial_reseated: every PnP pose was implausible and the start is one of them slid to the most similar depth
             (``initial_pose.RayEmbPnP``, ``options.PnPOptions.reseat_implausible``).
@@ -220,7 +221,8 @@ class RegistrationResult:
     def headline(self) -> str:
         """One line: verdict, final stage, PnP inliers, similarity gain (``overlay.png``'s title, the Slicer status)."""
         text = f"{self.verdict.status.upper()}; " if self.verdict is not None else ""
-        text += f"final: {self.final_stage}; inliers {self.inliers}/{self.n_correspondences}"
+        text += f"final: {self.final_stage}; " + (f"inliers {self.inliers}/{self.n_correspondences}"
+                                                     if self.initial_method != "regression" else "start: regression")
         if self.similarity_after is not None:
             text += f"; NCC {self.similarity_before:.3f} -> {self.similarity_after:.3f}"
         if self.depth_search is not None and self.depth_search.corrected:
@@ -236,6 +238,9 @@ class RegistrationResult:
             lines.append(f"  PnP: {self.inliers}/{self.n_correspondences} inliers, {self.pnp_rmse_px:.2f} px RMS"
                          + ("; every PnP pose put the CT out of view: started from PnP's orientation at the most "
                             "similar depth" if self.initial_reseated else ""))
+        if self.initial_method == "regression":
+            lines.append("  start: the pose-regression network's pose"
+                         + (" (more similar than the PnP poses)" if self.n_correspondences else ""))
         if self.similarity_after is not None:
             lines.append(f"  similarity (multiscale NCC): {self.similarity_before:.4f} -> {self.similarity_after:.4f}")
         if self.depth_search is not None and self.depth_search.corrected:

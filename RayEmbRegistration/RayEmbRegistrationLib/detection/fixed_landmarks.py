@@ -40,21 +40,6 @@ def _heatmap_model(n: int, size: int):
     return build_model(ModelConfig(dim=int(n), image_size=int(size), extra={"kind": "fixed-landmark heatmaps"}))
 
 
-def _init_from_bundled(model) -> int:
-    """Copy every bundled-network tensor whose name and shape match (the encoder and most of the decoder)."""
-    from .model import load_model
-
-    src = load_model(None).state_dict()
-    dst = model.state_dict()
-    n = 0
-    for k, v in src.items():
-        if k in dst and dst[k].shape == v.shape:
-            dst[k] = v.clone()
-            n += 1
-    model.load_state_dict(dst)
-    return n
-
-
 def train_fixed_landmarks(ct, fiducials, out_path, minutes: float = 5.0, size: int = 128, batch: int = 4,
                           lr: float = 1e-3, seed: int = 0, progress=None, cancel=None, log=print) -> Path:
     """Train the heatmap network of ``fiducials`` (``Fiducials``: names + RAS) on DRRs of ``ct`` for ``minutes``;
@@ -65,7 +50,7 @@ def train_fixed_landmarks(ct, fiducials, out_path, minutes: float = 5.0, size: i
     from ..geometry.carm import CLINICAL_SAMPLER, RAYEMB_SAMPLER
     from ..progress import check_cancel
     from ..rendering.render import DRRRenderer
-    from .model import normalize_image, save_model
+    from .model import init_from_bundled, normalize_image, save_model
     from .templates import ct_isocenter
 
     if len(fiducials) < 6:
@@ -74,7 +59,7 @@ def train_fixed_landmarks(ct, fiducials, out_path, minutes: float = 5.0, size: i
     rng = np.random.default_rng(seed)
     names, pts = list(fiducials.labels), np.asarray(fiducials.ras, float)
     model = _heatmap_model(len(names), size)
-    n_init = _init_from_bundled(model)
+    n_init = init_from_bundled(model)
     intr = Intrinsics.deepfluoro(size)
     renderer = DRRRenderer(ct, intr)
     centre = ct_isocenter(ct)

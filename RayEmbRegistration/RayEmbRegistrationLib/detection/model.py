@@ -36,6 +36,8 @@ __all__ = [
     "load_model",
     "sha256_file",
     "ModelFileError",
+    "conv_block",
+    "init_from_bundled",
 ]
 
 class ModelFileError(ValueError):
@@ -114,7 +116,8 @@ class ModelConfig:
         return cls(**known)
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    """Two 3×3 convolutions (the first with ``stride``), each with GroupNorm and SiLU: the U-Net's building block."""
     g = max(1, min(8, cout // 4))
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
@@ -136,14 +139,14 @@ class UNet(nn.Module):
         self.out_stride = out_stride
         w = list(widths)
         if out_stride == 1:
-            self.full = _block(1, w[0] // 2)
-            self.stem = _block(w[0] // 2, w[0], stride=2)
+            self.full = conv_block(1, w[0] // 2)
+            self.stem = conv_block(w[0] // 2, w[0], stride=2)
         else:
-            self.stem = _block(1, w[0], stride=2)
-        self.down = nn.ModuleList([_block(w[i], w[i + 1], stride=2) for i in range(len(w) - 1)])
-        self.up = nn.ModuleList([_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
+            self.stem = conv_block(1, w[0], stride=2)
+        self.down = nn.ModuleList([conv_block(w[i], w[i + 1], stride=2) for i in range(len(w) - 1)])
+        self.up = nn.ModuleList([conv_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1))])
         if out_stride == 1:
-            self.up_full = _block(w[0] + w[0] // 2, w[0] // 2)
+            self.up_full = conv_block(w[0] + w[0] // 2, w[0] // 2)
             self.head = nn.Conv2d(w[0] // 2, dim, 1)
         else:
             self.head = nn.Conv2d(w[0], dim, 1)
@@ -260,6 +263,20 @@ def save_model(model: EmbeddingNet, path: str | Path, metadata: dict | None = No
     digest = sha256_file(path)
     sha_path.write_text(f"{digest}  {path.name}\n")
     return digest
+
+
+def init_from_bundled(model: nn.Module, prefixes: tuple[str, ...] = ()) -> int:
+    """Copy into ``model`` every tensor of the bundled network whose name (starting with one of ``prefixes``, when
+    given) and shape match; returns how many (a network built from the same blocks starts from its features)."""
+    src = load_model(None).state_dict()
+    dst = model.state_dict()
+    n = 0
+    for k, v in src.items():
+        if (not prefixes or k.startswith(prefixes)) and k in dst and dst[k].shape == v.shape:
+            dst[k] = v.clone()
+            n += 1
+    model.load_state_dict(dst)
+    return n
 
 
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu", check_sha256: bool = True) -> EmbeddingNet:

@@ -148,8 +148,9 @@ class RayEmbPnP:
     is not always the right pose); without, the largest consensus of the first pass is taken.
 
     With ``regression`` (``--initial both``) the pose-regression network's pose joins that competition as one more
-    start (it wins when its coarse refinement matches the X-ray best: the start is then ``method="regression"``, with
-    the detections kept as landmarks), and it is the start when detection or PnP finds no pose at all.
+    start when the CT is in its view (it wins when its coarse refinement matches the X-ray best: the start is then
+    ``method="regression"``, with the detections kept as landmarks), and it is the start when detection or PnP finds
+    no pose at all.
     """
 
     compare_hypotheses: bool = True
@@ -227,6 +228,8 @@ class RayEmbPnP:
             timings["view_pass"] = time.perf_counter() - t
         n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
         (pnp, used), ranked, best = cands[0], [], 0
+        if reg is not None and not is_in_view(ct, reg):  # a regressed pose that cannot have made the X-ray
+            reg = None
         starts = [h.camera_from_world for h, _ in cands] + ([reg.camera_from_world] if reg is not None else [])
         if len(starts) > 1 and o.refine.enabled and self.compare_hypotheses:
             t = time.perf_counter()
@@ -241,7 +244,6 @@ class RayEmbPnP:
                                             chosen=best == len(cands), detection="pose regression"))
             timings["hypotheses"] = time.perf_counter() - t
             if best == len(cands):  # the regressed pose won: the detections stay as landmarks (none an inlier)
-                check_overlap(ct, reg, "regressed pose")
                 if progress:
                     progress(1.0, "the regressed pose matches the X-ray best")
                 return InitialPose(camera=reg, method="regression", landmarks=first.landmarks(fid_labels, []),

@@ -40,13 +40,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..detection.model import ModelConfig, _block, register_backbone
+from ..detection.model import ModelConfig, conv_block, register_backbone
 
 __all__ = ["train_pose_regression", "load_pose_regressor", "predict_pose", "heldout_errors", "network_view",
            "REGRESSION_SIZE", "KIND"]
 
-#: the network's input size (px): 128² resolves the bone's outline at clinical distances and a training step (batch
-#: 8, fresh DRRs) costs ~0.2 s on a 2-core CPU (``benchmarks/bench_pose_regression.py``)
+#: the network's input size (px): 128² resolves the bone's outline at clinical distances; a training step (16 views
+#: of a pool that renews 2 per step) costs ~0.2 s on a 2-core CPU, and 64² with twice the batch learned no faster in
+#: 3 minutes (``benchmarks/bench_pose_regression.py``, docs/network.md)
 REGRESSION_SIZE = 128
 #: ``ModelConfig.extra["kind"]`` of a pose-regression weight file
 KIND = "pose regression"
@@ -60,8 +61,8 @@ class PoseHead(nn.Module):
     def __init__(self, widths: tuple[int, ...]) -> None:
         super().__init__()
         w = list(widths)
-        self.stem = _block(1, w[0], stride=2)
-        self.down = nn.ModuleList([_block(w[i], w[i + 1], stride=2) for i in range(len(w) - 1)])
+        self.stem = conv_block(1, w[0], stride=2)
+        self.down = nn.ModuleList([conv_block(w[i], w[i + 1], stride=2) for i in range(len(w) - 1)])
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(w[-1] * 16, 256), nn.SiLU(inplace=True), nn.Linear(256, 9))
         nn.init.zeros_(self.fc[-1].weight)
@@ -258,7 +259,7 @@ def train_pose_regression(ct, out_path, minutes: float = 3.0, size: int = REGRES
     ``curve_at_minutes`` and at the end when that is given — ``heldout_errors``: the learning curve; the time spent
     measuring it does not count against the budget). ``cancel`` (``progress.Cancelled``) stops the training early and
     still writes the network. Returns the path."""
-    from ..detection.model import build_model, save_model
+    from ..detection.model import build_model, init_from_bundled, save_model
     from ..detection.templates import ct_isocenter
     from ..progress import Cancelled, check_cancel
     from ..training.augment import augment_images
@@ -271,7 +272,7 @@ def train_pose_regression(ct, out_path, minutes: float = 3.0, size: int = REGRES
                       extra={"kind": KIND, "centroid_ras": [float(x) for x in centroid],
                              "poses": "clinical (simulate.sample_visible_pose)", "appearance": float(appearance)})
     model = build_model(cfg)
-    n_init = _init_encoder_from_bundled(model)
+    n_init = init_from_bundled(model, ("backbone.stem", "backbone.down"))  # the encoder
     model.to(device).train()
     views = _Views(ct, size, appearance)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -327,18 +328,3 @@ def train_pose_regression(ct, out_path, minutes: float = 3.0, size: int = REGRES
 def _curve_line(c: dict) -> str:
     return "; ".join(f"{f} mTRE p50 {v['mtre_p50_mm']:.0f} mm, rot {v['rot_p50_deg']:.1f}°, ≤20 mm {v['within_20mm_%']:.0f} %"
                      for f, v in c.items() if isinstance(v, dict))
-
-
-def _init_encoder_from_bundled(model) -> int:
-    """Copy the bundled network's encoder (``backbone.stem`` / ``backbone.down``) where names and shapes match."""
-    from ..detection.model import load_model
-
-    src = load_model(None).state_dict()
-    dst = model.state_dict()
-    n = 0
-    for k, v in src.items():
-        if (k.startswith("backbone.stem") or k.startswith("backbone.down")) and k in dst and dst[k].shape == v.shape:
-            dst[k] = v.clone()
-            n += 1
-    model.load_state_dict(dst)
-    return n
