@@ -137,14 +137,23 @@ def test_regression_and_both_without_a_network_are_a_clear_error(sample_ct, xray
 
 
 def test_both_puts_the_regressed_pose_into_the_competition_of_the_pnp_poses(regressor, sample_ct, xray):
+    from RayEmbRegistrationLib.registration.initial_pose import RayEmbPnP
+
     x, _ = xray
     o = RegistrationOptions(initial="both", regression_path=str(regressor)).replace(refine={"rescue": False})
-    res = Registrar(sample_ct, o).register(x)
-    hyps = res.pnp_hypotheses
+    registrar = Registrar(sample_ct, o)
+    start = RayEmbPnP(regression=True).initial_pose(registrar, x)
+    hyps = start.hypotheses
     assert hyps[-1].detection == "pose regression" and sum(h.chosen for h in hyps) == 1
     best = max(range(len(hyps)), key=lambda k: hyps[k].coarse_similarity)
     assert hyps[best].chosen  # the most similar start is the one refined
-    assert res.initial_method == ("regression" if best == len(hyps) - 1 else "rayemb")
+    assert start.method == ("regression" if best == len(hyps) - 1 else "rayemb")
+    # the other strategy's start is kept: a result the verdict does not accept is refined from it too
+    (other,) = start.alternatives
+    assert {start.method, other.method} == {"rayemb", "regression"} and not other.alternatives
+    res = registrar.register(x)
+    assert res.initial_method in ("rayemb", "regression")
+    assert res.verdict.accepted or "other_start" in res.timings_s  # not accepted: the other start was tried
 
 
 def test_both_falls_back_to_the_regressed_pose_when_pnp_finds_none(regressor, sample_ct, xray):

@@ -46,6 +46,10 @@ class InitialPose:
     timings_s: dict[str, float] = field(default_factory=dict)
     #: PnP found only implausible poses and the start is one of them re-seated in depth (``RayEmbPnP``)
     reseated: bool = False
+    #: the other strategy's start that lost the competition to this one (``--initial both``: the regressed start, or
+    #: the best PnP start when the regressed one won), as ``InitialPose``s: a result the verdict does not accept is
+    #: refined again from it and the more similar result wins (``pipeline.Registrar._other_starts``)
+    alternatives: list["InitialPose"] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,10 @@ class RayEmbPnP:
     With ``regression`` (``--initial both``) the pose-regression network's pose joins that competition as one more
     start when the CT is in its view (it wins when its coarse refinement matches the X-ray best: the start is then
     ``method="regression"``, with the detections kept as landmarks), and it is the start when detection or PnP finds
-    no pose at all.
+    no pose at all. The other strategy's best start is kept in ``InitialPose.alternatives``: a result the verdict does
+    not accept is refined again from it, and the more similar result wins (a coarse level alone can pick the wrong one
+    of two starts: on a pelvis close-up the PnP start won, ended 11.1 mm off and was not accepted, while the regressed
+    start refines to 3.4 mm).
     """
 
     compare_hypotheses: bool = True
@@ -243,19 +250,26 @@ class RayEmbPnP:
                 ranked.append(PnPHypothesis(inliers=0, coarse_similarity=float(coarse[-1].similarity_after),
                                             chosen=best == len(cands), detection="pose regression"))
             timings["hypotheses"] = time.perf_counter() - t
-            if best == len(cands):  # the regressed pose won: the detections stay as landmarks (none an inlier)
-                if progress:
-                    progress(1.0, "the regressed pose matches the X-ray best")
-                return InitialPose(camera=reg, method="regression", landmarks=first.landmarks(fid_labels, []),
-                                   n_correspondences=len(first.use), hypotheses=ranked, timings_s=timings)
-            pnp, used = cands[best]
+            pnp_best = best if best < len(cands) else int(np.argmax([r.similarity_after for r in coarse[:-1]]))
+            pnp, used = cands[pnp_best]
         initial = Camera(intr, pnp.camera_from_world)
         check_overlap(ct, initial, "PnP pose")
+        pnp_start = InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
+                                n_correspondences=len(used.use), inliers=pnp.n_inliers,
+                                pnp_rmse_px=pnp.rmse_inliers_px, hypotheses=ranked, timings_s=timings,
+                                reseated=pnp_best < n_reseated)
+        if reg is None:
+            if progress:
+                progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
+            return pnp_start
+        # the regressed start keeps the detections as landmarks (none an inlier); the loser is the winner's alternative
+        reg_start = InitialPose(camera=reg, method="regression", landmarks=first.landmarks(fid_labels, []),
+                                n_correspondences=len(first.use), hypotheses=ranked, timings_s=timings)
+        won, lost = (reg_start, pnp_start) if best == len(cands) else (pnp_start, reg_start)
+        won.alternatives = [lost]
         if progress:
-            progress(1.0, f"PnP: {pnp.n_inliers}/{len(used.use)} inliers, {pnp.rmse_inliers_px:.2f} px RMS")
-        return InitialPose(camera=initial, method="rayemb", landmarks=used.landmarks(fid_labels, pnp.inliers),
-                           n_correspondences=len(used.use), inliers=pnp.n_inliers, pnp_rmse_px=pnp.rmse_inliers_px,
-                           hypotheses=ranked, timings_s=timings, reseated=best < n_reseated)
+            progress(1.0, f"the {'regressed' if won is reg_start else 'PnP'} pose matches the X-ray best")
+        return won
 
     @staticmethod
     def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:

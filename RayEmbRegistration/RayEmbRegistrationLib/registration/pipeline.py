@@ -269,6 +269,9 @@ class Registrar:
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))
+        if init.alternatives and refined is not None and not result.verdict.accepted:
+            check_cancel(cancel, "registration")
+            result, init = self._other_starts(xray, init, result, cancel)
         rescue_bases = []
         if self._valley_retry_applies(result):
             check_cancel(cancel, "registration")
@@ -283,6 +286,20 @@ class Registrar:
         if progress:
             progress(1.0, f"done ({result.final_stage})")
         return result
+
+    def _other_starts(self, xray, init: InitialPose, result, cancel):
+        """``--initial both``, for a result the verdict did not accept: refine from each start of the other strategy
+        (``init.alternatives``) as from its own (depth search included) and keep the more similar in-view result,
+        finalised and judged with that start → (result, its start). ``timings_s["other_start"]`` says that it ran."""
+        t = time.perf_counter()
+        for alt in init.alternatives:
+            rr, depth, sims, warnings, _ = self._refine(xray, alt, None, cancel)
+            if rr is not None and self._improves(result, rr, xray.intrinsics):
+                new = self._finalise(xray, alt, rr, depth, sims, list(warnings))
+                new.timings_s = {**result.timings_s, **new.timings_s}
+                result, init = new, alt
+        result.timings_s["other_start"] = time.perf_counter() - t
+        return result, init
 
     def _valley_retry_applies(self, result) -> bool:
         """The depth-valley retry runs for a refined, depth-searched registration from a RayEmb (PnP) start that the
@@ -353,7 +370,7 @@ class Registrar:
                 and not result.verdict.accepted)
 
     def _rescue(self, xray, init: InitialPose, result, warnings, cancel, extra_bases=()):
-        """``rescue.search`` from the final pose, ``extra_bases`` ((4, 4) each: the valley retry's) and the PnP pose
+        """``rescue.search`` from the final pose, ``extra_bases`` ((4, 4) each: the valley retry's) and the start
         (each once); its pose replaces the result (finalised and judged again) when it is more similar and plausible,
         else the result is kept. Either way ``result.rescue`` says what was tried."""
         from . import rescue
