@@ -164,7 +164,7 @@ class RayEmbRegistrationParameterNode:
     modelFile: str = ""
     preparedFolder: str = ""
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    initialPose: Annotated[str, Choice(["rayemb", "regression", "both"])] = "rayemb"
+    initialPose: Annotated[str, Choice(["auto", "rayemb", "regression", "both"])] = "auto"
     autoBonePoints: bool = True
     refine: bool = True
     iterations: Annotated[int, WithinRange(1, 5000)] = 60

@@ -166,3 +166,14 @@ def test_both_falls_back_to_the_regressed_pose_when_pnp_finds_none(regressor, sa
     assert "RayEmb found no pose" in res.pnp_hypotheses[0].detection
     with pytest.raises(Exception, match="correspondences|PnP|pose"):
         Registrar(sample_ct, o.replace(initial="rayemb")).register(x)
+
+
+def test_auto_starts_from_both_when_the_cts_network_is_there_else_from_rayemb(regressor):
+    from RayEmbRegistrationLib.registration.initial_pose import GivenPose, PoseRegression, RayEmbPnP, strategy_for
+
+    assert RegistrationOptions().initial == "auto"
+    assert strategy_for(RegistrationOptions()) == RayEmbPnP(regression=False)
+    assert strategy_for(RegistrationOptions(regression_path=str(regressor))) == RayEmbPnP(regression=True)
+    assert strategy_for(RegistrationOptions(initial="rayemb", regression_path=str(regressor))) == RayEmbPnP()
+    assert strategy_for(RegistrationOptions(initial="regression", regression_path=str(regressor))) == PoseRegression()
+    assert isinstance(strategy_for(RegistrationOptions(initial="both"), np.eye(4)), GivenPose)  # a caller's start wins

@@ -156,8 +156,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
     p.add_argument("--initial", choices=INITIAL_POSES, default=None,
                    help="where the initial pose comes from: rayemb = detected points + PnP; regression = the CT's "
                         "pose-regression network (from its prepared folder: give --prepared); both = the regressed pose "
-                        "competes with the PnP poses and the one whose coarse refinement matches the X-ray best is "
-                        f"refined. Default: {RegistrationOptions().initial}")
+                        "competes with the PnP poses (the best coarse match is refined; a result the verdict does not "
+                        "accept is refined from the other start too, the more similar wins); auto = both with a "
+                        f"prepared folder that has the network, else rayemb. Default: {RegistrationOptions().initial}")
     p.add_argument("--no-refine", action="store_true", help="skip the intensity refinement (final pose = PnP pose)")
     p.add_argument("--no-depth-search", action="store_true",
                    help="refine from the PnP pose as it is, without first searching its depth along the viewing ray "

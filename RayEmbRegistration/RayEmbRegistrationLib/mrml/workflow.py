@@ -26,7 +26,7 @@ MODEL_SOURCES = ("bundled", "prepared", "file")
 
 #: the error of an initial pose that needs the CT's pose-regression network without a prepared folder
 _NEEDS_PREPARED = ("Initial pose '{}' needs the CT's pose-regression network, which a prepared folder holds: press "
-                   "'Prepare this CT' and select the network 'prepared' (or choose the initial pose 'rayemb').")
+                   "'Prepare this CT' and select the network 'prepared' (or choose the initial pose 'auto' or 'rayemb').")
 
 
 class Busy(RuntimeError):
@@ -48,7 +48,7 @@ class ModuleInputs:
     model_file: str = ""
     prepared_folder: str = ""
     device: str = "auto"
-    initial_pose: str = "rayemb"  #: ``options.INITIAL_POSES``; regression / both need a prepared folder
+    initial_pose: str = "auto"  #: ``options.INITIAL_POSES``; regression / both need a prepared folder
     auto_bone_points: bool = True
     refine: bool = True
     iterations: int = 60
@@ -185,7 +185,7 @@ class Workflow:
             if not path or not os.path.isfile(path):
                 raise ValueError(f"Model file not found: '{path}'. Choose a .safetensors file or select 'bundled'.")
             self.network_note = f"network: {path}"
-            if options.initial != "rayemb":
+            if options.initial in ("regression", "both"):
                 raise ValueError(_NEEDS_PREPARED.format(options.initial))
             return options.replace(model_path=path)
         if inp.model_source == "prepared":
@@ -195,12 +195,12 @@ class Workflow:
                                  "the folder, or select the bundled network).")
             options = use_prepared(options, ct, folder)
             self.network_note = f"network: prepared folder {Path(options.model_path).parent}"
-            if options.initial != "rayemb" and options.regression_path is None:
+            if options.initial in ("regression", "both") and options.regression_path is None:
                 raise ValueError(f"Initial pose '{options.initial}': the prepared folder {Path(options.model_path).parent} "
                                  "has no pose-regression network (prepared with none). Prepare this CT again, or "
-                                 "choose the initial pose 'rayemb'.")
+                                 "choose the initial pose 'auto' or 'rayemb'.")
             return options
-        if options.initial != "rayemb":
+        if options.initial in ("regression", "both"):
             raise ValueError(_NEEDS_PREPARED.format(options.initial))
         own = bundled_model_for_ct(ct)
         if own is not None:

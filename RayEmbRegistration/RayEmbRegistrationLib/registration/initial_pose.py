@@ -96,12 +96,14 @@ def regressed_camera(registrar, xray) -> Camera:
 
 
 def strategy_for(options, initial_camera_from_world=None):
-    """The strategy of a registration: ``GivenPose`` when the caller gives a start, else by ``options.initial``."""
+    """The strategy of a registration: ``GivenPose`` when the caller gives a start, else by ``options.initial``
+    (``"auto"``: both starts when the CT's pose-regression network is there, else RayEmb's)."""
     if initial_camera_from_world is not None:
         return GivenPose(initial_camera_from_world)
     if options.initial == "regression":
         return PoseRegression()
-    return RayEmbPnP(regression=options.initial == "both")
+    both = options.initial == "both" or (options.initial == "auto" and bool(options.regression_path))
+    return RayEmbPnP(regression=both)
 
 
 @dataclass

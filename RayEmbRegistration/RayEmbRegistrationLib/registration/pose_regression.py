@@ -211,8 +211,8 @@ class _Views:
         from ..rendering.simulate import sample_visible_pose
 
         T = sample_visible_pose(self.ct, self.K, rng, poses="clinical")
-        if family is not None:
-            return simulate(self.ct, self.K, T, family, rng=rng, backend="joseph")[0].astype(np.float32), T
+        if family is not None:  # (on the CT resampled to 2.5 mm, as training: a 5-mm-slice chest CT takes ~1 s a view)
+            return simulate(self.vol, self.K, T, family, rng=rng, backend="joseph")[0].astype(np.float32), T
         family = "project" if rng.random() >= self.appearance else ("diffdrr" if rng.random() < 0.5 else "physics")
         if family == "project":
             self.renderer.set_bone_multiplier(float(rng.uniform(1.0, 10.0)))

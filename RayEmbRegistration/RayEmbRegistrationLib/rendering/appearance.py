@@ -34,7 +34,6 @@ compositions); Gopalakrishnan & Golland, *DiffDRR*, 2022. The tables are ``Resou
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np

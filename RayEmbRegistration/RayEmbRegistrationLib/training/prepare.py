@@ -413,7 +413,9 @@ def prepare(ct, out_dir=None, minutes: float = 10.0, model_path=None, device: st
         LandmarkDetector(model, ct, device=reg_device, cache_dir=tmp / "templates")
         intr = Intrinsics.deepfluoro(256)
         rng = np.random.default_rng(seed + 104729)
-        options = RegistrationOptions(device=reg_device, model_path=str(tmp / "model.safetensors"))
+        reg_path = tmp / REGRESSION_MODEL  # with it, the default start is both (options.initial "auto")
+        options = RegistrationOptions(device=reg_device, model_path=str(tmp / "model.safetensors"),
+                                      regression_path=str(reg_path) if reg_path.is_file() else None)
         registrar = Registrar(ct, options.replace(detection={"template_cache": str(tmp / "templates")}), model=model)
         pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
         checks = []
