@@ -119,6 +119,7 @@ def run_deepfluoro(path, out, options, specimens=None, frames: str | None = None
                 if current is not sp:
                     ct, lm = sp.ct(), sp.landmarks()
                     opts = use_prepared(options, ct, prepared) if prepared else options
+                    opts = opts.replace(initial="rayemb")  # the paper's method: detections + PnP, nothing else
                     protocol = ("patient-prepared " + Path(opts.model_path).parent.name) if prepared else \
                         ("weights " + Path(opts.model_path).name if opts.model_path else "general network")
                     registrar, current = Registrar(ct, opts), sp
