@@ -236,7 +236,7 @@ class RayEmbPnP:
                     continue
             timings["view_pass"] = time.perf_counter() - t
         n_reseated = len(hyps) if reseated else 0  # the first pass's candidates are the re-seated ones
-        (pnp, used), ranked, best = cands[0], [], 0
+        (pnp, used), ranked, best, pnp_best = cands[0], [], 0, 0
         if reg is not None and not is_in_view(ct, reg):  # a regressed pose that cannot have made the X-ray
             reg = None
         starts = [h.camera_from_world for h, _ in cands] + ([reg.camera_from_world] if reg is not None else [])
