@@ -66,8 +66,10 @@ TRAINING = {"lr": 1e-3, "pool": 16, "renew": 2, "points": 40, "templates": 4, "b
 
 
 #: the pose-regression network of a prepared folder (``registration/pose_regression.py``; ``--initial regression|both``)
-#: and the share of the training time it gets: chosen from its learning curve against RayEmb's
-#: (``benchmarks/bench_pose_regression.py``; docs/results.md "Pose regression")
+#: and the share of the training time it gets: the ray-embedding network's learning curve is flat beyond ~5 of its
+#: minutes, the regression network's start improves little between 2 and 8 (``benchmarks/bench_pose_regression.py``),
+#: and with 30 % ``--initial both`` registers at least as many X-rays as RayEmb on every set measured (docs/network.md
+#: "The budget split", docs/results.md "Pose regression")
 REGRESSION_MODEL = "pose_regression.safetensors"
 REGRESSION_SHARE = 0.3
 #: what measuring the pose-regression network's learning curve costs (s, 2-core CPU: 4 points × 3 families × 12
