@@ -24,11 +24,6 @@ __all__ = ["ModuleInputs", "Workflow", "Busy", "MODEL_SOURCES"]
 MODEL_SOURCES = ("bundled", "prepared", "file")
 
 
-#: the error of an initial pose that needs the CT's pose-regression network without a prepared folder
-_NEEDS_PREPARED = ("Initial pose '{}' needs the CT's pose-regression network, which a prepared folder holds: press "
-                   "'Prepare this CT' and select the network 'prepared' (or choose the initial pose 'auto' or 'rayemb').")
-
-
 class Busy(RuntimeError):
     """A registration, detection or preparation is already running in this workflow."""
 
@@ -168,7 +163,21 @@ class Workflow:
     def options(self, inp: ModuleInputs, ct):
         """``RegistrationOptions`` of the module's fields, with the network of ``model_source``: a weights file; a
         prepared-CT folder (checked to belong to ``ct``; empty folder = this CT's own, found by its content); or the
-        bundled network — for the bundled sample CT, the bundled network fine-tuned on it."""
+        bundled network — for the bundled sample CT, the bundled network fine-tuned on it. The initial pose
+        ``regression`` / ``both`` needs the pose-regression network that only a prepared folder holds."""
+        options = self._network_options(inp, ct)
+        if options.initial in ("regression", "both") and options.regression_path is None:
+            if inp.model_source == "prepared":
+                raise ValueError(f"Initial pose '{options.initial}': the prepared folder "
+                                 f"{Path(options.model_path).parent} has no pose-regression network (prepared with "
+                                 "none). Prepare this CT again, or choose the initial pose 'auto' or 'rayemb'.")
+            raise ValueError(f"Initial pose '{options.initial}' needs the CT's pose-regression network, which a "
+                             "prepared folder holds: press 'Prepare this CT' and select the network 'prepared' (or "
+                             "choose the initial pose 'auto' or 'rayemb').")
+        return options
+
+    def _network_options(self, inp: ModuleInputs, ct):
+        """``options`` before the initial pose's check."""
         from ..options import DetectionOptions, RefineOptions, RegistrationOptions
         from ..resources import RESOURCES, bundled_model_for_ct
         from ..training.prepare import find_prepared, use_prepared
@@ -185,8 +194,6 @@ class Workflow:
             if not path or not os.path.isfile(path):
                 raise ValueError(f"Model file not found: '{path}'. Choose a .safetensors file or select 'bundled'.")
             self.network_note = f"network: {path}"
-            if options.initial in ("regression", "both"):
-                raise ValueError(_NEEDS_PREPARED.format(options.initial))
             return options.replace(model_path=path)
         if inp.model_source == "prepared":
             folder = (inp.prepared_folder or "").strip() or "auto"
@@ -195,13 +202,7 @@ class Workflow:
                                  "the folder, or select the bundled network).")
             options = use_prepared(options, ct, folder)
             self.network_note = f"network: prepared folder {Path(options.model_path).parent}"
-            if options.initial in ("regression", "both") and options.regression_path is None:
-                raise ValueError(f"Initial pose '{options.initial}': the prepared folder {Path(options.model_path).parent} "
-                                 "has no pose-regression network (prepared with none). Prepare this CT again, or "
-                                 "choose the initial pose 'auto' or 'rayemb'.")
             return options
-        if options.initial in ("regression", "both"):
-            raise ValueError(_NEEDS_PREPARED.format(options.initial))
         own = bundled_model_for_ct(ct)
         if own is not None:
             self.network_note = (f"network: {own.relative_to(RESOURCES)} — the bundled network fine-tuned on this "
