@@ -167,6 +167,7 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
     intr = Intrinsics.deepfluoro(size)
     rows: list[dict] = []
     missing: dict[str, str] = {}
+    folders: list[tuple[str, Path]] = []  # (CT name, prepared folder) of each CT with a pose-regression network
     for ct_path in ct_paths:
         ct = load_ct(ct_path)
         eval_pts = ct.sample_bone_points(EVAL_POINTS, np.random.default_rng(EVAL_POINTS_SEED))
@@ -176,6 +177,8 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
             from .training.prepare import use_prepared
 
             ct_options = use_prepared(options, ct, prepared)
+        if ct_options.regression_path:
+            folders.append((Path(ct_path).name, Path(ct_options.regression_path).parent))
         registrar = Registrar(ct, ct_options)
         refiner = registrar.refiner()
         cases = simulated_cases(ct, intr, n, seed, poses, sim_r, refiner, appearance=appearance)
@@ -222,29 +225,26 @@ def run_benchmark(ct_paths, n: int, out, options: RegistrationOptions, size: int
     md += ["| " + " | ".join(_fmt(s.get(c, math.nan)) for c in SUMMARY_COLUMNS) + " |" for s in summary]
     for name, why in missing.items():
         md += ["", f"{name}: not available — {why}"]
-    if prepared and any(m in ("regression", "both") for m in methods):
-        md += regression_curve_lines(ct_paths, prepared)
+    if any(m in ("regression", "both") for m in methods):
+        md += regression_curve_lines(folders)
     (out / "summary.md").write_text("\n".join(md) + "\n")
     plot_mtre(rows, present, out)
     return md
 
 
-def regression_curve_lines(ct_paths, prepared) -> list[str]:
+def regression_curve_lines(folders) -> list[str]:
     """The pose-regression network's learning curve (held-out mTRE before refinement per appearance family against
-    its training minutes) as its prepared folder recorded it, one table per CT; none when it has none."""
-    from .inputs.volume import load_ct
-    from .training.prepare import PreparedCT, find_prepared
+    its training minutes) as each prepared folder recorded it: one table per ``(CT name, folder)``; none for a folder
+    without one."""
+    from .training.prepare import PreparedCT
 
     lines = []
-    for ct_path in ct_paths:
-        ct = load_ct(ct_path)
-        prep = find_prepared(ct) if str(prepared) == "auto" else PreparedCT.open(prepared, ct)
-        entry = (prep.readiness.get("pose_regression") or {}) if prep is not None else {}
-        curve = entry.get("learning_curve") or []
+    for name, folder in folders:
+        curve = (PreparedCT(Path(folder)).readiness.get("pose_regression") or {}).get("learning_curve") or []
         if not curve:
             continue
         fams = [k for k, v in curve[0].items() if isinstance(v, dict)]
-        lines += ["", f"Pose-regression network of {Path(ct_path).name} (prepared folder): held-out mTRE before "
+        lines += ["", f"Pose-regression network of {name} (prepared folder): held-out mTRE before "
                       "refinement, median (share ≤ 20 mm), against its training minutes",
                   "", "| minutes | steps | " + " | ".join(fams) + " |", "|---|---|" + "---|" * len(fams)]
         lines += [f"| {c['minutes']:.1f} | {c['steps']} | " + " | ".join(

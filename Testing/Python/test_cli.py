@@ -305,6 +305,7 @@ def test_prepare_then_detect_with_prepared_through_main(sample_ct_path, sample_c
     md = (ev / "summary.md").read_text()
     for row in ("RayEmb refined", "regression initial", "regression refined", "both refined", "intensity-only (refined)"):
         assert f"| {row} |" in md
+    assert "Pose-regression network of" in md  # its learning curve, as the prepared folder recorded it
     assert main(["evaluate", "--n", "1", "--out", str(tmp_path / "ev2"), "--methods", "regression", "--quiet"]) == 2
     assert main(["evaluate", "--n", "1", "--out", str(tmp_path / "ev3"), "--methods", "fixed", "--quiet"]) == 2
     assert "--prepared" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
