@@ -137,3 +137,18 @@ def test_detector_points_lie_on_the_detector_behind_each_pixel_centre():
     uv = (pts @ intr.K.T)[:, :2] / pts[:, 2:]
     v, u = np.divmod(np.arange(15), 5)
     np.testing.assert_allclose(uv, np.stack([u, v], 1), atol=1e-9)
+
+
+def test_pixels_on_another_detector_from_the_same_source_are_where_that_camera_projects():
+    """``Intrinsics.pixels_on``: a point's pixel on one detector maps to its pixel on another detector seen from the same
+    source in the same orientation (other SDD, pixel spacing, size, principal point); the same detector maps to itself."""
+    from RayEmbRegistrationLib.geometry.camera import Camera, Intrinsics, rigid, rotation_matrix
+
+    T = rigid(rotation_matrix(np.array([0.1, -0.2, 0.05])), np.array([10.0, -20.0, 700.0]))
+    a = Intrinsics(1020.0, (0.5, 0.5), 512, 512)
+    b = Intrinsics(900.0, (0.6, 0.45), 300, 240, (170.0, 110.0))
+    pts = np.random.default_rng(0).normal(0, 60, (20, 3))
+    ua, ub = Camera(a, T).project(pts), Camera(b, T).project(pts)
+    assert np.abs(a.pixels_on(ua, b) - ub).max() < 1e-9
+    assert np.abs(b.pixels_on(ub, a) - ua).max() < 1e-9
+    assert np.abs(a.pixels_on(ua, a) - ua).max() < 1e-12

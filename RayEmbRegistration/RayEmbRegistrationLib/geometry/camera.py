@@ -167,6 +167,14 @@ class Intrinsics:
         uv = np.asarray(uv, dtype=np.float64)
         return np.stack([(uv[..., 0] + 0.5) * sx - 0.5, (uv[..., 1] + 0.5) * sy - 0.5], axis=-1)
 
+    def pixels_on(self, uv: np.ndarray, to: "Intrinsics") -> np.ndarray:
+        """Map pixel coordinates ``(..., 2)`` of this detector to those of detector ``to`` seen from the same source
+        in the same orientation (the homography ``K_to · K⁻¹``: exact for a pinhole camera; any SDD, pixel spacing,
+        size and principal point)."""
+        uv = np.asarray(uv, dtype=np.float64)
+        q = np.concatenate([uv, np.ones(uv.shape[:-1] + (1,))], axis=-1) @ (to.K @ np.linalg.inv(self.K)).T
+        return q[..., :2] / q[..., 2:3]
+
     def contains_pixels(self, uv: np.ndarray) -> np.ndarray:
         """``(..., 2)`` pixels → ``(...)`` bool: finite and on the image (−0.5 … width − 0.5, the pixels' outer
         edges, since pixel centres are integers)."""

@@ -265,7 +265,8 @@ class Registrar:
         """
         t_start = time.perf_counter()
         self.check_inputs(xray)
-        init = strategy_for(self.options, initial_camera_from_world).initial_pose(self, xray, fiducials, sub_progress(progress, *_INITIAL), cancel)
+        strategy = strategy_for(self.options, initial_camera_from_world)
+        init = strategy.initial_pose(self, xray, fiducials, sub_progress(progress, *_INITIAL), cancel)
         check_cancel(cancel, "registration")
         refined, depth, sims, warnings, t_refine = self._refine(xray, init, sub_progress(progress, *_REFINE), cancel)
         result = self._finalise(xray, init, refined, depth, sims, list(warnings))

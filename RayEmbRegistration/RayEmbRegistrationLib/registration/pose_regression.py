@@ -135,8 +135,8 @@ def pose_loss(out: torch.Tensor, truth: torch.Tensor, centroid_ras: np.ndarray) 
 def network_view(pixels: np.ndarray, intrinsics, size: int) -> torch.Tensor:
     """An X-ray (H, W) line integrals of detector ``intrinsics`` → (1, 1, S, S) network input in [0, 1], seen by the
     network's camera ``Intrinsics.deepfluoro(S)`` from the same source in the same orientation: each network pixel
-    samples the X-ray at ``K_x · K_net⁻¹ · (u, v, 1)`` (bilinear, after an area reduction when the X-ray's pixels are
-    finer); pixels outside the X-ray take its 1st-percentile value (no attenuation)."""
+    samples the X-ray at ``K_x · K_net⁻¹ · (u, v, 1)`` (``Intrinsics.pixels_on``; bilinear, after an area reduction
+    when the X-ray's pixels are finer); pixels outside the X-ray take its 1st-percentile value (no attenuation)."""
     from ..detection.model import normalize_image
     from ..geometry.camera import Intrinsics
 
@@ -147,14 +147,11 @@ def network_view(pixels: np.ndarray, intrinsics, size: int) -> torch.Tensor:
         w, h = max(8, round(intrinsics.width * scale)), max(8, round(intrinsics.height * scale))
         img = F.interpolate(img, size=(h, w), mode="area")
         intrinsics = intrinsics.resized(w, h)
-    H = intrinsics.K @ np.linalg.inv(net.K)
     v, u = np.mgrid[0:size, 0:size].astype(np.float64)
-    q = H @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
-    ux, vx = q[0] / q[2], q[1] / q[2]
+    uv = net.pixels_on(np.stack([u, v], -1), intrinsics)  # (S, S, 2) X-ray pixels of the network's pixels
     # grid_sample with align_corners=True: −1 / +1 are the centres of the first / last pixel (pixel centres at integers)
-    gx = 2 * ux / max(1, intrinsics.width - 1) - 1
-    gy = 2 * vx / max(1, intrinsics.height - 1) - 1
-    grid = torch.as_tensor(np.stack([gx, gy], -1).reshape(1, size, size, 2), dtype=torch.float32)
+    grid = 2 * uv / np.array([max(1, intrinsics.width - 1), max(1, intrinsics.height - 1)]) - 1
+    grid = torch.as_tensor(grid[None], dtype=torch.float32)
     fill = float(torch.quantile(img.flatten()[:: max(1, img.numel() // 65536)], 0.01))
     out = F.grid_sample(img - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True) + fill
     return normalize_image(out[0])
@@ -259,11 +256,10 @@ def train_pose_regression(ct, out_path, minutes: float = 3.0, size: int = REGRES
     ``curve_at_minutes`` and at the end when that is given — ``heldout_errors``: the learning curve; the time spent
     measuring it does not count against the budget). ``cancel`` (``progress.Cancelled``) stops the training early and
     still writes the network. Returns the path."""
-    from ..detection.model import build_model, init_from_bundled, save_model
+    from ..detection.model import build_model, init_from_bundled, normalize_image, save_model
     from ..detection.templates import ct_isocenter
     from ..progress import Cancelled, check_cancel
     from ..training.augment import augment_images
-    from ..detection.model import normalize_image
 
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 23])
