@@ -16,7 +16,8 @@ Printed per family and similarity:
 Similarities: ``mncc`` (the refinement's multiscale NCC), ``footprint`` (the verdict's, inside the CT's footprint),
 ``grad`` (multiscale NCC of the images' Sobel gradients, Penney et al. 1998), ``mix`` (multiscale multiple
 correlation of the X-ray with the bone and the soft-tissue line integrals rendered as two channels: the best linear
-mix per tile, invariant to how bone and soft tissue are weighted).
+mix per tile, invariant to how bone and soft tissue are weighted); ``masked``: the same reading only the pixels
+``registration/xray_mask.informative_mask`` keeps (collimator shutters and saturated regions dropped).
 
     .venv/bin/python benchmarks/appearance_similarity.py --n 20 --appearance project diffdrr physics
 """
@@ -39,10 +40,14 @@ from RayEmbRegistrationLib.options import RefineOptions  # noqa: E402
 from RayEmbRegistrationLib.registration.refine import Refiner, downsample_image, level_intrinsics, perturbation_numpy  # noqa: E402
 from RayEmbRegistrationLib.registration.similarity import gradient_ncc, multiscale_ncc  # noqa: E402
 from RayEmbRegistrationLib.registration.verdict import footprint_similarity  # noqa: E402
+from RayEmbRegistrationLib.registration.xray_mask import informative_mask, level_mask  # noqa: E402
 from RayEmbRegistrationLib.rendering.appearance import FAMILIES, case_in_family  # noqa: E402
 from RayEmbRegistrationLib.rendering.render import DRRRenderer, hu_to_attenuation  # noqa: E402
 from RayEmbRegistrationLib.rendering.simulate import sample_visible_pose, simulate_xray  # noqa: E402
 from RayEmbRegistrationLib.resources import SAMPLE_CT  # noqa: E402
+
+
+SIMS = ("mncc", "footprint", "grad", "mix", "mncc masked", "footprint masked", "grad masked")
 
 
 def _multiple_r(y: torch.Tensor, X: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -103,7 +108,7 @@ def main() -> int:
         except json.JSONDecodeError:
             ap.error(f"--set {s}: give KEY=JSON, e.g. spr=0 or collimator='\"none\"' (strings in double quotes)")
     rng = np.random.default_rng(a.seed)
-    results = {f: {s: {"truth": [], "margin": [], "best": []} for s in ("mncc", "footprint", "grad", "mix")}
+    results = {f: {s: {"truth": [], "margin": [], "best": []} for s in SIMS}
                for f in a.appearance}
     for k in range(a.n):
         T = sample_visible_pose(ct, intr, rng, poses="clinical")
@@ -118,10 +123,15 @@ def main() -> int:
         for f in a.appearance:
             pixels, _ = case_in_family(ct, intr, T, f, (project, {}), (a.seed, 7, k), overrides=fixed)
             tgt = torch.as_tensor(downsample_image(pixels, li.width, li.height))[None].expand_as(drr)
+            keep = informative_mask(pixels)
+            km = torch.as_tensor(level_mask(keep, li.width, li.height))
             vals = {"mncc": multiscale_ncc(drr, tgt, patch).numpy(),
                     "footprint": np.array([footprint_similarity(pixels, d) for d in drr.numpy()]),
                     "grad": gradient_ncc(drr, tgt.contiguous(), patch).numpy(),
-                    "mix": mix_ncc(tgt.contiguous(), ch, patch).numpy()}
+                    "mix": mix_ncc(tgt.contiguous(), ch, patch).numpy(),
+                    "mncc masked": multiscale_ncc(drr, tgt, patch, mask=km).numpy(),
+                    "footprint masked": np.array([footprint_similarity(pixels, d, keep=keep) for d in drr.numpy()]),
+                    "grad masked": gradient_ncc(drr, tgt.contiguous(), patch, mask=km).numpy()}
             for s, v in vals.items():
                 r = results[f][s]
                 r["truth"].append(v[0])
@@ -134,7 +144,7 @@ def main() -> int:
           f"N(0, {a.rot_mm} mm of arc) and translations N(0, {tuple(a.trans_mm)}) mm per X-ray; finest grid {size}²\n")
     print("| similarity | " + " | ".join(f"{f}: at truth / truth best / margin" for f in a.appearance) + " |")
     print("|---|" + "---|" * len(a.appearance))
-    for s in ("mncc", "footprint", "grad", "mix"):
+    for s in SIMS:
         cells = []
         for f in a.appearance:
             r = results[f][s]

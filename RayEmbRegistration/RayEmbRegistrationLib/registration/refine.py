@@ -34,6 +34,7 @@ from ..options import RefineOptions
 from ..progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from ..rendering.render import DRRRenderer
 from .similarity import image_similarity
+from .xray_mask import informative_mask, level_mask
 from ..inputs.volume import BONE_HU, CTVolume
 
 __all__ = [
@@ -188,6 +189,25 @@ class Refiner:
         self.radius_mm = max(r, 10.0)
         self.n_samples = max(32, int(o.samples_per_voxel * max(ct_r.shape)))
         self._renderer: DRRRenderer | None = None
+        self._mask_of: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
+
+    def keep_mask(self, xray_pixels: np.ndarray) -> np.ndarray | None:
+        """(H, W) bool: the pixels of ``xray_pixels`` every similarity of this refiner reads
+        (``xray_mask.informative_mask``); None — every pixel — when ``options.xray_mask`` is off, when the mask keeps
+        everything, or when it keeps less than a tenth of the image (then it is not trusted). Found once per X-ray."""
+        if not self.options.xray_mask:
+            return None
+        if self._mask_of is not xray_pixels:
+            keep = informative_mask(xray_pixels)
+            self._mask_of, self._mask = xray_pixels, (None if keep.all() or keep.mean() < 0.1 else keep)
+        return self._mask
+
+    def _level_target(self, xray_pixels: np.ndarray, intr: Intrinsics) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The X-ray and its keep-mask on the grid of ``intr``, as tensors on the refiner's device."""
+        target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
+        keep = level_mask(self.keep_mask(xray_pixels), intr.width, intr.height)
+        return target, None if keep is None else torch.as_tensor(keep, device=self.device)
 
     def _render(self, intrinsics: Intrinsics) -> DRRRenderer:
         if self._renderer is None:
@@ -204,11 +224,12 @@ class Refiner:
         (default: the finest level) → (B,)."""
         size = size or self.options.levels[-1]
         intr = level_intrinsics(intrinsics, size)
-        target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
+        target, keep = self._level_target(xray_pixels, intr)
         poses = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
         drr = self._render(intr)(torch.as_tensor(poses, dtype=torch.float32, device=self.device))
         patch = max(5, int(round(self.options.patch_fraction * intr.width)))
-        return image_similarity(self.options.similarity)(drr, target.expand_as(drr), patch).double().cpu().numpy()
+        return image_similarity(self.options.similarity)(drr, target.expand_as(drr), patch,
+                                                         mask=keep).double().cpu().numpy()
 
     @torch.no_grad()
     def drr(self, intrinsics: Intrinsics, camera_from_world, size: int | None = None) -> np.ndarray:
@@ -392,7 +413,7 @@ class Refiner:
         history: list[list[list[float]]] = [[] for _ in range(B)]
         for level, (size, n_it, lr) in enumerate(zip(levels, iters, lrs)):
             intr = level_intrinsics(intrinsics, size)
-            target = torch.as_tensor(downsample_image(xray_pixels, intr.width, intr.height), device=self.device)
+            target, keep = self._level_target(xray_pixels, intr)
             renderer = self._render(intr)
             patch = max(5, int(round(o.patch_fraction * intr.width)))
             similarity = image_similarity(o.similarity)
@@ -407,7 +428,7 @@ class Refiner:
                 opt.zero_grad()
                 T = torch.stack([pose_perturbation(p[b], c_cam[b], self.radius_mm) @ T0_t[b] for b in range(B)])
                 drr = renderer(T.to(torch.float32))
-                sim = similarity(drr, target[None].expand_as(drr), patch)
+                sim = similarity(drr, target[None].expand_as(drr), patch, mask=keep)
                 s = sim.detach().cpu().numpy()
                 now = p.detach().cpu().numpy()
                 for b in np.flatnonzero(active.cpu().numpy()):

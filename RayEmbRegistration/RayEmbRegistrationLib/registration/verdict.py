@@ -38,14 +38,16 @@ SMALL_XRAY_PX = 192
 _AGREEMENT_POINTS, _AGREEMENT_SEED = 200, 4242
 
 
-def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: float = 0.5) -> float:
+def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: float = 0.5,
+                         keep: np.ndarray | None = None) -> float:
     """Multiscale NCC (``0.5 · NCC + 0.5 · mean local NCC``) of the X-ray and the DRR inside the CT's footprint.
 
     The plain similarity averages in every tile of the image, also those where the CT casts no shadow (a small
     crop of the spine, a head that fills half the detector): there the DRR is flat and the tile counts as
     "no correlation", so a correct pose of a small CT scores lower than a wrong pose of a large one. Here only
     pixels where the DRR shows the CT (above 5 % of its maximum) count, and only tiles that are at least
-    ``min_share`` inside it. ``drr`` (h, w) is on a coarser grid of the same detector as ``xray_pixels``.
+    ``min_share`` inside it. ``drr`` (h, w) is on a coarser grid of the same detector as ``xray_pixels``; ``keep``
+    (the X-ray's keep-mask, ``xray_mask.informative_mask``, on the X-ray's grid) drops further pixels.
     """
     import torch
 
@@ -56,6 +58,10 @@ def footprint_similarity(xray_pixels: np.ndarray, drr: np.ndarray, min_share: fl
     h, w = d.shape
     x = downsample_image(xray_pixels, w, h).astype(np.float64)
     mask = d > 0.05 * max(float(d.max()), 1e-9)
+    if keep is not None:
+        from .xray_mask import level_mask
+
+        mask &= level_mask(keep, w, h)
     if mask.sum() < 16:
         return math.nan
 
@@ -217,7 +223,8 @@ def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
         "reseated": bool(getattr(result, "initial_reseated", False)),
         "refined": result.final_stage == "refined",
         "similarity": math.nan if after is None else float(after),
-        "footprint_similarity": (footprint_similarity(xray.pixels, result.drr)
+        "footprint_similarity": (footprint_similarity(xray.pixels, result.drr, keep=None if refiner is None
+                                                      else refiner.keep_mask(xray.pixels))
                                  if xray is not None and result.drr is not None else math.nan),
         "similarity_gain": math.nan if after is None or before is None else float(after - before),
         "inliers": int(result.inliers),

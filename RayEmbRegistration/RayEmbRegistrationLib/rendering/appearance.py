@@ -42,7 +42,7 @@ from ..geometry.camera import Intrinsics
 from ..inputs.volume import CTVolume
 
 __all__ = ["FAMILIES", "simulate", "case_in_family", "draw_params", "physics_tables", "hu_to_mass_density", "material_fractions",
-           "diffdrr_hu_to_density", "MATERIALS"]
+           "diffdrr_hu_to_density", "MATERIALS", "collimated_field"]
 
 FAMILIES = ("project", "diffdrr", "physics", "mixed")
 #: the materials of the physics family, in the order of ``material_fractions``
@@ -307,6 +307,14 @@ def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(img, sigma, mode="nearest")
+
+
+def collimated_field(params: dict, W: int, H: int) -> np.ndarray:
+    """(H, W) bool: True inside the open field of a physics-family image with ``params`` (all True without a
+    collimator, or for another family) — the truth ``registration/xray_mask`` is measured against."""
+    if params.get("collimator", "none") == "none":
+        return np.ones((H, W), dtype=bool)
+    return _collimator_mask(params, W, H) >= 1.0
 
 
 def _collimator_mask(p: dict, W: int, H: int) -> np.ndarray:
