@@ -95,6 +95,8 @@ def test_similarity_reaches_the_options():
     assert options_from_args(ev).refine.similarity == "grad"
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--similarity", "mi"])
+    assert options_from_args(build_parser().parse_args(base)).refine.xray_mask is True
+    assert options_from_args(build_parser().parse_args(base + ["--no-xray-mask"])).refine.xray_mask is False
 
 
 def test_competitor_levels_reach_the_options_and_a_bad_count_names_the_flag():

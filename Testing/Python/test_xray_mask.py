@@ -126,3 +126,24 @@ def test_a_collimated_xray_scores_at_the_true_pose_as_its_open_field_does(sample
     li = level_intrinsics(INTR, 64)
     assert downsample_image(coll_img, li.width, li.height).shape == level_mask(masked.keep_mask(coll_img), li.width,
                                                                                li.height).shape
+
+
+def test_no_detection_behind_a_shutter_goes_to_pnp(sample_ct, poses):
+    """The bundled network on a collimated physics X-ray: detections that land on dropped pixels are not usable (the
+    peak of a point behind the lead is a guess); without the mask some of them are."""
+    from RayEmbRegistrationLib import Registrar, RegistrationOptions
+    from RayEmbRegistrationLib.inputs.xray import XRayImage
+    from RayEmbRegistrationLib.registration.initial_pose import RayEmbPnP
+
+    img, _ = _physics(sample_ct, poses[0], 0, collimator="circle", collimator_size=0.7, metal=[])
+    xray = XRayImage(img, INTR, "collimated")
+    bone = sample_ct.sample_bone_points(300, np.random.default_rng(0))
+    none = np.zeros((0, 3))
+    dropped = {}
+    for mask in (True, False):
+        reg = Registrar(sample_ct, RegistrationOptions(device="cpu").replace(refine={"xray_mask": mask}))
+        p = RayEmbPnP._detect(reg.detector(), reg, xray, none, bone, "all bone", None, None)
+        keep = Refiner(sample_ct, RefineOptions()).keep_mask(img)
+        q = np.rint(p.uv[p.usable]).astype(int)
+        dropped[mask] = int((~keep[q[:, 1], q[:, 0]]).sum())
+    assert dropped[True] == 0 and dropped[False] > 0

@@ -276,7 +276,8 @@ class RayEmbPnP:
     @staticmethod
     def _detect(det, registrar, xray, fid_ras, bone, label, progress, cancel) -> DetectionPass:
         """Detect the fiducials and ``bone``; keep the usable fiducials and the ``n_bone_keep`` bone points whose peaks
-        stand out most (``detect.peak_contrast``; not the highest peak scores: see there)."""
+        stand out most (``detect.peak_contrast``; not the highest peak scores: see there). A detection on a pixel the
+        X-ray's keep-mask drops (``xray_mask``: behind a collimator shutter, in a clipped region) is not usable."""
         o = registrar.options.detection
         pts = np.vstack([fid_ras, bone])
         d = det.detect(xray.pixels, xray.intrinsics, pts, progress=progress, cancel=cancel, fast=o.fast)
@@ -284,6 +285,10 @@ class RayEmbPnP:
         conf = np.asarray(d.confidence, dtype=np.float64)
         uv = np.asarray(d.uv, dtype=np.float64)
         usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
+        keep = registrar.refiner().keep_mask(xray.pixels) if registrar.options.refine.xray_mask else None
+        if keep is not None:  # a peak behind a collimator shutter or in a clipped region shows nothing of the CT
+            q = np.rint(np.where(np.isfinite(uv), uv, 0.0)).astype(int)
+            usable &= keep[np.clip(q[:, 1], 0, keep.shape[0] - 1), np.clip(q[:, 0], 0, keep.shape[1] - 1)]
         keep_f = np.flatnonzero(usable[:nf])
         bone_idx = nf + np.flatnonzero(usable[nf:])
         bone_idx = bone_idx[np.argsort(-d.contrast[bone_idx], kind="stable")[: o.n_bone_keep]]  # detect.peak_contrast

@@ -211,20 +211,21 @@ def signal_points(ct) -> np.ndarray:
 
 def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
     """The verdict's inputs for a ``results.RegistrationResult`` of ``ct`` and its ``xray`` (plain floats / ints /
-    bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance. The competitor margin
+    bools); ``refiner`` (the registration's ``refine.Refiner``) adds the depth tolerance and the X-ray's keep-mask
+    (``xray_mask``: the footprint similarity reads only the pixels it keeps; ``xray_dropped_share``). The competitor margin
     (``competitor_margin``, the costliest signal) is added by the pipeline only where it can change the verdict."""
     pts = signal_points(ct)
     moved = np.linalg.norm(result.initial.to_camera(pts) - result.final.to_camera(pts), axis=1)
     inl = [lm.confidence for lm in result.landmarks if lm.inlier]
     before, after = result.similarity_before, result.similarity_after
     ds = result.depth_search
+    keep = refiner.keep_mask(xray.pixels) if refiner is not None and xray is not None else None  # xray_mask.py
     return {
         "initial_method": result.initial_method,
         "reseated": bool(getattr(result, "initial_reseated", False)),
         "refined": result.final_stage == "refined",
         "similarity": math.nan if after is None else float(after),
-        "footprint_similarity": (footprint_similarity(xray.pixels, result.drr, keep=None if refiner is None
-                                                      else refiner.keep_mask(xray.pixels))
+        "footprint_similarity": (footprint_similarity(xray.pixels, result.drr, keep=keep)
                                  if xray is not None and result.drr is not None else math.nan),
         "similarity_gain": math.nan if after is None or before is None else float(after - before),
         "inliers": int(result.inliers),
@@ -237,6 +238,7 @@ def signals(result, ct, xray=None, refiner=None) -> dict[str, Any]:
         "depth_tolerance_mm": (depth_tolerance_mm(refiner, xray, result.final)
                                if refiner is not None and xray is not None else math.nan),
         "warnings": len(result.warnings),
+        "xray_dropped_share": 0.0 if keep is None else float(1.0 - keep.mean()),
         "xray_px": (max(xray.intrinsics.width, xray.intrinsics.height)
                     if getattr(xray, "intrinsics", None) is not None else 0),
     }
