@@ -34,6 +34,20 @@ def test_overlay_layout_verdict_colour_and_marker_cap():
     assert to_uint8(np.full((3, 3), np.nan)).max() == 0
 
 
+def test_pixels_the_keep_mask_drops_are_tinted_and_named_in_the_legend():
+    x = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (128, 1))
+    keep = np.ones((128, 96), bool)
+    keep[:, :20] = False  # a shutter on the left
+    plain = overlay_image(x, None, (), min_size=256)
+    tinted = overlay_image(x, None, (), min_size=256, keep=keep)
+    body = slice(28, 28 + 256)
+    grey = lambda im: np.all(im[..., 0] == im[..., 1], axis=-1) & np.all(im[..., 1] == im[..., 2], axis=-1)  # noqa: E731
+    assert grey(plain[body]).all()
+    assert not grey(tinted[body, :38]).any() and grey(tinted[body, 42:]).all()  # 20 px × 2 tinted, the rest grey
+    assert not np.array_equal(plain[-24:], tinted[-24:])  # the legend names what is not compared
+    assert np.array_equal(overlay_image(x, None, (), min_size=256, keep=np.ones_like(keep)), plain)
+
+
 def test_heatmap_picture_has_a_colour_bar_and_marks_the_peak():
     from RayEmbRegistrationLib.outputs.overlay import heatmap_image
 

@@ -29,6 +29,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 #: BGR colours of the overlay and of its title per verdict
 DRR_EDGE, DETECTED, REPROJECTED = (0, 255, 0), (0, 230, 255), (255, 60, 230)
+IGNORED = (230, 140, 40)  # BGR: the pixels the X-ray's keep-mask drops
 VERDICT_BGR = {"accepted": (60, 180, 60), "uncertain": (0, 170, 255), "rejected": (60, 60, 230)}
 
 
@@ -50,7 +51,8 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
 
 
 def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(), min_size: int = 512,
-                  title: str | None = None, max_bone: int = 60, verdict: str | None = None) -> np.ndarray:
+                  title: str | None = None, max_bone: int = 60, verdict: str | None = None,
+                  keep: np.ndarray | None = None) -> np.ndarray:
     """(h, w', 3) uint8 BGR picture a clinician can judge at a glance.
 
     Left: the X-ray (grey) with the DRR's edges at the final pose (green), detected landmarks (yellow circles,
@@ -58,6 +60,8 @@ def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(),
     pose (magenta crosses) and fiducial labels. Right (with a DRR): a checkerboard of the X-ray and the DRR —
     bone edges that run on across the squares mean the pose is right. A title bar coloured by the ``verdict``
     and a legend. ``drr`` may be on a coarser grid of the same detector; it is resampled (pixel edges kept).
+    ``keep`` (H, W) bool, the X-ray's keep-mask (``registration/xray_mask``): the pixels it drops — collimator
+    shutters, clipped regions, which no similarity read — are tinted on the left.
     """
     import cv2
 
@@ -66,6 +70,10 @@ def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(),
     w, h = int(round(W * s)), int(round(H * s))
     base = cv2.resize(to_uint8(xray_pixels), (w, h), interpolation=cv2.INTER_LINEAR)
     out = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR)
+    ignored = None
+    if keep is not None and not np.all(keep):
+        ignored = cv2.resize(np.asarray(keep, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) == 0
+        out[ignored] = (0.6 * out[ignored] + 0.4 * np.array(IGNORED)).astype(np.uint8)
     panels = [out]
     if drr is not None:
         d = cv2.resize(to_uint8(drr), (w, h), interpolation=cv2.INTER_LINEAR)
@@ -102,8 +110,11 @@ def overlay_image(xray_pixels: np.ndarray, drr: np.ndarray | None, landmarks=(),
         cv2.putText(bar, title, (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     legend = np.full((24, body.shape[1], 3), 30, np.uint8)
     x = 8
-    for text, colour in (("DRR edges (final pose)", DRR_EDGE), ("detected (filled: PnP inlier)", DETECTED),
-                         ("reprojected (final pose)", REPROJECTED)):
+    items = [("DRR edges (final pose)", DRR_EDGE), ("detected (filled: PnP inlier)", DETECTED),
+             ("reprojected (final pose)", REPROJECTED)]
+    if ignored is not None:  # first: on a narrow picture the legend's last items fall off its edge
+        items.insert(0, ("not compared (shutters, clipped)", IGNORED))
+    for text, colour in items:
         cv2.circle(legend, (x + 5, 12), 5, colour, -1, cv2.LINE_AA)
         cv2.putText(legend, text, (x + 14, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
         x += 30 + 8 * len(text)

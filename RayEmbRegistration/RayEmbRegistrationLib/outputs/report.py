@@ -185,6 +185,15 @@ REGISTRATION_SET = ("registration.json", "overlay.png", "scene.mrb")
 DETECTION_SET = ("detections.json", "heatmaps.npz", "heatmap_*.png")
 
 
+def _keep_mask(result, xray) -> np.ndarray | None:
+    """The keep-mask the registration read (``registration/xray_mask.used_mask``), for the overlay; None when the
+    options turned it off."""
+    from ..registration.xray_mask import used_mask
+
+    opts = getattr(result, "options", None)
+    return used_mask(xray.pixels) if opts is None or opts.refine.xray_mask else None
+
+
 def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, scene: bool = True,
                        extra: dict | None = None) -> dict[str, Path]:
     """Write ``registration.json``, ``overlay.png`` and (``scene=True``) ``scene.mrb`` into ``out_dir``.
@@ -202,7 +211,7 @@ def write_registration(out_dir: str | Path, result, ct, xray, fiducials=None, sc
     tmp_dir = Path(tempfile.mkdtemp(prefix=".rayemb-tmp-", dir=str(out)))
     try:
         img = overlay_image(xray.pixels, result.drr, result.landmarks, title=result.headline(),
-                            verdict=getattr(result.verdict, "status", None))
+                            verdict=getattr(result.verdict, "status", None), keep=_keep_mask(result, xray))
         if not cv2.imwrite(str(tmp_dir / "overlay.png"), img):
             raise ReportError(f"could not write {out / 'overlay.png'}")
         names = ["overlay.png"]

@@ -34,7 +34,7 @@ from ..options import RefineOptions
 from ..progress import CancelFn, ProgressFn, check_cancel, sub_progress
 from ..rendering.render import DRRRenderer
 from .similarity import image_similarity
-from .xray_mask import informative_mask, level_mask
+from .xray_mask import level_mask, used_mask
 from ..inputs.volume import BONE_HU, CTVolume
 
 __all__ = [
@@ -194,13 +194,12 @@ class Refiner:
 
     def keep_mask(self, xray_pixels: np.ndarray) -> np.ndarray | None:
         """(H, W) bool: the pixels of ``xray_pixels`` every similarity of this refiner reads
-        (``xray_mask.informative_mask``); None — every pixel — when ``options.xray_mask`` is off, when the mask keeps
-        everything, or when it keeps less than a tenth of the image (then it is not trusted). Found once per X-ray."""
+        (``xray_mask.used_mask``); None — every pixel — when ``options.xray_mask`` is off or the mask drops nothing
+        usable. Found once per X-ray."""
         if not self.options.xray_mask:
             return None
         if self._mask_of is not xray_pixels:
-            keep = informative_mask(xray_pixels)
-            self._mask_of, self._mask = xray_pixels, (None if keep.all() or keep.mean() < 0.1 else keep)
+            self._mask_of, self._mask = xray_pixels, used_mask(xray_pixels)
         return self._mask
 
     def _level_target(self, xray_pixels: np.ndarray, intr: Intrinsics) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,7 +1,8 @@
 """Which pixels of an X-ray can a DRR of the CT explain?
 
-Owns: ``informative_mask`` — the pixels of an X-ray that show the patient, and ``level_mask`` — that mask on a
-coarser grid of the same detector (the refinement's levels, the verdict's DRR grid).
+Owns: ``informative_mask`` — the pixels of an X-ray that show the patient, ``used_mask`` — the mask registration
+uses (or None: every pixel), and ``level_mask`` — that mask on a coarser grid of the same detector (the refinement's
+levels, the verdict's DRR grid).
 
 An X-ray shows things no DRR of the CT can show, and they dominate an image similarity: behind a collimator's
 shutters the image is bright and smooth (lead, leakage and scatter) and its edge is the strongest edge in the
@@ -30,7 +31,7 @@ import math
 
 import numpy as np
 
-__all__ = ["informative_mask", "level_mask"]
+__all__ = ["informative_mask", "used_mask", "level_mask"]
 
 _WORK = 256  #: the grid (longest side) the mask is found on
 _FLAT = 1e-4  #: a 3 × 3 range below this share of the 1–99 % range is "clipped"
@@ -62,6 +63,13 @@ def informative_mask(pixels: np.ndarray) -> np.ndarray:
     if (h, w) != (H, W):
         keep = cv2.resize(keep.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
     return keep
+
+
+def used_mask(pixels: np.ndarray) -> np.ndarray | None:
+    """The keep-mask registration reads (``informative_mask``), or None — every pixel — when it keeps everything or
+    less than a tenth of the image (then it is not trusted: a mostly saturated image is a wrong input, not a shutter)."""
+    keep = informative_mask(pixels)
+    return None if keep.all() or keep.mean() < 0.1 else keep
 
 
 def level_mask(mask: np.ndarray | None, width: int, height: int) -> np.ndarray | None:
