@@ -83,8 +83,8 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, patch: int, eps: float = 1e-6, m
     return (r * used).sum(1) / used.sum(1).clamp_min(1.0)
 
 
-def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, patch: int | None = None, weights: tuple[float, float] = (0.5, 0.5),
-                   mask=None) -> torch.Tensor:
+def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, patch: int | None = None,
+                   weights: tuple[float, float] = (0.5, 0.5), mask=None) -> torch.Tensor:
     """DiffPose's "multiscale NCC": ``w0 · NCC(a, b) + w1 · mean local NCC`` over ``patch``-pixel tiles, over the
     pixels ``mask`` keeps (default: all).
 
@@ -112,7 +112,8 @@ def gradient_ncc(a: torch.Tensor, b: torch.Tensor, patch: int | None = None, mas
     if mask is not None:
         m = _weights(mask, a)[:, None]
         mask = -torch.nn.functional.max_pool2d(-m, 3, stride=1, padding=1)[:, 0]  # erode by one pixel
-    return 0.5 * (multiscale_ncc(ga[:, 0], gb[:, 0], patch, mask=mask) + multiscale_ncc(ga[:, 1], gb[:, 1], patch, mask=mask))
+    return 0.5 * (multiscale_ncc(ga[:, 0], gb[:, 0], patch, mask=mask)
+                  + multiscale_ncc(ga[:, 1], gb[:, 1], patch, mask=mask))
 
 
 def image_similarity(name: str):

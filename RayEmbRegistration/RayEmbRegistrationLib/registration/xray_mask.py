@@ -8,11 +8,12 @@ An X-ray shows things no DRR of the CT can show, and they dominate an image simi
 shutters the image is bright and smooth (lead, leakage and scatter) and its edge is the strongest edge in the
 image; a clipped region (a shutter the display saturates, the cores of metal implants, burned-in labels) is flat.
 The similarity and the verdict read only the pixels this mask keeps (``similarity.py``, ``verdict.py``), so the
-same pose scores the same whether or not the X-ray was collimated. Dropped, each grown by a margin for the display's
-edge-enhancement halo:
+same pose scores about the same whether or not the X-ray was collimated (tested). Dropped, each grown by a margin
+for the display's edge-enhancement halo:
 
 * saturated bright regions: pixels whose 3 × 3 neighbourhood is exactly flat (range ≤ 1e-4 of the image's 1–99 %
-  range) in the brighter half of the image — a real image's pixels never are, a clipped one's are;
+  range) in the brighter half of the image — an unclipped image's noise makes that all but impossible, a clipped
+  region's pixels are;
 * collimator shutters: straight edges (OpenCV's Hough transform of the Canny edges) and circular ones (its
   Hough circle transform) that run along at least ``_SUPPORT`` of their length inside the image, at least a fifth of
   the image from its centre, beyond which the image is brighter (lead attenuates) — the half-plane or the outside
@@ -58,7 +59,8 @@ def informative_mask(pixels: np.ndarray) -> np.ndarray:
     drop = _saturated(x) | _shutters(x)
     if drop.any():
         r = max(1, int(round(_MARGIN * max(w, h))))
-        drop = cv2.dilate(drop.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        drop = cv2.dilate(drop.astype(np.uint8), disk) > 0
     keep = ~drop
     if (h, w) != (H, W):
         keep = cv2.resize(keep.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
@@ -67,7 +69,8 @@ def informative_mask(pixels: np.ndarray) -> np.ndarray:
 
 def used_mask(pixels: np.ndarray) -> np.ndarray | None:
     """The keep-mask registration reads (``informative_mask``), or None — every pixel — when it keeps everything or
-    less than a tenth of the image (then it is not trusted: a mostly saturated image is a wrong input, not a shutter)."""
+    less than a tenth of the image (then it is not trusted: a mostly saturated image is a wrong input, not a
+    shutter)."""
     keep = informative_mask(pixels)
     return None if keep.all() or keep.mean() < 0.1 else keep
 
