@@ -285,7 +285,7 @@ class RayEmbPnP:
         conf = np.asarray(d.confidence, dtype=np.float64)
         uv = np.asarray(d.uv, dtype=np.float64)
         usable = np.isfinite(uv).all(1) & (conf > o.min_confidence)
-        keep = registrar.refiner().keep_mask(xray.pixels) if registrar.options.refine.xray_mask else None
+        keep = registrar.refiner().keep_mask(xray.pixels)  # None with --no-xray-mask or nothing dropped
         if keep is not None:  # a peak behind a collimator shutter or in a clipped region shows nothing of the CT
             q = np.rint(np.where(np.isfinite(uv), uv, 0.0)).astype(int)
             usable &= keep[np.clip(q[:, 1], 0, keep.shape[0] - 1), np.clip(q[:, 0], 0, keep.shape[1] - 1)]

@@ -51,7 +51,7 @@ def informative_mask(pixels: np.ndarray) -> np.ndarray:
     H, W = img.shape
     s = _WORK / max(H, W)
     w, h = max(8, int(round(W * s))), max(8, int(round(H * s)))
-    x = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else img.copy()
+    x = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != (H, W) else img  # never written to
     lo, hi = np.percentile(x, [1, 99])
     if not hi > lo:
         return np.ones((H, W), dtype=bool)
